@@ -1,0 +1,36 @@
+# `make run`: install + the whole pipeline on the embedded default. `make test`: install + the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# No telemetry anywhere (CI has no network either).
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+# dvc.yaml stage commands call `python`: make it the venv's.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install run test lint clean
+
+install: $(STAMP)
+
+# torch first, pinned: an unpinned torch request resolves to a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: install
+	$(PY) -m pruning run
+
+test: install
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+lint: install
+	$(VENV)/bin/ruff check pruning flows tests
+
+clean:
+	rm -rf data models reports dvc_plots

@@ -1,0 +1,3 @@
+from pruning.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""The one exception tree of the pipeline.
+
+Every error a user can cause derives from :class:`PruningError`; the CLI maps it to a one-line message and
+exit code 2. Messages name the value, the allowed range and the fix (httpx style).
+
+    PruningError
+    ├── ConfigError        params.yaml: unknown key, wrong type, value out of range
+    ├── DataError          a missing or malformed data file
+    ├── ModelError         an unknown architecture, an unimportable ``module:callable``, a bad model file
+    ├── GraphTraceError    torch-pruning cannot trace the model, or a ratio would empty a layer
+    ├── ParityError        ONNX output differs from torch beyond the tolerance
+    ├── QuantizationError  ONNX Runtime could not quantize the model
+    └── GateFailed         an acceptance gate failed and ``--strict`` was asked for
+"""
+
+from __future__ import annotations
+
+
+class PruningError(Exception):
+    """Base class of every error the user can act on."""
+
+
+class ConfigError(PruningError):
+    """params.yaml (or a CLI override) is invalid."""
+
+
+class DataError(PruningError):
+    """A data file is missing or malformed."""
+
+
+class ModelError(PruningError):
+    """A model cannot be built or loaded."""
+
+
+class GraphTraceError(PruningError):
+    """torch-pruning cannot trace or prune the model as asked."""
+
+
+class ParityError(PruningError):
+    """The exported ONNX model does not match torch within tolerance."""
+
+
+class QuantizationError(PruningError):
+    """ONNX Runtime quantization failed."""
+
+
+class GateFailed(PruningError):
+    """At least one acceptance gate failed (raised only in strict mode)."""

@@ -1,0 +1,120 @@
+"""Pruning schedules: one-shot (``iterative_steps: 1``) or iterative with fine-tuning between steps, and the search for
+the channel ratio that reaches a MACs-reduction target.
+
+Each step: gradients for the criterion (if it needs them) -> ``pruner.step()`` -> BatchNorm recalibration ->
+optional fine-tuning; then MACs, params and test accuracy are recorded for the step plot.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from pruning import surgery
+from pruning.errors import GraphTraceError
+from pruning.importance import make_importance, prepare_importance
+from pruning.train import Optim, evaluate, fit, recalibrate_batchnorm
+
+if TYPE_CHECKING:
+    from pruning.config import PruneConfig
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_BATCH = 64
+MAX_SEARCH_RATIO = 0.95
+
+
+@dataclass
+class Split:
+    """Tensors of one data split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@dataclass
+class ScheduleResult:
+    """What a schedule produced: the pruned model (modified in place), its history and one record per step."""
+
+    model: nn.Module
+    ratio: float
+    history: list = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _pruner(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, steps: int):
+    imp = make_importance(cfg.criterion)
+    pruner = surgery.build_pruner(
+        model, input_shape, imp, ratio=ratio, scope=cfg.scope, iterative_steps=steps, round_to=cfg.round_to,
+        max_layer_ratio=cfg.max_layer_ratio, ignored=surgery.ignored_modules(model, cfg.ignored_layers))
+    return pruner, imp
+
+
+def _step(pruner, imp, model: nn.Module, train: Split, cfg: PruneConfig, seed: int) -> None:
+    prepare_importance(imp, model, train.x, train.y, cfg.calibration_batches, CALIBRATION_BATCH, seed)
+    surgery.prune_step(pruner, model)
+    model.zero_grad(set_to_none=True)  # stale gradients would have the pre-pruning shapes
+    if cfg.bn_recalibration:
+        recalibrate_batchnorm(model, train.x, cfg.calibration_batches, CALIBRATION_BATCH, seed)
+
+
+def macs_after(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, train: Split,
+               seed: int) -> int:
+    """MACs of a one-shot pruned copy of ``model`` at channel ratio ``ratio`` (the model is untouched)."""
+    trial = surgery.clone(model)
+    pruner, imp = _pruner(trial, input_shape, cfg, ratio, 1)
+    torch.manual_seed(seed)
+    prepare_importance(imp, trial, train.x, train.y, cfg.calibration_batches, CALIBRATION_BATCH, seed)
+    surgery.prune_step(pruner, trial)
+    return surgery.count_macs(trial, input_shape)[0]
+
+
+def search_ratio(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, target: float, train: Split,
+                 seed: int, iterations: int = 12) -> float:
+    """Smallest channel ratio whose one-shot pruned model reaches ``dense MACs / pruned MACs >= target`` (bisection)."""
+    dense_macs = surgery.count_macs(model, input_shape)[0]
+    best = macs_after(model, input_shape, cfg, MAX_SEARCH_RATIO, train, seed)
+    if dense_macs / best < target:
+        raise GraphTraceError(
+            f'Invalid "prune.target_macs_reduction": {target} is out of reach (ratio {MAX_SEARCH_RATIO} gives '
+            f"{dense_macs / best:.2f}x; the ignored layers keep their MACs)")
+    lo, hi = 0.0, MAX_SEARCH_RATIO
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if dense_macs / macs_after(model, input_shape, cfg, mid, train, seed) >= target:
+            hi = mid
+        else:
+            lo = mid
+    log.info("ratio %.4f reaches %.2fx MACs reduction", hi, target)
+    return hi
+
+
+def _record(step: int, ratio: float, model: nn.Module, input_shape: tuple[int, ...], test: Split) -> dict[str, Any]:
+    macs, params = surgery.count_macs(model, input_shape)
+    accuracy, loss = evaluate(model, test.x, test.y)
+    return {"step": step, "ratio": ratio, "macs": macs, "params": params, "accuracy": accuracy, "loss": loss}
+
+
+def run_schedule(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, train: Split,
+                 test: Split, seed: int) -> ScheduleResult:
+    """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps.
+
+    torch-pruning's linear scheduler spreads the ratio: step i removes up to ``i / N * ratio`` of the original channels.
+    Fine-tuning (``cfg.step_finetune_epochs``) runs between steps, not after the last one: that is the finetune stage.
+    """
+    torch.manual_seed(seed)
+    pruner, imp = _pruner(model, input_shape, cfg, ratio, cfg.iterative_steps)
+    result = ScheduleResult(model=model, ratio=ratio, steps=[_record(0, 0.0, model, input_shape, test)])
+    for step in range(1, cfg.iterative_steps + 1):
+        _step(pruner, imp, model, train, cfg, seed + step)
+        if cfg.step_finetune_epochs and step < cfg.iterative_steps:
+            opt = Optim(cfg.step_finetune_epochs, CALIBRATION_BATCH, cfg.step_lr)
+            fit(model, train.x, train.y, opt, seed + step, f"prune step {step} fine-tune")
+        result.steps.append(_record(step, ratio * step / cfg.iterative_steps, model, input_shape, test))
+        log.info("prune step %d/%d: %s", step, cfg.iterative_steps, result.steps[-1])
+    result.history = pruner.pruning_history()
+    return result

@@ -1,0 +1,72 @@
+"""evaluate: dense / pruned / INT8 through ONNX Runtime -> reports/metrics.json, then the gates -> reports/gates.json."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pruning.config import Config
+from pruning.errors import DataError
+from pruning.gates import evaluate_gates
+from pruning.measure import accuracy_and_loss, latency, size_bytes
+from pruning.stages.common import load_data, read_json, write_json
+from pruning.surgery import count_macs, load_model, structural_sparsity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    metrics: dict[str, Any]
+    gates: dict[str, Any]
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def run_evaluate(cfg: Config) -> EvaluateResult:
+    """Measure the three models on the test split and check the gates. A failing gate is a verdict, not an error."""
+    data = load_data(cfg)
+    e = cfg.evaluate
+    onnx_paths = {"dense": cfg.paths.dense_onnx, "pruned": cfg.paths.pruned_onnx,
+                  "quantized": cfg.paths.quantized_onnx}
+    for name, path in onnx_paths.items():
+        if not Path(path).is_file():
+            stage = "quantize" if name == "quantized" else "export"
+            raise DataError(f"{path} not found: run the {stage} stage first (python -m pruning {stage})")
+    dense, _ = load_model(cfg.paths.dense_model)
+    pruned, _ = load_model(cfg.paths.finetuned_model)
+    dense_macs, dense_params = count_macs(dense, data.input_shape)
+    pruned_macs, pruned_params = count_macs(pruned, data.input_shape)
+    sparsity = structural_sparsity(dense, pruned)
+    x_test, y_test = data.test.x.numpy(), data.test.y.numpy()
+    timings = latency(onnx_paths, x_test, {"b1": 1, "bN": e.batch_size}, e.threads, e.warmup, e.repeats, e.rounds)
+    metrics: dict[str, Any] = {}
+    for name, path in onnx_paths.items():
+        accuracy, loss = accuracy_and_loss(path, x_test, y_test, e.threads)
+        macs, params = (dense_macs, dense_params) if name == "dense" else (pruned_macs, pruned_params)
+        metrics[name] = {"accuracy": accuracy, "loss": loss, "macs": macs, "params": params,
+                         "size_bytes": size_bytes(path), "structural_sparsity": 0.0 if name == "dense" else sparsity,
+                         **timings[name]}
+    d, p, q = metrics["dense"], metrics["pruned"], metrics["quantized"]
+    metrics.update({
+        "macs_reduction": _ratio(d["macs"], p["macs"]),
+        "params_reduction": _ratio(d["params"], p["params"]),
+        "size_reduction": _ratio(d["size_bytes"], q["size_bytes"]),
+        "speedup_b1": _ratio(d["latency_ms_b1"], p["latency_ms_b1"]),
+        "speedup_bN": _ratio(d["latency_ms_bN"], p["latency_ms_bN"]),
+        "quantized_speedup_b1": _ratio(d["latency_ms_b1"], q["latency_ms_b1"]),
+        "quantized_speedup_bN": _ratio(d["latency_ms_bN"], q["latency_ms_bN"]),
+        "accuracy_drop": d["accuracy"] - p["accuracy"],
+        "quantized_accuracy_drop": d["accuracy"] - q["accuracy"],
+        "parity_max_abs": read_json(cfg.paths.export_report, "export")["parity_max_abs"],
+        "batch_size_N": e.batch_size,
+        "threads": e.threads,
+    })
+    verdict = evaluate_gates(metrics, cfg.gates)
+    write_json(cfg.paths.metrics, metrics)
+    write_json(cfg.paths.gates, verdict)
+    return EvaluateResult(metrics, verdict)
