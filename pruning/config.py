@@ -150,25 +150,26 @@ class GateConfig(_Section):
 
 
 class PathsConfig(_Section):
-    """Every file a stage reads or writes; dvc.yaml templates the same keys with ``${paths.*}``."""
+    """Every file a stage reads or writes. Required in params.yaml, their one home: dvc.yaml templates the same keys
+    with ``${paths.*}``, and the code has no path literals of its own."""
 
-    train_data: str = "data/train.npz"
-    test_data: str = "data/test.npz"
-    data_meta: str = "data/meta.json"
-    dense_model: str = "models/dense.pt"
-    pruned_model: str = "models/pruned.pt"
-    finetuned_model: str = "models/finetuned.pt"
-    dense_onnx: str = "models/dense.onnx"
-    pruned_onnx: str = "models/pruned.onnx"
-    quantized_onnx: str = "models/pruned.int8.onnx"
-    train_report: str = "reports/train.json"
-    prune_report: str = "reports/prune.json"
-    prune_steps: str = "reports/prune_steps.json"
-    finetune_report: str = "reports/finetune.json"
-    export_report: str = "reports/export.json"
-    quantize_report: str = "reports/quantize.json"
-    metrics: str = "reports/metrics.json"
-    gates: str = "reports/gates.json"
+    train_data: str
+    test_data: str
+    data_meta: str
+    dense_model: str
+    pruned_model: str
+    finetuned_model: str
+    dense_onnx: str
+    pruned_onnx: str
+    quantized_onnx: str
+    train_report: str
+    prune_report: str
+    prune_steps: str
+    finetune_report: str
+    export_report: str
+    quantize_report: str
+    metrics: str
+    gates: str
 
 
 class Config(_Section):
@@ -184,7 +185,7 @@ class Config(_Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gates: dict[str, GateConfig] = Field(default_factory=dict)
-    paths: PathsConfig = Field(default_factory=PathsConfig)
+    paths: PathsConfig
 
 
 def _describe(err: dict[str, Any], file: str) -> str:

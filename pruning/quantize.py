@@ -56,8 +56,7 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
         method: static calibration method: minmax, entropy or percentile.
         activation_type: static activations as ``uint8`` or ``int8`` (weights are always int8).
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -75,21 +75,33 @@ def macs_after(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig,
 
 def search_ratio(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, target: float, train: Split,
                  seed: int, iterations: int = 12) -> float:
-    """Smallest channel ratio whose one-shot pruned model reaches ``dense MACs / pruned MACs >= target`` (bisection)."""
+    """Smallest channel ratio whose one-shot pruned model reaches ``dense MACs / pruned MACs >= target`` (bisection).
+
+    A ratio that would empty a layer counts as "too far", so the search stays inside what can be pruned.
+    """
     dense_macs = surgery.count_macs(model, input_shape)[0]
-    best = macs_after(model, input_shape, cfg, MAX_SEARCH_RATIO, train, seed)
-    if dense_macs / best < target:
-        raise GraphTraceError(
-            f'Invalid "prune.target_macs_reduction": {target} is out of reach (ratio {MAX_SEARCH_RATIO} gives '
-            f"{dense_macs / best:.2f}x; the ignored layers keep their MACs)")
+
+    def reduction(ratio: float) -> float | None:
+        try:
+            return dense_macs / macs_after(model, input_shape, cfg, ratio, train, seed)
+        except GraphTraceError:
+            return None
+
     lo, hi = 0.0, MAX_SEARCH_RATIO
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if dense_macs / macs_after(model, input_shape, cfg, mid, train, seed) >= target:
+        reached = reduction(mid)
+        if reached is None or reached >= target:
             hi = mid
         else:
             lo = mid
-    log.info("ratio %.4f reaches %.2fx MACs reduction", hi, target)
+    reached = reduction(hi)
+    if reached is None or reached < target:
+        best = reduction(lo)
+        raise GraphTraceError(
+            f'Invalid "prune.target_macs_reduction": {target} is out of reach (at most {best or 1.0:.2f}x, at ratio '
+            f"{lo:.3f}, before a layer would lose every channel; ignored layers keep their MACs)")
+    log.info("ratio %.4f reaches %.2fx MACs reduction (target %.2fx)", hi, reached, target)
     return hi
 
 

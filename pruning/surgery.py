@@ -77,7 +77,30 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
         raise GraphTraceError(f"torch-pruning cannot trace the model: {type(exc).__name__}: {exc}") from None
     for w in caught:  # e.g. unwrapped parameters or unknown ops: the user must know, they change what is removed
         log.warning("torch-pruning: %s", w.message)
+    if scope == "uniform":
+        _check_keeps_channels(pruner, ratio, round_to)
     return pruner
+
+
+def _check_keeps_channels(pruner: tp.pruner.BasePruner, ratio: float, round_to: int | None) -> None:
+    """GraphTraceError naming the layer whose channels ``ratio`` (after rounding) would all remove.
+
+    torch-pruning silently skips such a group, so without this check the layer would stay dense unannounced.
+    """
+    dg = pruner.DG
+    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+        module = group[0].dep.target.module
+        channels = dg.get_out_channels(module)
+        if not channels:
+            continue
+        keep = int(channels * (1 - ratio))
+        if round_to:
+            keep -= keep % round_to
+        if keep <= 0:
+            name = dg._module2name.get(module, type(module).__name__)
+            fix = f"prune.round_to {round_to} exceeds the {int(channels * (1 - ratio))} channels left" if round_to \
+                else f"prune.ratio {ratio} leaves none of its {channels} channels"
+            raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: {fix}")
 
 
 def check_layers_not_empty(model: nn.Module) -> None:
@@ -91,7 +114,7 @@ def check_layers_not_empty(model: nn.Module) -> None:
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             sizes = [m.num_features]
         if any(s == 0 for s in sizes):
-            raise GraphTraceError(f"pruning removed every channel of layer {name!r}: lower prune.ratio, "
+            raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: lower prune.ratio, "
                                   "prune.max_layer_ratio or prune.round_to")
 
 

@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny configuration (seconds, not minutes) and a pipeline run once per test session."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY: dict[str, Any] = {
+    "seed": 0,
+    "data": {"source": "digits"},
+    "model": {"arch": "resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},
+    "train": {"epochs": 4, "batch_size": 64, "lr": 0.05},
+    "prune": {"criterion": "l2", "ratio": 0.5, "iterative_steps": 2, "step_finetune_epochs": 1, "round_to": None},
+    "finetune": {"epochs": 2, "distill": {"enabled": True}},
+    "export": {"parity_samples": 64},
+    "quantize": {"mode": "static", "calibration_samples": 64},
+    "evaluate": {"batch_size": 16, "warmup": 1, "repeats": 3, "rounds": 1},
+    "gates": {
+        "macs": {"metric": "macs_reduction", "op": ">=", "threshold": 2.0},
+        "parity": {"metric": "parity_max_abs", "op": "<=", "threshold": 1e-4},
+    },
+    "paths": yaml.safe_load((REPO / "params.yaml").read_text())["paths"],
+}
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base`` (a value of None in ``over`` sets None)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def write_params(directory: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Write a tiny params.yaml (plus ``overrides``) into ``directory``."""
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(TINY, overrides or {}), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test from an empty directory (stage paths are relative to the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_cfg(in_tmp: Path):
+    """The tiny Config, loaded from a params.yaml in the test's own directory."""
+    from pruning.config import load_config
+
+    return load_config(write_params(in_tmp))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory where prepare + train already ran on the tiny config (shared, read-only for tests)."""
+    from pruning.config import load_config
+    from pruning.stages.prepare import run_prepare
+    from pruning.stages.train import run_train
+
+    root = tmp_path_factory.mktemp("trained")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = load_config(write_params(root))
+        run_prepare(cfg)
+        run_train(cfg)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def trained_copy(trained: Path, in_tmp: Path) -> Path:
+    """A private copy of ``trained`` as the working directory."""
+    import shutil
+
+    for sub in ("data", "models", "reports"):
+        shutil.copytree(trained / sub, in_tmp / sub)
+    shutil.copy(trained / "params.yaml", in_tmp / "params.yaml")
+    return in_tmp

@@ -1,0 +1,66 @@
+"""Real DVC in a real git repository: the shipped dvc.yaml on the tiny params."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_params
+
+pytestmark = pytest.mark.e2e
+STAGES = ["prepare", "train", "prune", "finetune", "export", "quantize", "evaluate"]
+
+
+def _run(*cmd, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+def _ran(log):
+    return [s for s in STAGES if f"Running stage '{s}'" in log]
+
+
+@pytest.fixture
+def repo(tmp_path):
+    shutil.copytree(REPO / "pruning", tmp_path / "pruning", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
+    write_params(tmp_path)
+    _run("git", "init", "-q", cwd=tmp_path)
+    _run("git", "config", "user.email", "t@example.com", cwd=tmp_path)
+    _run("git", "config", "user.name", "t", cwd=tmp_path)
+    _run(sys.executable, "-m", "dvc", "init", "-q", cwd=tmp_path)
+    _run("git", "add", "-A", cwd=tmp_path)
+    _run("git", "commit", "-qm", "init", cwd=tmp_path)
+    return tmp_path
+
+
+def test_dvc_repro_reruns_only_what_changed(repo):
+    first = _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
+    assert _ran(first) == STAGES
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["macs_reduction"] >= 2.0
+
+    second = _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
+    assert _ran(second) == []
+    assert "Data and pipelines are up to date" in second
+
+    shown = _run(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=repo)
+    assert '"macs_reduction"' in shown and "reports/metrics.json" in shown
+
+    _run("git", "add", "-A", cwd=repo)
+    _run("git", "commit", "-qm", "baseline", cwd=repo)
+    exp = _run(sys.executable, "-m", "dvc", "exp", "run", "-S", "prune.ratio=0.6", cwd=repo)
+    assert _ran(exp) == ["prune", "finetune", "export", "quantize", "evaluate"]
+    assert "Stage 'train' didn't change, skipping" in exp
+    after = json.loads((repo / "reports/metrics.json").read_text())
+    assert after["macs_reduction"] > metrics["macs_reduction"]
+
+    _run(sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_out", cwd=repo)
+    assert (repo / "plots_out" / "index.html").stat().st_size > 1000

@@ -1,0 +1,95 @@
+"""The whole pipeline through its stage functions on the tiny config: real torch-pruning, real ONNX Runtime."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+from pruning.config import load_config
+from pruning.export import predict, session
+from pruning.stages.evaluate import run_evaluate
+from pruning.stages.export import run_export
+from pruning.stages.finetune import run_finetune
+from pruning.stages.prune import run_prune
+from pruning.stages.quantize import run_quantize
+from pruning.surgery import count_macs, load_model
+
+pytestmark = pytest.mark.e2e
+
+METRIC_KEYS = {"accuracy", "macs", "params", "size_bytes", "latency_ms_b1", "latency_ms_bN"}
+TOP_KEYS = {"macs_reduction", "params_reduction", "speedup_b1", "speedup_bN", "accuracy_drop",
+            "quantized_accuracy_drop", "parity_max_abs"}
+
+
+def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_copy):
+    cfg = load_config("params.yaml")
+    pruned = run_prune(cfg)
+    assert pruned.macs_reduction >= 2.0
+    run_finetune(cfg)
+    exported = run_export(cfg)
+    assert exported.parity_max_abs <= cfg.export.parity_tolerance
+    run_quantize(cfg)
+    result = run_evaluate(cfg)
+
+    metrics = json.loads(Path(cfg.paths.metrics).read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    for variant in ("dense", "pruned", "quantized"):
+        assert metrics[variant].keys() >= METRIC_KEYS
+    assert metrics.keys() >= TOP_KEYS
+    # the figures are the real ones: MACs recounted from the reloaded model files, sizes from the ONNX files
+    dense, _ = load_model(cfg.paths.dense_model)
+    final, record = load_model(cfg.paths.finetuned_model)
+    assert metrics["dense"]["macs"] == count_macs(dense, (1, 8, 8))[0]
+    assert metrics["pruned"]["macs"] == count_macs(final, (1, 8, 8))[0]
+    assert metrics["macs_reduction"] == pytest.approx(metrics["dense"]["macs"] / metrics["pruned"]["macs"])
+    assert metrics["macs_reduction"] >= 2.0
+    # (on a model this tiny, INT8 scales and zero points can outweigh the saved weight bytes, so no INT8 < fp32 here)
+    assert metrics["pruned"]["size_bytes"] < 0.5 * metrics["dense"]["size_bytes"]
+    assert metrics["quantized"]["size_bytes"] < metrics["dense"]["size_bytes"]
+    assert 0 <= metrics["parity_max_abs"] <= 1e-4
+    assert record["history"] and record["meta"]["stage"] == "finetune"
+    # the INT8 model really is quantized and keeps the output shape
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(cfg.paths.quantized_onnx).graph.node}
+    x = np.load(cfg.paths.test_data)["x"][:5]
+    assert predict(session(cfg.paths.quantized_onnx), x).shape == (5, 10)
+    with torch.no_grad():
+        assert final(torch.from_numpy(x)).shape == (5, 10)
+    gates = json.loads(Path(cfg.paths.gates).read_text())
+    assert gates["passed"] is True and {c["name"] for c in gates["checks"]} == {"macs", "parity"}
+    steps = json.loads(Path(cfg.paths.prune_steps).read_text())
+    assert [s["step"] for s in steps] == [0, 1, 2] and steps[0]["macs"] > steps[2]["macs"]
+
+
+def test_evaluate_reports_a_failing_gate_and_strict_exits_2(trained_copy):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["gates"]["impossible"] = {"metric": "macs_reduction", "op": ">=", "threshold": 1000.0}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    cfg = load_config("params.yaml")
+    for stage in (run_prune, run_finetune, run_export, run_quantize):
+        stage(cfg)
+    verdict = run_evaluate(cfg).gates
+    assert verdict["passed"] is False
+    failed = [c for c in verdict["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["impossible"] and failed[0]["value"] < 1000.0
+    assert json.loads(Path(cfg.paths.gates).read_text())["passed"] is False
+
+    lenient = subprocess.run([sys.executable, "-m", "pruning", "evaluate"], capture_output=True, text=True)
+    assert lenient.returncode == 0, lenient.stderr  # a failing gate is a verdict, not a crash
+    assert "FAILED" in lenient.stdout
+    strict = subprocess.run([sys.executable, "-m", "pruning", "evaluate", "--strict"], capture_output=True, text=True)
+    assert strict.returncode == 2
+    assert "gates failed: impossible" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_prune_reaches_a_macs_target_when_given_one(trained_copy):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["prune"].update({"ratio": None, "target_macs_reduction": 3.0, "iterative_steps": 1})
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    result = run_prune(load_config("params.yaml"))
+    assert 3.0 <= result.macs_reduction < 3.6

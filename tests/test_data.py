@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from pruning.config import DataConfig
+from pruning.data import load_split, read_arrays, save_arrays
+from pruning.errors import DataError
+
+
+def test_load_split_gives_stratified_deterministic_digits_when_seeded():
+    (x1, y1), (xt1, yt1) = load_split(DataConfig(), seed=3)
+    (x2, y2), _ = load_split(DataConfig(), seed=3)
+    (x3, _), _ = load_split(DataConfig(), seed=4)
+    assert x1.shape[1:] == (1, 8, 8) and x1.dtype == np.float32 and y1.dtype == np.int64
+    assert len(x1) + len(xt1) == 1797
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert not np.array_equal(x1, x3)
+    assert set(np.unique(yt1)) == set(range(10))  # stratified: every class in the test split
+    assert x1.min() >= 0.0 and x1.max() <= 1.0
+
+
+def test_load_split_generates_mnist1d_offline():
+    (x, y), (xt, _) = load_split(DataConfig(source="mnist1d", mnist1d_samples=200), seed=0)
+    assert x.shape[1:] == (1, 40)
+    assert len(x) + len(xt) == 200
+    assert set(np.unique(y)) <= set(range(10))
+
+
+def test_load_split_reads_user_npz_in_both_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 12)).astype(np.float32), np.arange(50) % 5
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    (xtr, ytr), (xte, _) = load_split(DataConfig(source="npz", path=str(tmp_path / "xy.npz"), test_fraction=0.2), 0)
+    assert xtr.shape == (40, 1, 12) and xte.shape == (10, 1, 12)  # a channel axis is added to vectors
+    np.savez(tmp_path / "split.npz", x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    (xtr, _), (xte, _) = load_split(DataConfig(source="npz", path=str(tmp_path / "split.npz")), 0)
+    assert len(xtr) == 30 and len(xte) == 20
+
+
+def test_load_split_rejects_npz_when_labels_are_not_integers(tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((10, 3), np.float32), y=np.zeros(10, np.float32))
+    with pytest.raises(DataError, match="labels y must be integers"):
+        load_split(DataConfig(source="npz", path=str(tmp_path / "bad.npz")), 0)
+
+
+def test_load_split_rejects_npz_when_keys_are_unknown(tmp_path):
+    np.savez(tmp_path / "bad.npz", a=np.zeros(3))
+    with pytest.raises(DataError, match=r"expected arrays x, y .* found \['a'\]"):
+        load_split(DataConfig(source="npz", path=str(tmp_path / "bad.npz")), 0)
+
+
+def test_save_arrays_round_trips_without_pickles(tmp_path):
+    x, y = np.ones((4, 1, 3), np.float32), np.arange(4)
+    save_arrays(tmp_path / "d" / "s.npz", x, y)
+    x2, y2 = read_arrays(tmp_path / "d" / "s.npz")
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)

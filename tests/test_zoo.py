@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from pruning.errors import ModelError
+from pruning.zoo import ZOO, build_model
+
+SHAPES = {"resnet": (1, 8, 8), "vgg": (3, 16, 16), "mobilenetv2": (1, 8, 8), "resnet1d": (1, 40)}
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_build_model_outputs_logits_when_given_a_zoo_name(arch):
+    model = build_model(arch, {}, SHAPES[arch], 7).eval()
+    assert model(torch.randn(3, *SHAPES[arch])).shape == (3, 7)
+
+
+def test_build_model_calls_user_code_when_given_module_callable(tmp_path, monkeypatch):
+    (tmp_path / "mynet.py").write_text(
+        "import torch.nn as nn\n"
+        "def make(hidden=4):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model("mynet:make", {"hidden": 6}, (1, 8, 8), 10)
+    assert model[1].out_features == 6
+
+
+def test_build_model_lists_the_zoo_when_the_name_is_unknown():
+    with pytest.raises(ModelError, match="Unknown \"model.arch\" 'resnet9000'.*zoo: resnet"):
+        build_model("resnet9000", {}, (1, 8, 8), 10)
+
+
+def test_build_model_names_the_kwargs_when_the_builder_rejects_them():
+    with pytest.raises(ModelError, match="model.kwargs"):
+        build_model("resnet", {"depth": 3}, (1, 8, 8), 10)
