@@ -26,6 +26,8 @@ err = Console(stderr=True)
 out = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (the single source of truth).")]
+# Set by `run` for its `dvc repro` child, so the summary table is printed once, after the last stage.
+_SUMMARY_ONCE = "PRUNING_SUMMARY_BY_RUN"
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a gate fails.")]
 
 
@@ -121,6 +123,8 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False)
     from pruning.stages.evaluate import run_evaluate
 
     result = _stage(params, run_evaluate)
+    if os.environ.get(_SUMMARY_ONCE) and not strict:  # `run` prints the summary itself once dvc repro is done
+        return
     _finish(result.metrics, result.gates, strict)
 
 
@@ -133,7 +137,7 @@ def run(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False) -> N
         err.print("[red]error:[/] run uses dvc.yaml, which reads ./params.yaml; run single stages with --params")
         raise typer.Exit(2)
     cfg = _stage(params, lambda c: c)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", _SUMMARY_ONCE: "1"}
     code = subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env, check=False).returncode
     if code != 0:
         raise typer.Exit(code if code == 2 else 1)
