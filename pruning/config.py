@@ -149,6 +149,44 @@ class GateConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking: one parent run per pipeline run, a nested run per stage (logged by the evaluate stage).
+
+    The tracking URI is not a param: MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` in the working directory.
+    """
+
+    enabled: bool = True
+    experiment: str = Field("pruning", min_length=1)
+
+
+class RegistryConfig(_Section):
+    """MLflow model registry: where the INT8 model goes and how a new version can become ``champion``."""
+
+    model_name: str = Field("pruned-int8", min_length=1)
+    primary_metric: str = "quantized.accuracy"  # a metrics.json name; the champion is replaced only if beaten
+    greater_is_better: bool = True
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> RegistryConfig:
+        if self.primary_metric not in KNOWN_METRICS:
+            raise ValueError(f"unknown metric {self.primary_metric!r} (known: {', '.join(sorted(KNOWN_METRICS))})")
+        return self
+
+
+class ScheduleConfig(_Section):
+    """When ``python -m pruning serve`` runs the flow (Prefect cron schedule)."""
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> ScheduleConfig:
+        fields = self.cron.split()
+        if len(fields) != 5:
+            raise ValueError(f"expected 5 cron fields (minute hour day month weekday), got {len(fields)}")
+        return self
+
+
 class PathsConfig(_Section):
     """Every file a stage reads or writes. Required in params.yaml, their one home: dvc.yaml templates the same keys
     with ``${paths.*}``, and the code has no path literals of its own."""
@@ -170,6 +208,7 @@ class PathsConfig(_Section):
     quantize_report: str
     metrics: str
     gates: str
+    mlflow_run: str
 
 
 class Config(_Section):
@@ -185,6 +224,9 @@ class Config(_Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gates: dict[str, GateConfig] = Field(default_factory=dict)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     paths: PathsConfig
 
 
