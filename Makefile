@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 # dvc.yaml stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean bench-overhead
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check pruning flows tests
+
+# MLflow + Prefect overhead of the default run (wall time minus time inside the stage functions), 3 repetitions.
+bench-overhead: install
+	$(PY) benchmarks/overhead.py --repeats 3
 
 clean:
 	rm -rf data models reports dvc_plots

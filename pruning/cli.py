@@ -6,10 +6,12 @@ stderr and exit code 2 — never a traceback for bad input.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +28,7 @@ err = Console(stderr=True)
 out = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (the single source of truth).")]
-# Set by `run` for its `dvc repro` child, so the summary table is printed once, after the last stage.
+# Set by the flow for its `dvc repro` children, so the summary table is printed once, after the last stage.
 _SUMMARY_ONCE = "PRUNING_SUMMARY_BY_RUN"
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a gate fails.")]
 
@@ -48,10 +50,28 @@ def _stage(params: Path, fn: Callable[[Any], Any]) -> Any:
     from pruning.config import load_config
 
     try:
-        return fn(load_config(params))
+        cfg = load_config(params)
+        start = time.perf_counter()
+        result = fn(cfg)
     except PruningError as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    _record_timing(fn.__name__, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+    return result
+
+
+def _record_timing(name: str, seconds: float, tracking_seconds: float) -> None:
+    """Append the time spent inside the stage function to $PRUNING_TIMINGS (JSON lines), when set.
+
+    The overhead benchmark (benchmarks/overhead.py) sets it to measure wall time minus time inside the stages; the
+    MLflow logging done at the end of evaluate is tracking overhead, so it is reported apart.
+    """
+    target = os.environ.get("PRUNING_TIMINGS")
+    if target:
+        line = {"stage": name.removeprefix("run_"), "seconds": seconds - tracking_seconds,
+                "tracking_seconds": tracking_seconds}
+        with open(target, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 def _done(name: str, result: Any) -> None:
@@ -123,29 +143,38 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False)
     from pruning.stages.evaluate import run_evaluate
 
     result = _stage(params, run_evaluate)
-    if os.environ.get(_SUMMARY_ONCE) and not strict:  # `run` prints the summary itself once dvc repro is done
+    if os.environ.get(_SUMMARY_ONCE) and not strict:  # `run` prints the summary itself once the flow is done
         return
     _finish(result.metrics, result.gates, strict)
 
 
-@app.command()
-def run(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False) -> None:
-    """Run the whole pipeline with `dvc repro` (only stale stages rerun) and print the summary."""
-    from pruning.stages.common import read_json
+def _flows(module: str, *args: str) -> None:
+    """Run a Prefect entry point in its own process: pruning/ never imports prefect or flows (see ARCHITECTURE.md)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    raise typer.Exit(subprocess.run([sys.executable, "-m", module, *args], env=env, check=False).returncode)
 
-    if params != Path("params.yaml"):
-        err.print("[red]error:[/] run uses dvc.yaml, which reads ./params.yaml; run single stages with --params")
-        raise typer.Exit(2)
-    cfg = _stage(params, lambda c: c)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", _SUMMARY_ONCE: "1"}
-    code = subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env, check=False).returncode
-    if code != 0:
-        raise typer.Exit(code if code == 2 else 1)
-    try:
-        _finish(read_json(cfg.paths.metrics, "evaluate"), read_json(cfg.paths.gates, "evaluate"), strict)
-    except PruningError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+
+@app.command()
+def run(strict: StrictOpt = False) -> None:
+    """Run the whole pipeline as the Prefect flow (each task a DVC stage: only stale ones rerun), then promote."""
+    _flows("flows.pipeline", *(["--strict"] if strict else []))
+
+
+@app.command()
+def serve() -> None:
+    """Serve the flow as a Prefect deployment on params.yaml's schedule.cron (needs PREFECT_API_URL)."""
+    _flows("flows.deploy")
+
+
+@app.command()
+def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent run of a pipeline run.")],
+            params: ParamsOpt = Path("params.yaml")) -> None:
+    """Register a run's INT8 model; move 'champion' only if every gate passed and it beats the champion."""
+    from pruning.tracking import promote as register
+
+    result = _stage(params, lambda cfg: register(run_id, cfg))
+    out.print(f"registry: {result.model_name} v{result.version} -> {result.alias or 'no alias'} ({result.reason})",
+              highlight=False)
 
 
 def main() -> None:

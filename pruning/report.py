@@ -55,3 +55,26 @@ def print_report(metrics: dict[str, Any], verdict: dict[str, Any], console: Cons
     console = console or Console()
     console.print(summary_table(metrics))
     console.print(gates_table(verdict))
+
+
+def summary_markdown(metrics: dict[str, Any], verdict: dict[str, Any], promotion: dict[str, Any] | None,
+                     ran: dict[str, bool]) -> str:
+    """The summary and gate verdicts as Markdown (for the Prefect artifact)."""
+    rows = ["| | dense | pruned | INT8 |", "|---|---:|---:|---:|"]
+    for label, key, fmt in _ROWS:
+        rows.append(f"| {label} | " + " | ".join(fmt(metrics[v][key]) for v in ("dense", "pruned", "quantized")) + " |")
+    gates = ["| gate | metric | check | value | verdict |", "|---|---|---|---:|---|"]
+    for c in verdict["checks"]:
+        value = "missing" if c["value"] is None else f"{c['value']:.4g}"
+        gates.append(f"| {c['name']} | {c['metric']} | {c['op']} {c['threshold']:g} | {value} | "
+                     f"{'pass' if c['passed'] else '**FAIL**'} |")
+    stages = ", ".join(f"{name} ({'ran' if did else 'up to date'})" for name, did in ran.items())
+    lines = ["# Pruning pipeline", "",
+             f"MACs ÷{metrics['macs_reduction']:.2f}, speedup batch N ×{metrics['speedup_bN']:.2f} (INT8 "
+             f"×{metrics['quantized_speedup_bN']:.2f}), accuracy drop {metrics['accuracy_drop']:.2%} (INT8 "
+             f"{metrics['quantized_accuracy_drop']:.2%}).", "", *rows, "",
+             f"## Gates: {'PASSED' if verdict['passed'] else 'FAILED'}", "", *gates, "", f"Stages: {stages}."]
+    if promotion:
+        lines += ["", f"Registry: `{promotion['model_name']}` v{promotion['version']} -> "
+                      f"{promotion['alias'] or 'no alias'} ({promotion['reason']})."]
+    return "\n".join(lines) + "\n"

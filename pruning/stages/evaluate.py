@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from pruning.config import Config
 from pruning.errors import DataError
 from pruning.gates import evaluate_gates
 from pruning.measure import accuracy_and_loss, latency, size_bytes
-from pruning.stages.common import load_data, read_json, write_json
+from pruning.stages.common import git_commit, load_data, params_hash, read_json, write_json
 from pruning.surgery import count_macs, load_model, structural_sparsity
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 class EvaluateResult:
     metrics: dict[str, Any]
     gates: dict[str, Any]
+    run_id: str | None = None  # the MLflow parent run, when tracking is enabled
+    tracking_seconds: float = 0.0  # of which spent logging to MLflow
 
 
 def _ratio(a: float, b: float) -> float:
@@ -67,6 +71,31 @@ def run_evaluate(cfg: Config) -> EvaluateResult:
         "threads": e.threads,
     })
     verdict = evaluate_gates(metrics, cfg.gates)
+    start = time.perf_counter()
+    run_id = _track(cfg, metrics, verdict, x_test[:4]) if cfg.tracking.enabled else None
+    tracking_seconds = time.perf_counter() - start
     write_json(cfg.paths.metrics, metrics)
     write_json(cfg.paths.gates, verdict)
-    return EvaluateResult(metrics, verdict)
+    write_json(cfg.paths.mlflow_run, {"run_id": run_id, "experiment": cfg.tracking.experiment})
+    return EvaluateResult(metrics, verdict, run_id, tracking_seconds)
+
+
+def _file_md5(path: str) -> str:
+    # DVC 3 hashes a file as the md5 of its bytes, so this is the hash dvc.lock records for it.
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _track(cfg: Config, metrics: dict[str, Any], verdict: dict[str, Any], example: Any) -> str:
+    """Log the whole pipeline run to MLflow from the stages' reports. Returns the parent run id."""
+    from pruning.tracking import PipelineRecord, log_pipeline
+
+    p = cfg.paths
+    reports = {"prepare": read_json(p.data_meta, "prepare"), "train": read_json(p.train_report, "train"),
+               "prune": read_json(p.prune_report, "prune"), "prune_steps": read_json(p.prune_steps, "prune"),
+               "finetune": read_json(p.finetune_report, "finetune"), "export": read_json(p.export_report, "export"),
+               "quantize": read_json(p.quantize_report, "quantize")}
+    tags = {"git_commit": git_commit() or "unknown", "params_hash": params_hash(cfg),
+            "data_md5_train": _file_md5(p.train_data), "data_md5_test": _file_md5(p.test_data)}
+    record = PipelineRecord(params=cfg.model_dump(mode="json"), reports=reports, metrics=metrics, gates=verdict,
+                            tags=tags, pruned_onnx=p.pruned_onnx, quantized_onnx=p.quantized_onnx, example=example)
+    return log_pipeline(record, cfg.tracking.experiment)

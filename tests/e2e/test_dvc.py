@@ -16,7 +16,8 @@ STAGES = ["prepare", "train", "prune", "finetune", "export", "quantize", "evalua
 
 
 def _run(*cmd, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout + out.stderr
@@ -31,7 +32,7 @@ def repo(tmp_path):
     shutil.copytree(REPO / "pruning", tmp_path / "pruning", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
-    write_params(tmp_path)
+    write_params(tmp_path, {"tracking": {"enabled": True, "experiment": "dvc-test"}})
     _run("git", "init", "-q", cwd=tmp_path)
     _run("git", "config", "user.email", "t@example.com", cwd=tmp_path)
     _run("git", "config", "user.name", "t", cwd=tmp_path)
@@ -64,3 +65,31 @@ def test_dvc_repro_reruns_only_what_changed(repo):
 
     _run(sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_out", cwd=repo)
     assert (repo / "plots_out" / "index.html").stat().st_size > 1000
+
+
+def _parent_runs(repo):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["dvc-test"], output_format="list")
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _without_latency(metrics):
+    timed = ("latency", "speedup")
+    return {k: (_without_latency(v) if isinstance(v, dict) else v) for k, v in metrics.items()
+            if not any(t in k for t in timed)}
+
+
+def test_dvc_repro_logs_one_parent_run_and_reproduces_metrics_bit_identically(repo):
+    _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
+    first = (repo / "reports/metrics.json").read_text()
+    assert len(_parent_runs(repo)) == 1
+    _run(sys.executable, "-m", "dvc", "repro", "--force", cwd=repo)  # same data + params, every stage recomputed
+    second = (repo / "reports/metrics.json").read_text()
+    parents = _parent_runs(repo)
+    assert len(parents) == 2
+    assert len({r.data.tags["params_hash"] for r in parents}) == 1
+    # everything but the measured latencies (and the speedups derived from them) is bit-identical
+    assert _without_latency(json.loads(first)) == _without_latency(json.loads(second))
+    assert json.loads(first)["dense"]["accuracy"] == json.loads(second)["dense"]["accuracy"]

@@ -1,0 +1,57 @@
+"""Serve the pipeline flow as a Prefect deployment on the cron schedule of params.yaml (``schedule.cron``).
+
+``python -m pruning serve`` runs :func:`serve`: a long-running process that Prefect's server triggers on schedule.
+Prefect does not schedule on its ephemeral server: start ``prefect server start`` and set PREFECT_API_URL first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from prefect.schedules import Cron
+
+from flows.pipeline import PARAMS, pipeline
+from pruning.config import Config, load_config
+
+DEPLOYMENT = "scheduled"
+
+
+def build_deployment(cfg: Config, repo: str):
+    """The deployment: the pipeline flow, cron and timezone from params.yaml, run in ``repo``."""
+    return pipeline.to_deployment(
+        name=DEPLOYMENT,
+        schedule=Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone),
+        parameters={"repo": repo},
+        description=f"Pruning pipeline on {cfg.schedule.cron} ({cfg.schedule.timezone}); params from {PARAMS}",
+        tags=["pruning", cfg.registry.model_name],
+    )
+
+
+def serve() -> None:
+    """Serve the deployment until interrupted."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(build_deployment(load_config(PARAMS), os.getcwd()))
+
+
+def main() -> int:
+    from rich.console import Console
+
+    from pruning.errors import PruningError
+
+    if not os.environ.get("PREFECT_API_URL"):
+        Console(stderr=True).print(
+            "[red]error:[/] Prefect does not schedule on its ephemeral server: run `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api", highlight=False, soft_wrap=True)
+        return 2
+    try:
+        serve()
+    except PruningError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The Prefect flow end to end under prefect_test_harness, against a temporary sqlite MLflow store, in a real
+git + DVC repository: parent and nested runs, registry promotion, and a failing gate that leaves champion alone."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from pruning.export import predict, session
+from tests.conftest import REPO, write_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("prefect")]
+STAGES = {"prepare", "train", "prune", "finetune", "export", "quantize", "evaluate"}
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    shutil.copytree(REPO / "pruning", tmp_path / "pruning", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    write_params(tmp_path, {"tracking": {"enabled": True, "experiment": "flow-test"}})
+    _git("init", "-q", cwd=tmp_path)
+    _git("config", "user.email", "t@example.com", cwd=tmp_path)
+    _git("config", "user.name", "t", cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    _git("add", "-A", cwd=tmp_path)
+    _git("commit", "-qm", "init", cwd=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)  # the flow chdirs into the repo; this restores the cwd afterwards
+    return tmp_path
+
+
+def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(harness, repo):
+    from flows.pipeline import pipeline
+
+    first = pipeline(repo=str(repo))
+    assert set(first["ran"]) == STAGES and all(first["ran"].values())
+    assert first["gates"]["passed"] is True
+    name = "tiny-int8"
+    assert first["promotion"]["alias"] == "champion"
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(first["run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{first['run_id']}'")
+    assert {c.data.tags["stage"] for c in children} == STAGES and len(children) >= 7
+    # final metrics under the names of reports/metrics.json, same values
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert parent.data.metrics["macs_reduction"] == pytest.approx(metrics["macs_reduction"])
+    assert parent.data.metrics["quantized.accuracy"] == pytest.approx(metrics["quantized"]["accuracy"])
+    assert parent.data.params["prune.ratio"] == "0.5"
+    assert {"git_commit", "params_hash", "data_md5_train", "gates"} <= parent.data.tags.keys()
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
+    assert {"gates.json", "metrics.json", "prune_layers.csv", "accuracy_vs_macs.png"} <= artifacts
+    by_stage = {c.data.tags["stage"]: c.info.run_id for c in children}
+    assert len(client.get_metric_history(by_stage["train"], "test_accuracy")) == 4  # one point per epoch
+    assert [m.step for m in client.get_metric_history(by_stage["prune"], "macs")] == [0, 1, 2]
+
+    # the champion loads back from the registry and gives the evaluated INT8 model's outputs
+    champion = mlflow.onnx.load_model(f"models:/{name}@champion")
+    x = np.load(repo / "data/test.npz")["x"][:8]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(champion.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], predict(session(repo / "models/pruned.int8.onnx"), x),
+                               rtol=0, atol=0)
+
+    # an unchanged rerun recomputes nothing
+    again = pipeline(repo=str(repo))
+    assert not any(again["ran"].values())
+
+    # an impossible gate: evaluate reruns, a new version is registered with failing-gate tags, champion stays put
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["gates"]["impossible"] = {"metric": "macs_reduction", "op": ">=", "threshold": 1000.0}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    failing = pipeline(repo=str(repo))
+    assert [s for s, did in failing["ran"].items() if did] == ["evaluate"]
+    assert failing["gates"]["passed"] is False and failing["promotion"]["alias"] is None
+    version = client.get_model_version(name, failing["promotion"]["version"])
+    assert version.tags["gates"] == "failed" and version.tags["gate.impossible"].startswith("FAIL")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first["promotion"]["version"]
+
+
+def test_serve_builds_a_deployment_on_the_cron_of_params_yaml(harness, tmp_path, monkeypatch):
+    from flows.deploy import build_deployment
+    from pruning.config import load_config
+
+    write_params(tmp_path, {"schedule": {"cron": "15 4 * * 1", "timezone": "Europe/Paris"}})
+    cfg = load_config(tmp_path / "params.yaml")
+    deployment = build_deployment(cfg, str(tmp_path))
+    assert len(deployment.schedules) == 1
+    schedule = deployment.schedules[0].schedule
+    assert schedule.cron == "15 4 * * 1" and schedule.timezone == "Europe/Paris"
+    assert deployment.parameters == {"repo": str(tmp_path)}
+    assert deployment.flow_name == "pruning-pipeline"
+
+
+def test_serve_refuses_the_ephemeral_server_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    out = subprocess.run([sys.executable, "-m", "pruning", "serve"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "does not schedule on its ephemeral server" in out.stderr and "Traceback" not in out.stderr

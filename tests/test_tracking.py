@@ -1,0 +1,78 @@
+"""Registry rules against a real MLflow sqlite store: champion moves only on passing gates AND a better metric."""
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pruning.config import parse_config
+from pruning.export import export_onnx
+from pruning.tracking import INT8_MODEL_TAG, flatten, promote, setup
+from pruning.zoo import build_model
+from tests.conftest import TINY, merge
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    export_onnx(build_model("resnet", {"widths": [4, 4, 4]}, (1, 8, 8), 10), (1, 8, 8), tmp_path / "m.onnx", 17)
+    return tmp_path
+
+
+def _pipeline_run(store, accuracy: float, passed: bool) -> str:
+    """A minimal pipeline-shaped run: gates.json, the primary metric and an ONNX model tagged as the INT8 one."""
+    setup("pruning")
+    with mlflow.start_run() as run:
+        mlflow.log_dict({"passed": passed, "checks": [{"name": "accuracy", "metric": "accuracy_drop", "op": "<=",
+                                                       "threshold": 0.01, "value": 0.0 if passed else 0.5,
+                                                       "passed": passed}]}, "gates.json")
+        mlflow.log_metric("quantized.accuracy", accuracy)
+        info = mlflow.onnx.log_model(onnx.load(store / "m.onnx"), name="int8",
+                                     input_example=np.zeros((1, 1, 8, 8), np.float32),
+                                     onnx_execution_providers=["CPUExecutionProvider"])
+        mlflow.set_tag(INT8_MODEL_TAG, info.model_uri)
+        return run.info.run_id
+
+
+def test_promote_moves_champion_only_when_gates_pass_and_the_metric_improves(store):
+    cfg = parse_config(TINY)
+    name = cfg.registry.model_name
+    client = mlflow.MlflowClient()
+
+    first = promote(_pipeline_run(store, 0.90, True), cfg)
+    assert (first.alias, first.version) == ("champion", "1")
+
+    worse = promote(_pipeline_run(store, 0.80, True), cfg)
+    assert worse.alias == "challenger" and "does not beat champion v1" in worse.reason
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+    failing = promote(_pipeline_run(store, 0.99, False), cfg)
+    assert failing.alias is None and failing.reason == "gates failed: accuracy"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    tags = client.get_model_version(name, failing.version).tags
+    assert tags["gates"] == "failed" and tags["gate.accuracy"].startswith("FAIL")
+
+    better = promote(_pipeline_run(store, 0.95, True), cfg)
+    assert better.alias == "champion"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better.version == "4"
+
+
+def test_promote_returns_the_existing_version_when_a_run_is_promoted_twice(store):
+    cfg = parse_config(TINY)
+    run_id = _pipeline_run(store, 0.9, True)
+    assert promote(run_id, cfg).version == promote(run_id, cfg).version == "1"
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{cfg.registry.model_name}'")) == 1
+
+
+def test_promote_minimises_the_metric_when_lower_is_better(store):
+    cfg = parse_config(merge(TINY, {"registry": {"primary_metric": "quantized.accuracy", "greater_is_better": False}}))
+    assert promote(_pipeline_run(store, 0.9, True), cfg).alias == "champion"
+    assert promote(_pipeline_run(store, 0.8, True), cfg).alias == "champion"
+    assert promote(_pipeline_run(store, 0.85, True), cfg).alias == "challenger"
+
+
+def test_flatten_joins_nested_keys_with_dots():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
