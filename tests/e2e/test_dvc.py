@@ -70,8 +70,9 @@ def test_dvc_repro_reruns_only_what_changed(repo):
 def _parent_runs(repo):
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["dvc-test"], output_format="list")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")  # no global state for later tests
+    experiment = client.get_experiment_by_name("dvc-test")
+    runs = client.search_runs([experiment.experiment_id])
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 

@@ -46,6 +46,7 @@ def repo(tmp_path, monkeypatch):
     _git("add", "-A", cwd=tmp_path)
     _git("commit", "-qm", "init", cwd=tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)  # the flow chdirs into the repo; this restores the cwd afterwards
     return tmp_path
