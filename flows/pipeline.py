@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from pruning.cli import SUMMARY_BY_FLOW
 from pruning.config import load_config
 from pruning.stages.common import read_json
 
@@ -37,7 +38,7 @@ class StageFailed(RuntimeError):
 def _repro(stage: str) -> bool:
     """``dvc repro --single-item stage``; True if the stage ran, False if DVC found it up to date."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PRUNING_SUMMARY_BY_RUN": "1"}
+           SUMMARY_BY_FLOW: "1"}
     out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env=env, text=True,
                          capture_output=True, check=False)
     logger = get_run_logger()

@@ -29,7 +29,7 @@ out = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (the single source of truth).")]
 # Set by the flow for its `dvc repro` children, so the summary table is printed once, after the last stage.
-_SUMMARY_ONCE = "PRUNING_SUMMARY_BY_RUN"
+SUMMARY_BY_FLOW = "PRUNING_SUMMARY_BY_FLOW"
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a gate fails.")]
 
 
@@ -143,7 +143,7 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False)
     from pruning.stages.evaluate import run_evaluate
 
     result = _stage(params, run_evaluate)
-    if os.environ.get(_SUMMARY_ONCE) and not strict:  # `run` prints the summary itself once the flow is done
+    if os.environ.get(SUMMARY_BY_FLOW) and not strict:  # `run` prints the summary itself once the flow is done
         return
     _finish(result.metrics, result.gates, strict)
 

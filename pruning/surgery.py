@@ -64,7 +64,9 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
 def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, *,
                  ratio: float, scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float,
                  ignored: list[nn.Module]) -> tp.pruner.BasePruner:
-    """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError."""
+    """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer."""
+    entered: list[str] = []  # the layers whose forward started during tracing, to name the one that failed
+    hooks = [m.register_forward_pre_hook(lambda *_, n=name: entered.append(n)) for name, m in model.named_modules()]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -74,7 +76,12 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
                 max_pruning_ratio=max_layer_ratio, ignored_layers=ignored,
             )
     except Exception as exc:  # torch-pruning raises assorted errors from inside model.forward during tracing
-        raise GraphTraceError(f"torch-pruning cannot trace the model: {type(exc).__name__}: {exc}") from None
+        where = f"layer {entered[-1]!r}" if entered and entered[-1] else "the model's own forward"
+        raise GraphTraceError(f"torch-pruning cannot trace the model (failed in {where}): "
+                              f"{type(exc).__name__}: {exc}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
     for w in caught:  # e.g. unwrapped parameters or unknown ops: the user must know, they change what is removed
         log.warning("torch-pruning: %s", w.message)
     if scope == "uniform":

@@ -149,9 +149,7 @@ def log_pipeline(record: PipelineRecord, experiment: str) -> str:
         mlflow.log_metrics(_numbers(record.metrics))
         mlflow.log_dict(record.metrics, "metrics.json")
         mlflow.log_dict(record.gates, "gates.json")
-        mlflow.log_table({k: [row[k] for row in r["prune"]["layers"]] for k in r["prune"]["layers"][0]},
-                         "prune_layers.json")
-        _write_csv(r["prune"]["layers"])
+        _log_csv(r["prune"]["layers"], "prune_layers.csv")
         mlflow.log_figure(_accuracy_vs_macs_figure(r["prune_steps"]), "accuracy_vs_macs.png")
 
         with _nested("prepare"):
@@ -160,11 +158,11 @@ def log_pipeline(record: PipelineRecord, experiment: str) -> str:
         with _nested("train") as run_id:
             mlflow.log_params({f"train.{k}": v for k, v in record.params["train"].items()})
             _series(run_id, r["train"]["epochs"], "epoch")
-            mlflow.log_metrics({k: v for k, v in _numbers(r["train"]).items()})
+            mlflow.log_metrics(_numbers(r["train"]))
         with _nested("prune") as run_id:
             mlflow.log_params({f"prune.{k}": str(v) for k, v in record.params["prune"].items()})
             _series(run_id, r["prune_steps"], "step")
-            mlflow.log_metrics({k: v for k, v in _numbers(r["prune"]).items() if not k.startswith("layers")})
+            mlflow.log_metrics(_numbers(r["prune"]))
         with _nested("finetune") as run_id:
             mlflow.log_params({k: str(v) for k, v in flatten(record.params["finetune"], "finetune.").items()})
             _series(run_id, r["finetune"]["epochs"], "epoch")
@@ -185,14 +183,14 @@ def log_pipeline(record: PipelineRecord, experiment: str) -> str:
         return parent.info.run_id
 
 
-def _write_csv(layers: list[dict[str, Any]]) -> None:
+def _log_csv(rows: list[dict[str, Any]], name: str) -> None:
     import mlflow
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(layers[0]))
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
-    writer.writerows(layers)
-    mlflow.log_text(buf.getvalue(), "prune_layers.csv")
+    writer.writerows(rows)
+    mlflow.log_text(buf.getvalue(), name)
 
 
 # ----------------------------------------------------------------------------------------------------------------

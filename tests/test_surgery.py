@@ -73,19 +73,25 @@ def test_load_model_rejects_a_pickled_module():
             surgery.load_model(path)
 
 
-class _Untraceable(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.fc = nn.Linear(4, 10)
-
+class _Opaque(nn.Module):
     def forward(self, x):
         raise RuntimeError("custom op torch-pruning cannot see")
 
 
-def test_build_pruner_raises_graph_trace_error_when_the_model_cannot_be_traced():
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.custom = _Opaque()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.custom(self.conv(x)).mean((2, 3)))
+
+
+def test_build_pruner_names_the_layer_when_the_model_cannot_be_traced():
     model = _Untraceable()
-    with pytest.raises(GraphTraceError, match="cannot trace the model"):
+    with pytest.raises(GraphTraceError, match=r"cannot trace the model \(failed in layer 'custom'\): RuntimeError"):
         surgery.build_pruner(model, (1, 8, 8), make_importance("l2"), ratio=0.5, scope="uniform", iterative_steps=1,
                              round_to=None, max_layer_ratio=0.9, ignored=[model.fc])
 
