@@ -58,11 +58,13 @@ class PruneConfig(_Section):
     the ratio whose pruned model has at most half the dense MACs) is set.
     """
 
-    criterion: Literal["l1", "l2", "taylor", "hessian", "random"] = "l2"
+    criterion: Literal["l1", "l2", "taylor", "hessian", "bn_scale", "lamp", "random", "loss_change"] = "l2"
     scope: Literal["uniform", "global"] = "uniform"
     ratio: float | None = Field(0.3, gt=0, lt=1)
     target_macs_reduction: float | None = Field(None, gt=1)
     iterative_steps: int = Field(1, ge=1)
+    # how the ratio grows over the steps: linear, or cubic (Zhu & Gupta 2017: fast early, gentle late)
+    schedule: Literal["linear", "cubic"] = "linear"
     step_finetune_epochs: int = Field(0, ge=0)  # fine-tuning epochs between iterative steps
     step_lr: float = Field(0.01, gt=0)
     round_to: int | None = Field(None, ge=1)
@@ -70,6 +72,8 @@ class PruneConfig(_Section):
     ignored_layers: list[str] = Field(default_factory=list)  # module names; the classifier is always kept
     calibration_batches: int = Field(4, ge=1)  # batches for taylor/hessian gradients and BatchNorm recalibration
     bn_recalibration: bool = True
+    oracle_max_channels: int = Field(4096, ge=1)  # loss_change: at most this many loss evaluations per step
+    oracle_max_seconds: float = Field(600.0, gt=0)  # loss_change: and at most this long
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:

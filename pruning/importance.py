@@ -14,8 +14,9 @@ import torch_pruning as tp
 from torch import nn
 
 from pruning.errors import ConfigError
+from pruning.oracle import LossChangeImportance
 
-IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
+IMPORTANCES: dict[str, Callable[..., tp.importance.Importance]] = {
     # Group magnitude (Han et al. 2015, grouped over coupled layers as in Fang et al. 2023, DepGraph).
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -23,27 +24,40 @@ IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
     # Optimal Brain Damage: diagonal Hessian approximated by squared per-sample gradients (LeCun et al. 1989).
     "hessian": lambda: tp.importance.GroupHessianImportance(),
+    # BatchNorm scale |gamma| of the channel (Liu et al. 2017, network slimming).
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    # Layer-adaptive magnitude (Lee et al. 2021): magnitude normalised by the magnitudes above it in its layer.
+    "lamp": lambda: tp.importance.LAMPImportance(),
     "random": lambda: tp.importance.RandomImportance(),
+    # The measured loss increase when the channel is removed (the "oracle"; pruning/oracle.py).
+    "loss_change": lambda max_channels=4096, max_seconds=600.0: LossChangeImportance(max_channels, max_seconds),
 }
 
 
-def make_importance(name: str) -> tp.importance.Importance:
-    """A fresh importance estimator for criterion ``name``."""
+def make_importance(name: str, max_channels: int = 4096, max_seconds: float = 600.0) -> tp.importance.Importance:
+    """A fresh importance estimator for criterion ``name`` (the limits bound the loss_change oracle only)."""
     if name not in IMPORTANCES:
         raise ConfigError(f'Invalid "prune.criterion": {name!r} (valid: {", ".join(IMPORTANCES)})')
+    if name == "loss_change":
+        return IMPORTANCES[name](max_channels, max_seconds)
     return IMPORTANCES[name]()
 
 
 def prepare_importance(imp: tp.importance.Importance, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        batches: int, batch_size: int, seed: int) -> None:
-    """Compute what a gradient criterion reads, on ``batches`` random training batches; no-op for the others.
+    """Compute what a data-driven criterion reads, on ``batches`` random training batches; no-op for the others.
 
-    Taylor reads ``param.grad`` (summed over the batches); Hessian accumulates squared per-sample gradients.
+    Taylor reads ``param.grad`` (summed over the batches); Hessian accumulates squared per-sample gradients;
+    loss_change measures on the same samples as one batch.
     """
-    if not isinstance(imp, tp.importance.GroupTaylorImportance | tp.importance.GroupHessianImportance):
-        return
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=gen)
+    if isinstance(imp, LossChangeImportance):
+        idx = order[: batches * batch_size]
+        imp.bind(model, x[idx], y[idx])
+        return
+    if not isinstance(imp, tp.importance.GroupTaylorImportance | tp.importance.GroupHessianImportance):
+        return
     model.eval()  # gradients of the deployed (eval-mode) function; BatchNorm statistics stay as trained
     model.zero_grad(set_to_none=True)
     if isinstance(imp, tp.importance.GroupHessianImportance):

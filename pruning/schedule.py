@@ -46,11 +46,22 @@ class ScheduleResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _pruner(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, steps: int):
-    imp = make_importance(cfg.criterion)
+def cubic_scheduler(pruning_ratio: float, steps: int) -> list[float]:
+    """Gradual pruning's polynomial schedule (Zhu & Gupta 2017, eq. 1 with s_i = 0, exponent 3).
+
+    ratio_t = ratio * (1 - (1 - t / steps)^3) for t = 0..steps: most channels go early, while the network still has
+    the capacity to recover, and few at the end. Same contract as torch-pruning's ``linear_scheduler``.
+    """
+    return [pruning_ratio * (1 - (1 - t / steps) ** 3) for t in range(steps + 1)]
+
+
+def _pruner(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, steps: int,
+            criterion: str | None = None):
+    imp = make_importance(criterion or cfg.criterion, cfg.oracle_max_channels, cfg.oracle_max_seconds)
     pruner = surgery.build_pruner(
         model, input_shape, imp, ratio=ratio, scope=cfg.scope, iterative_steps=steps, round_to=cfg.round_to,
-        max_layer_ratio=cfg.max_layer_ratio, ignored=surgery.ignored_modules(model, cfg.ignored_layers))
+        max_layer_ratio=cfg.max_layer_ratio, ignored=surgery.ignored_modules(model, cfg.ignored_layers),
+        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None)
     return pruner, imp
 
 
@@ -64,9 +75,13 @@ def _step(pruner, imp, model: nn.Module, train: Split, cfg: PruneConfig, seed: i
 
 def macs_after(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, train: Split,
                seed: int) -> int:
-    """MACs of a one-shot pruned copy of ``model`` at channel ratio ``ratio`` (the model is untouched)."""
+    """MACs of a one-shot pruned copy of ``model`` at channel ratio ``ratio`` (the model is untouched).
+
+    With uniform scope every layer keeps the same count whatever the criterion, so the trial uses cheap l1 (the
+    loss_change oracle would cost a full pass per trial); with global scope the criterion decides the allocation.
+    """
     trial = surgery.clone(model)
-    pruner, imp = _pruner(trial, input_shape, cfg, ratio, 1)
+    pruner, imp = _pruner(trial, input_shape, cfg, ratio, 1, criterion="l1" if cfg.scope == "uniform" else None)
     torch.manual_seed(seed)
     prepare_importance(imp, trial, train.x, train.y, cfg.calibration_batches, CALIBRATION_BATCH, seed)
     surgery.prune_step(pruner, trial)
@@ -115,7 +130,8 @@ def run_schedule(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfi
                  test: Split, seed: int) -> ScheduleResult:
     """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps.
 
-    torch-pruning's linear scheduler spreads the ratio: step i removes up to ``i / N * ratio`` of the original channels.
+    The scheduler spreads the ratio: with ``linear`` step i removes up to ``i / N * ratio`` of the original channels,
+    with ``cubic`` (gradual pruning) most of it in the first steps.
     Fine-tuning (``cfg.step_finetune_epochs``) runs between steps, not after the last one: that is the finetune stage.
     """
     torch.manual_seed(seed)
@@ -126,7 +142,7 @@ def run_schedule(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfi
         if cfg.step_finetune_epochs and step < cfg.iterative_steps:
             opt = Optim(cfg.step_finetune_epochs, CALIBRATION_BATCH, cfg.step_lr)
             fit(model, train.x, train.y, opt, seed + step, f"prune step {step} fine-tune")
-        result.steps.append(_record(step, ratio * step / cfg.iterative_steps, model, input_shape, test))
+        result.steps.append(_record(step, pruner.per_step_pruning_ratio[step], model, input_shape, test))
         log.info("prune step %d/%d: %s", step, cfg.iterative_steps, result.steps[-1])
     result.history = pruner.pruning_history()
     return result

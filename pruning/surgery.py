@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
 from pruning.errors import ConfigError, GraphTraceError, ModelError
 from pruning.zoo import build_model
@@ -63,7 +64,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
 
 def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, *,
                  ratio: float, scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float,
-                 ignored: list[nn.Module]) -> tp.pruner.BasePruner:
+                 ignored: list[nn.Module], scheduler: Callable[[float, int], list[float]] | None = None,
+                 ) -> tp.pruner.BasePruner:
     """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer."""
     entered: list[str] = []  # the layers whose forward started during tracing, to name the one that failed
     hooks = [m.register_forward_pre_hook(lambda *_, n=name: entered.append(n)) for name, m in model.named_modules()]
@@ -74,6 +76,7 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
                 model, example_input(input_shape), importance=importance, pruning_ratio=ratio,
                 global_pruning=scope == "global", iterative_steps=iterative_steps, round_to=round_to,
                 max_pruning_ratio=max_layer_ratio, ignored_layers=ignored,
+                iterative_pruning_ratio_scheduler=scheduler or linear_scheduler,
             )
     except Exception as exc:  # torch-pruning raises assorted errors from inside model.forward during tracing
         where = f"layer {entered[-1]!r}" if entered and entered[-1] else "the model's own forward"

@@ -22,7 +22,7 @@ def _model():
     return build_model("resnet", {"widths": [8, 16, 32]}, SHAPE, 10)
 
 
-@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "hessian", "random"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "hessian", "bn_scale", "lamp", "random", "loss_change"])
 def test_run_schedule_removes_channels_with_every_criterion(criterion, splits):
     train, test = splits
     model = _model()
@@ -61,3 +61,23 @@ def test_search_ratio_raises_when_the_target_is_out_of_reach(splits):
     cfg = PruneConfig(ratio=None, target_macs_reduction=1000.0)
     with pytest.raises(GraphTraceError, match="out of reach"):
         search_ratio(_model(), SHAPE, cfg, 1000.0, train, seed=0)
+
+
+def test_cubic_scheduler_front_loads_the_ratio_and_ends_at_it():
+    from pruning.schedule import cubic_scheduler
+
+    ratios = cubic_scheduler(0.8, 4)
+    assert ratios[0] == 0 and ratios[-1] == pytest.approx(0.8)
+    steps = [b - a for a, b in zip(ratios, ratios[1:], strict=False)]
+    assert steps == sorted(steps, reverse=True) and steps[0] > 0.8 / 4  # more than linear at first
+
+
+def test_run_schedule_follows_the_cubic_ratios_when_gradual(splits):
+    train, test = splits
+    cfg = PruneConfig(ratio=0.6, iterative_steps=3, schedule="cubic")
+    result = run_schedule(_model(), SHAPE, cfg, 0.6, train, test, seed=0)
+    assert [round(s["ratio"], 4) for s in result.steps] == [0.0, round(0.6 * (1 - (2 / 3) ** 3), 4),
+                                                            round(0.6 * (1 - (1 / 3) ** 3), 4), 0.6]
+    linear = run_schedule(_model(), SHAPE, PruneConfig(ratio=0.6, iterative_steps=3), 0.6, train, test, seed=0)
+    assert result.steps[1]["macs"] < linear.steps[1]["macs"]  # gradual removes more at the first step
+    assert result.steps[-1]["macs"] == linear.steps[-1]["macs"]  # and ends at the same size
