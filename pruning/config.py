@@ -72,6 +72,9 @@ class PruneConfig(_Section):
     ignored_layers: list[str] = Field(default_factory=list)  # module names; the classifier is always kept
     calibration_batches: int = Field(4, ge=1)  # batches for taylor/hessian gradients and BatchNorm recalibration
     bn_recalibration: bool = True
+    # depth pruning first: remove this many residual blocks (each becomes its shortcut), ranked by depth_criterion
+    depth_blocks: int = Field(0, ge=0)
+    depth_criterion: Literal["loss_change", "norm"] = "loss_change"
     oracle_max_channels: int = Field(4096, ge=1)  # loss_change: at most this many loss evaluations per step
     oracle_max_seconds: float = Field(600.0, gt=0)  # loss_change: and at most this long
 

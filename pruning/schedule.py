@@ -89,12 +89,13 @@ def macs_after(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig,
 
 
 def search_ratio(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, target: float, train: Split,
-                 seed: int, iterations: int = 12) -> float:
-    """Smallest channel ratio whose one-shot pruned model reaches ``dense MACs / pruned MACs >= target`` (bisection).
+                 seed: int, iterations: int = 12, reference_macs: int | None = None) -> float:
+    """Smallest channel ratio whose one-shot pruned model reaches ``reference MACs / pruned MACs >= target``.
 
-    A ratio that would empty a layer counts as "too far", so the search stays inside what can be pruned.
+    Bisection; ``reference_macs`` is the dense model's (default: ``model``'s own, i.e. when no blocks were removed
+    first). A ratio that would empty a layer counts as "too far", so the search stays inside what can be pruned.
     """
-    dense_macs = surgery.count_macs(model, input_shape)[0]
+    dense_macs = reference_macs or surgery.count_macs(model, input_shape)[0]
 
     def reduction(ratio: float) -> float | None:
         try:

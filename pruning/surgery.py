@@ -160,11 +160,13 @@ def structural_sparsity(dense: nn.Module, pruned: nn.Module) -> float:
 
 
 def save_model(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict[str, Any], input_shape: Sequence[int],
-               num_classes: int, history: list | None = None, meta: dict[str, Any] | None = None) -> None:
-    """Write a self-describing model file: architecture + pruning history + weights, no pickled code.
+               num_classes: int, history: list | None = None, removed_blocks: Sequence[str] = (),
+               meta: dict[str, Any] | None = None) -> None:
+    """Write a self-describing model file: architecture + removed blocks + pruning history + weights, no pickled code.
 
     Args:
         history: torch-pruning's ``pruner.pruning_history()`` (empty for a dense model).
+        removed_blocks: residual blocks replaced by their shortcut (pruning.depth), in removal order.
         meta: small provenance facts (params hash, stage, ...), plain types only.
     """
     record = {
@@ -173,6 +175,7 @@ def save_model(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict[st
         "kwargs": dict(kwargs),
         "input_shape": [int(s) for s in input_shape],
         "num_classes": int(num_classes),
+        "removed_blocks": [str(n) for n in removed_blocks],
         "history": [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in (history or [])],
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
@@ -196,9 +199,17 @@ def load_record(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a (possibly pruned) model from its file. Returns (model in eval mode, record)."""
+    """Rebuild a (possibly pruned) model from its file. Returns (model in eval mode, record).
+
+    The dense architecture is built from the zoo (or user code), the removed blocks are replaced by their shortcuts,
+    torch-pruning's history is replayed (``DG.load_pruning_history``), then the weights are loaded strictly.
+    """
+    from pruning.depth import remove_blocks
+
     record = load_record(path)
     model = build_model(record["arch"], record["kwargs"], tuple(record["input_shape"]), record["num_classes"])
+    if record.get("removed_blocks"):  # depth first, then channels: the order in which they were pruned
+        remove_blocks(model, record["removed_blocks"])
     if record["history"]:
         dg = tp.DependencyGraph().build_dependency(model, example_input(record["input_shape"]))
         dg.load_pruning_history([(n, out, idxs) for n, out, idxs in record["history"]])

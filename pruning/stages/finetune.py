@@ -34,6 +34,7 @@ def run_finetune(cfg: Config) -> FinetuneResult:
     accuracy, loss = evaluate(model, data.test.x, data.test.y)
     save_model(cfg.paths.finetuned_model, model, arch=record["arch"], kwargs=record["kwargs"],
                input_shape=record["input_shape"], num_classes=record["num_classes"], history=record["history"],
+               removed_blocks=record.get("removed_blocks", []),
                meta=provenance(cfg, "finetune"))
     result = FinetuneResult(before, accuracy, loss)
     write_json(cfg.paths.finetune_report, {**result.__dict__, "distill": f.distill.enabled, "epochs": history})

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from pruning.config import load_config
+from pruning.errors import ConfigError
 from pruning.export import predict, session
 from pruning.stages.evaluate import run_evaluate
 from pruning.stages.export import run_export
@@ -93,3 +94,29 @@ def test_prune_reaches_a_macs_target_when_given_one(trained_copy):
     Path("params.yaml").write_text(yaml.safe_dump(params))
     result = run_prune(load_config("params.yaml"))
     assert 3.0 <= result.macs_reduction < 3.6
+
+
+def test_prune_removes_blocks_then_channels_and_the_file_reloads(trained_copy):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["prune"].update({"depth_blocks": 1, "ratio": None, "target_macs_reduction": 2.5, "iterative_steps": 1})
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    cfg = load_config("params.yaml")
+    result = run_prune(cfg)
+    assert result.macs_reduction >= 2.5  # relative to the dense model, blocks included
+    model, record = load_model(cfg.paths.pruned_model)
+    assert len(record["removed_blocks"]) == 1
+    removed = dict(model.named_modules())[record["removed_blocks"][0]]
+    assert isinstance(removed, torch.nn.Identity | torch.nn.Sequential)  # the block became its shortcut
+    assert count_macs(model, (1, 8, 8))[0] == pytest.approx(result.pruned_macs)
+    steps = json.loads(Path(cfg.paths.prune_steps).read_text())
+    assert [s["step"] for s in steps] == [0, 1, 2] and steps[0]["macs"] > steps[1]["macs"] > steps[2]["macs"]
+    run_finetune(cfg)  # the block removal survives the fine-tune's save/load round trip
+    assert load_model(cfg.paths.finetuned_model)[1]["removed_blocks"] == record["removed_blocks"]
+
+
+def test_prune_names_the_key_when_too_many_blocks_are_asked(trained_copy):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["prune"]["depth_blocks"] = 9
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match='Invalid "prune.depth_blocks": 9'):
+        run_prune(load_config("params.yaml"))
