@@ -177,6 +177,23 @@ def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent 
               highlight=False)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print and write figures (not tests).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("criteria")
+def bench_criteria(params: ParamsOpt = Path("params.yaml"),
+                   quick: Annotated[bool, typer.Option("--quick", help="1 seed, bench.quick_targets, no long regime.")] = False,
+                   readme: Annotated[bool, typer.Option(help="Write the table into README.md's Results section.")] = True,
+                   ) -> None:
+    """Every criterion x MACs target x regime x seed on mnist1d; writes paths.bench_dir/criteria.{json,md,png}."""
+    from pruning.bench import run_criteria
+
+    result = _stage(params, lambda cfg: run_criteria(cfg, quick, Path(cfg.paths.bench_dir),
+                                                     Path("README.md") if readme else None))
+    out.print(result["markdown"], highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -194,6 +194,36 @@ class ScheduleConfig(_Section):
         return self
 
 
+class BenchMethod(_Section):
+    """One pruning configuration compared by ``python -m pruning bench criteria``."""
+
+    criterion: Literal["l1", "l2", "taylor", "hessian", "bn_scale", "lamp", "random", "loss_change"]
+    scope: Literal["uniform", "global"] = "uniform"
+    bn_recalibration: bool = True
+    distill: bool = False  # knowledge distillation from the base model during the fine-tuning epochs
+    max_layer_ratio: float = Field(0.9, gt=0, le=1)
+
+
+class BenchConfig(_Section):
+    """The criteria benchmark: mnist1d (generated offline), one base model per seed, every method at equal MACs."""
+
+    arch: str = "resnet1d"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    samples: int = Field(5000, ge=200)  # mnist1d samples (80 % train / 20 % test, stratified)
+    base_epochs: int = Field(40, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.1, gt=0)
+    finetune_lr: float = Field(0.01, gt=0)
+    seeds: int = Field(5, ge=1)
+    targets: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
+    short_epochs: int = Field(3, ge=1)  # the equal fine-tuning budget of the "ft" and "gradual" regimes
+    long_epochs: int = Field(20, ge=1)  # the long regime ...
+    long_max_target: float = Field(2.0, gt=1)  # ... run only up to this MACs target (time)
+    calibration_samples: int = Field(256, ge=16)  # gradients, BatchNorm recalibration, the oracle
+    methods: dict[str, BenchMethod] = Field(default_factory=dict)
+    quick_targets: list[float] = Field(default_factory=lambda: [2.0, 8.0])
+
+
 class PathsConfig(_Section):
     """Every file a stage reads or writes. Required in params.yaml, their one home: dvc.yaml templates the same keys
     with ``${paths.*}``, and the code has no path literals of its own."""
@@ -216,6 +246,7 @@ class PathsConfig(_Section):
     metrics: str
     gates: str
     mlflow_run: str
+    bench_dir: str  # python -m pruning bench writes its json / md / png here
 
 
 class Config(_Section):
@@ -234,6 +265,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
     paths: PathsConfig
 
 
