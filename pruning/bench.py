@@ -93,9 +93,10 @@ def run_one(base: nn.Module, name: str, m: BenchMethod, regime: str, target: flo
         fit(model, data.train.x, data.train.y, Optim(epochs, b.batch_size, b.finetune_lr), seed,
             f"{name} {regime} {target:g}x", distill=distill)
     accuracy, loss = evaluate(model, data.test.x, data.test.y)
-    macs = surgery.count_macs(model, data.input_shape)[0]
+    macs, params = surgery.count_macs(model, data.input_shape)
     return {"seed": seed, "method": name, "regime": regime, "target": target, "ratio": ratios[key],
-            "achieved": dense_macs / macs, "accuracy": accuracy, "loss": loss, "seconds": time.perf_counter() - start}
+            "achieved": dense_macs / macs, "params": params, "accuracy": accuracy, "loss": loss,
+            "seconds": time.perf_counter() - start}
 
 
 def oracle_correlations(base: nn.Module, b: BenchConfig, data: BenchData, seed: int,
@@ -209,14 +210,15 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(md: str, readme: Path) -> None:
-    """Replace the text between the README's bench markers with ``md`` (generated, never hand-typed)."""
+def update_readme(md: str, readme: Path, markers: tuple[str, str] = (README_START, README_END)) -> None:
+    """Replace the text between the README's markers with ``md`` (generated, never hand-typed)."""
+    start, end = markers
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} markers")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{md}{README_END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{md}{end}{tail}")
 
 
 def _write(b: BenchConfig, quick: bool, seeds: int, targets: list[float], records: list[dict[str, Any]],

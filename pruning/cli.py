@@ -194,6 +194,17 @@ def bench_criteria(params: ParamsOpt = Path("params.yaml"),
     out.print(result["markdown"], highlight=False)
 
 
+@bench_app.command("sparse")
+def bench_sparse(params: ParamsOpt = Path("params.yaml"),
+                 readme: Annotated[bool, typer.Option(help="Write the report into README.md's Results section.")] = True,
+                 ) -> None:
+    """Unstructured 90 % (CSR size vs dense and vs structured, honest latency) and a lottery ticket, on mnist1d."""
+    from pruning.bench_sparse import run_sparse
+
+    result = _stage(params, lambda cfg: run_sparse(cfg, Path(cfg.paths.bench_dir), Path("README.md") if readme else None))
+    out.print(result["markdown"], highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

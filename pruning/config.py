@@ -222,6 +222,12 @@ class BenchConfig(_Section):
     calibration_samples: int = Field(256, ge=16)  # gradients, BatchNorm recalibration, the oracle
     methods: dict[str, BenchMethod] = Field(default_factory=dict)
     quick_targets: list[float] = Field(default_factory=lambda: [2.0, 8.0])
+    # python -m pruning bench sparse: unstructured magnitude pruning and lottery tickets on the same base model
+    unstructured_sparsity: float = Field(0.9, gt=0, lt=1)
+    lottery_rounds: int = Field(8, ge=1)  # sparsity after r rounds: 1 - (1 - per_round)^r (8 x 0.2 -> 83 %)
+    lottery_prune_per_round: float = Field(0.2, gt=0, lt=1)
+    lottery_epochs: int = Field(10, ge=1)
+    lottery_rewind_epoch: int = Field(1, ge=0)  # 0 = original init (Frankle & Carbin), k = weights after k epochs
 
 
 class PathsConfig(_Section):
