@@ -4,7 +4,8 @@ import torch
 from pruning.errors import ModelError
 from pruning.zoo import ZOO, build_model
 
-SHAPES = {"resnet": (1, 8, 8), "vgg": (3, 16, 16), "mobilenetv2": (1, 8, 8), "resnet1d": (1, 40)}
+SHAPES = {"resnet": (1, 8, 8), "vgg": (3, 16, 16), "mobilenetv2": (1, 8, 8), "resnet1d": (1, 40),
+          "resnet50": (3, 224, 224), "mobilenetv2_imagenet": (3, 224, 224)}
 
 
 @pytest.mark.parametrize("arch", sorted(ZOO))
@@ -31,3 +32,14 @@ def test_build_model_lists_the_zoo_when_the_name_is_unknown():
 def test_build_model_names_the_kwargs_when_the_builder_rejects_them():
     with pytest.raises(ModelError, match="model.kwargs"):
         build_model("resnet", {"depth": 3}, (1, 8, 8), 10)
+
+
+@pytest.mark.parametrize(("arch", "gmacs", "mparams"), [("resnet50", 4.09, 25.56), ("mobilenetv2_imagenet", 0.30, 3.50)])
+def test_imagenet_models_match_the_published_size(arch, gmacs, mparams):
+    from pruning.surgery import count_macs
+
+    model = build_model(arch, {}, (3, 224, 224), 1000)
+    macs, params = count_macs(model, (3, 224, 224))
+    # torch-pruning's counter also counts BatchNorm and activations: +2 % on ResNet-50, +7 % on MobileNetV2
+    assert macs / 1e9 == pytest.approx(gmacs, rel=0.08)
+    assert params / 1e6 == pytest.approx(mparams, rel=0.01)

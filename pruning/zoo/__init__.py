@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from pruning.errors import ModelError
+from pruning.zoo.imagenet import mobilenetv2_imagenet, resnet50
 from pruning.zoo.mobilenet import mobilenetv2
 from pruning.zoo.resnet import resnet, resnet1d
 from pruning.zoo.vgg import vgg
@@ -21,6 +22,8 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "resnet1d": resnet1d,
     "vgg": vgg,
     "mobilenetv2": mobilenetv2,
+    "resnet50": resnet50,  # ImageNet shape, 3x224x224
+    "mobilenetv2_imagenet": mobilenetv2_imagenet,  # ImageNet shape, 3x224x224
 }
 
 
