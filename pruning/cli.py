@@ -205,6 +205,28 @@ def bench_sparse(params: ParamsOpt = Path("params.yaml"),
     out.print(result["markdown"], highlight=False)
 
 
+@bench_app.command("latency")
+def bench_latency(params: ParamsOpt = Path("params.yaml"),
+                  arch: Annotated[str, typer.Option(help="Comma-separated zoo names (ImageNet shape).")] = (
+                      "resnet50,mobilenetv2_imagenet"),
+                  batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+                  target: Annotated[float, typer.Option(help="MACs reduction of the pruned variants.")] = 2.0,
+                  round_to: Annotated[str, typer.Option(help="Comma-separated channel roundings; 'none' for none.")] = "none,8",
+                  ) -> None:
+    """Dense / pruned (MACs allocation) / +INT8 on ONNX Runtime: latency, speedup, efficiency = speedup / MACs cut."""
+    from pruning.bench_latency import run_latency
+
+    try:
+        batches = [int(b) for b in batch.split(",")]
+        roundings = [None if r.strip().lower() == "none" else int(r) for r in round_to.split(",")]
+    except ValueError:
+        err.print(f"[red]error:[/] Invalid --batch {batch!r} or --round-to {round_to!r} (comma-separated integers)")
+        raise typer.Exit(2) from None
+    result = _stage(params, lambda cfg: run_latency(cfg, arch.split(","), batches, target, roundings,
+                                                    Path(cfg.paths.bench_dir)))
+    out.print(result["markdown"], highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

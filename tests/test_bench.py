@@ -59,3 +59,20 @@ def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path):
     assert lt["final_sparsity"] == pytest.approx(1 - 0.8**2, abs=0.01)
     assert lt["gap_pt"] == pytest.approx(100 * (lt["dense_accuracy"] - lt["final_accuracy"]))
     assert "Lottery ticket" in readme.read_text() and (tmp_path / "bench" / "sparse.json").is_file()
+
+
+def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, monkeypatch):
+    import pruning.bench_latency as bl
+
+    monkeypatch.setattr(bl, "SHAPE", (3, 32, 32))  # the ImageNet nets at a small resolution: same graph, seconds
+    cfg = parse_config(merge(TINY, {"evaluate": {"batch_size": 4, "repeats": 3, "rounds": 1, "warmup": 1}}))
+    report = bl.run_latency(cfg, ["mobilenetv2_imagenet"], [1, 4], 2.0, [None, 8], tmp_path)
+    rows = report["archs"]["mobilenetv2_imagenet"]
+    assert set(rows) == {"dense", "dense + INT8", "pruned (MACs alloc, round_to=None)", "pruned (MACs alloc, round_to=8)",
+                         "pruned (MACs alloc, round_to=None) + INT8", "pruned (MACs alloc, round_to=8) + INT8"}
+    for name, r in rows.items():
+        assert r["efficiency_b4"] == pytest.approx(r["speedup_b4"] / r["macs_reduction"])
+        if name.startswith("pruned"):
+            assert r["macs_reduction"] >= 2.0
+    assert rows["dense"]["speedup_b1"] == pytest.approx(1.0)
+    assert "| dense |" in (tmp_path / "latency.md").read_text()
