@@ -39,8 +39,7 @@ def run_prune(cfg: Config) -> PruneResult:
     before = channel_table(dense)
     result = run_schedule(model, data.input_shape, p, ratio, data.train, data.test, cfg.seed)
     if removed:  # the schedule's step 0 is the depth-pruned model: put the dense one before it
-        steps = [{**result.steps[0], **_dense_record(dense, data), "step": 0}]
-        result.steps = steps + [{**s, "step": s["step"] + 1} for s in result.steps]
+        result.steps = [{"step": 0, **_dense_record(dense, data)}] + [{**s, "step": s["step"] + 1} for s in result.steps]
     x = example_input(data.input_shape)
     with torch.no_grad():
         if model.eval()(x).shape != dense.eval()(x).shape:
@@ -50,6 +49,8 @@ def run_prune(cfg: Config) -> PruneResult:
     layers = [{"layer": name, "type": row["type"], "in_before": row["in"], "out_before": row["out"],
                "in_after": after.get(name, {}).get("in", 0), "out_after": after.get(name, {}).get("out", 0)}
               for name, row in before.items()]  # a layer of a removed block has 0 channels left
+    layers += [{"layer": name, "type": row["type"], "in_before": None, "out_before": None, "in_after": row["in"],
+                "out_after": row["out"]} for name, row in after.items() if name not in before]  # a moved shortcut
     save_model(cfg.paths.pruned_model, model, arch=record["arch"], kwargs=record["kwargs"],
                input_shape=data.input_shape, num_classes=data.num_classes, history=result.history,
                removed_blocks=removed, meta=provenance(cfg, "prune"))
