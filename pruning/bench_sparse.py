@@ -131,4 +131,11 @@ def run_sparse(cfg: Config, out_dir: Path, readme: Path | None) -> dict[str, Any
     (out_dir / "sparse.md").write_text(result["markdown"])
     if readme is not None:
         update_readme(result["markdown"], readme, (README_START, README_END))
+    if cfg.tracking.enabled:
+        from pruning.tracking import log_report
+
+        numbers = {"unstructured": result["unstructured"],
+                   "lottery": {k: v for k, v in result["lottery"].items() if k not in ("rounds", "config")}}
+        log_report(cfg.tracking.experiment + "-bench", "bench-sparse", cfg.bench.model_dump(mode="json"), numbers,
+                   [out_dir / "sparse.json", out_dir / "sparse.md"])
     return result

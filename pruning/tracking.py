@@ -218,6 +218,19 @@ def log_bench(experiment: str, result: dict[str, Any], artifacts: list[Path]) ->
         return parent.info.run_id
 
 
+def log_report(experiment: str, name: str, params: dict[str, Any], report: dict[str, Any], artifacts: list[Path]) -> str:
+    """One run holding a benchmark report: its numbers as metrics (flattened names), its files as artifacts."""
+    import mlflow
+
+    experiment_id = setup(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+        mlflow.log_metrics(_numbers(report))
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
+        return run.info.run_id
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Registry
 

@@ -41,13 +41,18 @@ def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme
     assert "old" not in text and "| plain_tp |" in text and text.endswith("tail\n")
 
 
-def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path):
+def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monkeypatch):
     from pruning.bench_sparse import README_END as END
     from pruning.bench_sparse import README_START as START
     from pruning.bench_sparse import run_sparse
 
     bench = {**BENCH, "unstructured_sparsity": 0.9, "lottery_rounds": 2, "lottery_epochs": 2, "lottery_rewind_epoch": 1}
-    cfg = parse_config(merge(TINY, {"bench": bench, "evaluate": {"batch_size": 16, "repeats": 3, "rounds": 1, "warmup": 1}}))
+    cfg = parse_config(merge(TINY, {"bench": bench, "evaluate": {"batch_size": 16, "repeats": 3, "rounds": 1, "warmup": 1},
+                                    "tracking": {"enabled": True, "experiment": "t"}}))
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     readme = tmp_path / "README.md"
     readme.write_text(f"{START}\nold\n{END}\n")
     result = run_sparse(cfg, tmp_path / "bench", readme)
@@ -59,6 +64,9 @@ def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path):
     assert lt["final_sparsity"] == pytest.approx(1 - 0.8**2, abs=0.01)
     assert lt["gap_pt"] == pytest.approx(100 * (lt["dense_accuracy"] - lt["final_accuracy"]))
     assert "Lottery ticket" in readme.read_text() and (tmp_path / "bench" / "sparse.json").is_file()
+    run = mlflow.search_runs(experiment_names=["t-bench"], output_format="list")[0]  # tracked like every run
+    assert run.data.metrics["unstructured.csr_bytes"] == un["csr_bytes"]
+    assert run.data.metrics["lottery.final_accuracy"] == pytest.approx(lt["final_accuracy"])
 
 
 def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, monkeypatch):
