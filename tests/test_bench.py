@@ -19,8 +19,13 @@ def test_ci95_matches_student_t():
     assert _ci95([0.5]) == (0.5, 0.0)
 
 
-def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme_table(tmp_path):
-    cfg = parse_config(merge(TINY, {"bench": BENCH, "paths": {"bench_dir": str(tmp_path / "bench")}}))
+def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme_table(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = parse_config(merge(TINY, {"bench": BENCH, "paths": {"bench_dir": str(tmp_path / "bench")},
+                                    "tracking": {"enabled": True, "experiment": "c"}}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{README_START}\nold\n{README_END}\ntail\n")
     result = run_criteria(cfg, quick=True, out_dir=tmp_path / "bench", readme=readme)
@@ -39,6 +44,9 @@ def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme
     assert (tmp_path / "bench" / "criteria.png").stat().st_size > 5000
     text = readme.read_text()
     assert "old" not in text and "| plain_tp |" in text and text.endswith("tail\n")
+    runs = mlflow.search_runs(experiment_names=["c-bench"], output_format="list")  # a parent + one run per pruning
+    assert len(runs) == 1 + len(records)
+    assert {r.data.params.get("method") for r in runs} >= {"plain_tp", "taylor"}
 
 
 def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monkeypatch):
