@@ -98,3 +98,14 @@ def trained_copy(trained: Path, in_tmp: Path) -> Path:
         shutil.copytree(trained / sub, in_tmp / sub)
     shutil.copy(trained / "params.yaml", in_tmp / "params.yaml")
     return in_tmp
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tensors this small run ~100x slower with 2 threads on a busy 2-core machine."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -8,14 +8,7 @@ import pruning.lottery as lottery
 from pruning.lottery import LotteryConfig, find_ticket
 from pruning.unstructured import prunable_layers
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tensors this small run ~100x slower with 2 intra-op threads on a busy 2-core machine (thread hand-off dominates)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def build() -> nn.Module:

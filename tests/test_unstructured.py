@@ -20,14 +20,7 @@ from pruning.unstructured import (
 )
 from pruning.zoo import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tensors this small run ~100x slower with 2 intra-op threads on a busy 2-core machine (thread hand-off dominates)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny_resnet() -> nn.Module:
