@@ -1,30 +1,44 @@
-"""The pipeline as a Prefect flow: one task per stage, each running that DVC stage, then promote.
+"""The pipeline as a Prefect flow: one task per stage, DVC deciding what is stale and recording every output, then promote.
 
-DVC is the one record of what is stale: a task runs ``dvc repro --single-item <stage>``, which recomputes the stage
-only if its deps or params changed, and writes dvc.lock — so this flow and a plain ``dvc repro`` can never disagree,
-and a rerun with unchanged inputs recomputes nothing. Prefect adds the schedule, retries on I/O, logs, and a markdown
-artifact with the summary. Tasks pass nothing but file paths (the DVC outs).
+DVC is the one record of what is stale and of every artifact's version. Each task asks DVC whether its stage is stale
+(``Repo.status``, the check ``dvc repro`` makes), runs the stage function in this process if it is, then records the
+result with ``Repo.commit`` — which writes the same dvc.lock entry and fills the same cache as ``dvc repro``. So this flow
+and a plain ``dvc repro`` can never disagree, and a rerun with unchanged inputs recomputes nothing.
 
-Run it with ``python -m pruning run`` (or ``python -m flows.pipeline``).
+Why in this process and not ``dvc repro --single-item`` per task: each of those is two fresh interpreters (DVC, then the
+stage's ``python -m pruning``, which imports torch), ~3 s x 7 stages — more than the stages' own work on the default run
+(benchmarks/overhead.py). The stage functions are the very ones the dvc.yaml commands call. If the repository's pruning/
+is not byte-identical to the package this process imported, the flow falls back to ``dvc repro --single-item``, so it
+never runs other code than DVC would.
+
+Prefect adds the schedule, retries on I/O, logs, and a markdown artifact with the summary. Tasks pass nothing but
+file paths (the DVC outs). Run it with ``python -m pruning run`` (or ``python -m flows.pipeline``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+# The stage functions log to the "pruning" logger; send those records to the Prefect run's logs too.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pruning")
 
-from pruning.cli import SUMMARY_BY_FLOW
-from pruning.config import load_config
-from pruning.stages.common import read_json
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+import pruning  # noqa: E402
+from pruning.cli import SUMMARY_BY_FLOW, record_timing  # noqa: E402
+from pruning.config import Config, load_config  # noqa: E402
 
 PARAMS = "params.yaml"  # dvc.yaml reads ./params.yaml: the flow runs in the repository root
-
+STAGES = ("prepare", "train", "prune", "finetune", "export", "quantize", "evaluate")
 
 # dvc's advice after each stage, noise in the flow's log
 _DVC_HINTS = ("To track the changes with git", "git add dvc.lock", "To enable auto staging", "core.autostage",
@@ -35,8 +49,20 @@ class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message is the stage's own one-line error."""
 
 
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(f.relative_to(root)): hashlib.md5(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*.py")) if "__pycache__" not in f.parts}
+
+
+def _runs_same_code(repo: Path) -> bool:
+    """True if the repository's pruning/ is the package imported here, file for file (or the repo has none)."""
+    theirs = repo / "pruning"
+    ours = Path(pruning.__file__).resolve().parent
+    return not theirs.is_dir() or theirs.resolve() == ours or _tree_digest(theirs) == _tree_digest(ours)
+
+
 def _repro(stage: str) -> bool:
-    """``dvc repro --single-item stage``; True if the stage ran, False if DVC found it up to date."""
+    """``dvc repro --single-item stage`` in a child process; True if the stage ran, False if it was up to date."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            SUMMARY_BY_FLOW: "1"}
     out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env=env, text=True,
@@ -51,39 +77,73 @@ def _repro(stage: str) -> bool:
     return f"Running stage '{stage}'" in out.stdout
 
 
+def _stage(stage: str) -> bool:
+    """Run one DVC stage if DVC says it is stale; True if it ran."""
+    if not _runs_same_code(Path.cwd()):
+        return _repro(stage)
+    from dvc.repo import Repo
+
+    logger = get_run_logger()
+    with Repo(".") as repo:
+        changes = repo.status(targets=[stage])
+    if not changes:
+        logger.info("Stage '%s' didn't change, skipping", stage)
+        return False
+    logger.info("Running stage '%s' (%s)", stage, _describe(changes))
+    fn = getattr(importlib.import_module(f"pruning.stages.{stage}"), f"run_{stage}")
+    start = time.perf_counter()
+    result = fn(load_config(PARAMS))
+    record_timing(stage, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+    with Repo(".") as repo:  # a fresh Repo: the previous stage's commit changed dvc.lock
+        repo.commit(stage, force=True)  # hashes deps/outs/params into dvc.lock and the cache, as `dvc repro` does
+    return True
+
+
+def _describe(changes: dict[str, Any]) -> str:
+    """DVC's status entry for one stage as a short phrase ('changed deps: pruning/train.py', 'new')."""
+    parts: list[str] = []
+    for entry in next(iter(changes.values()), []):
+        if isinstance(entry, str):
+            parts.append(entry)
+        else:
+            for kind, items in entry.items():
+                parts.append(f"{kind}: {', '.join(sorted(items)) if isinstance(items, dict) else items}")
+    return "; ".join(parts) or "stale"
+
+
 @task(name="prepare")
 def prepare() -> bool:
-    return _repro("prepare")
+    return _stage("prepare")
 
 
 @task(name="train")
 def train() -> bool:
-    return _repro("train")
+    return _stage("train")
 
 
 @task(name="prune")
 def prune() -> bool:
-    return _repro("prune")
+    return _stage("prune")
 
 
 @task(name="finetune")
 def finetune() -> bool:
-    return _repro("finetune")
+    return _stage("finetune")
 
 
 @task(name="export")
 def export() -> bool:
-    return _repro("export")
+    return _stage("export")
 
 
 @task(name="quantize")
 def quantize() -> bool:
-    return _repro("quantize")
+    return _stage("quantize")
 
 
 @task(name="evaluate", retries=2, retry_delay_seconds=[5, 20])  # logs to MLflow: a server may be briefly down
 def evaluate() -> bool:
-    return _repro("evaluate")
+    return _stage("evaluate")
 
 
 @task(name="promote", retries=3, retry_delay_seconds=[2, 10, 30])  # registry I/O only
@@ -99,6 +159,8 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
 
     Returns the metrics, the gate verdict, which stages ran and the registry promotion (None if tracking is off).
     """
+    from pruning.stages.common import read_json
+
     os.chdir(repo)
     cfg = load_config(PARAMS)  # validated once, before any stage runs
     ran = {t.name: t() for t in (prepare, train, prune, finetune, export, quantize, evaluate)}
@@ -112,6 +174,31 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
     return {"metrics": metrics, "gates": verdict, "ran": ran, "promotion": promotion, "run_id": run_id}
 
 
+def _warm_up(cfg: Config) -> None:
+    """Start Prefect's ephemeral server (when no PREFECT_API_URL is set) while this process imports the stages and
+    opens the MLflow store.
+
+    Both take seconds and use different cores: the server is a child process, the rest is ours. The flow then finds
+    the server running (Prefect keeps one per process) instead of starting it first and doing the rest after.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    server = None
+    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
+        server.start()
+    for stage in STAGES:
+        importlib.import_module(f"pruning.stages.{stage}")
+    if cfg.tracking.enabled:
+        from pruning.tracking import warm_up
+
+        warm_up(cfg.tracking.experiment)
+    if server is not None:
+        server.join()
+
+
 def main() -> int:
     """Entry point of ``python -m pruning run``: run the flow, print the summary, map failures to exit codes."""
     import argparse
@@ -119,18 +206,19 @@ def main() -> int:
     from rich.console import Console
 
     from pruning.errors import PruningError
-    from pruning.report import print_report
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline")
     parser.add_argument("--strict", action="store_true", help="exit 2 when a gate fails")
     args = parser.parse_args()
     err = Console(stderr=True)
     try:
-        load_config(PARAMS)
+        _warm_up(load_config(PARAMS))
         result = pipeline(repo=os.getcwd())
     except (PruningError, StageFailed) as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         return 2
+    from pruning.report import print_report
+
     print_report(result["metrics"], result["gates"])
     if result["promotion"]:
         p = result["promotion"]

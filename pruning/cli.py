@@ -56,20 +56,19 @@ def _stage(params: Path, fn: Callable[[Any], Any]) -> Any:
     except PruningError as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    _record_timing(fn.__name__, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+    record_timing(fn.__name__.removeprefix("run_"), time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
     return result
 
 
-def _record_timing(name: str, seconds: float, tracking_seconds: float) -> None:
-    """Append the time spent inside the stage function to $PRUNING_TIMINGS (JSON lines), when set.
+def record_timing(stage: str, seconds: float, tracking_seconds: float = 0.0) -> None:
+    """Append the time spent inside one stage function to $PRUNING_TIMINGS (JSON lines), when set.
 
     The overhead benchmark (benchmarks/overhead.py) sets it to measure wall time minus time inside the stages; the
     MLflow logging done at the end of evaluate is tracking overhead, so it is reported apart.
     """
     target = os.environ.get("PRUNING_TIMINGS")
     if target:
-        line = {"stage": name.removeprefix("run_"), "seconds": seconds - tracking_seconds,
-                "tracking_seconds": tracking_seconds}
+        line = {"stage": stage, "seconds": seconds - tracking_seconds, "tracking_seconds": tracking_seconds}
         with open(target, "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -207,13 +206,19 @@ def bench_sparse(params: ParamsOpt = Path("params.yaml"),
 
 @bench_app.command("latency")
 def bench_latency(params: ParamsOpt = Path("params.yaml"),
-                  arch: Annotated[str, typer.Option(help="Comma-separated zoo names (ImageNet shape).")] = (
-                      "resnet50,mobilenetv2_imagenet"),
+                  arch: Annotated[str, typer.Option(help="Comma-separated ImageNet-shape zoo names.")] = (
+                      "resnet50,mobilenetv2"),
                   batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
-                  target: Annotated[float, typer.Option(help="MACs reduction of the pruned variants.")] = 2.0,
-                  round_to: Annotated[str, typer.Option(help="Comma-separated channel roundings; 'none' for none.")] = "none,8",
+                  target: Annotated[float, typer.Option(help="MACs reduction / speedup target of the pruned variants.")
+                                    ] = 2.0,
+                  round_to: Annotated[str, typer.Option(help="Channel roundings of the MACs allocation; 'none' for none.")
+                                      ] = "none,8,16",
+                  step: Annotated[int, typer.Option(help="Channel step of the latency allocation.")] = 16,
+                  alloc_batch: Annotated[int, typer.Option(help="Batch size the latency table is measured at.")] = 1,
+                  readme: Annotated[bool, typer.Option(help="Write the tables into README.md's Results section.")
+                                    ] = True,
                   ) -> None:
-    """Dense / pruned (MACs allocation) / +INT8 on ONNX Runtime: latency, speedup, efficiency = speedup / MACs cut."""
+    """Dense / pruned by MACs / pruned by latency / +INT8 on ONNX Runtime: latency, speedup, efficiency."""
     from pruning.bench_latency import run_latency
 
     try:
@@ -223,7 +228,8 @@ def bench_latency(params: ParamsOpt = Path("params.yaml"),
         err.print(f"[red]error:[/] Invalid --batch {batch!r} or --round-to {round_to!r} (comma-separated integers)")
         raise typer.Exit(2) from None
     result = _stage(params, lambda cfg: run_latency(cfg, arch.split(","), batches, target, roundings,
-                                                    Path(cfg.paths.bench_dir)))
+                                                    Path(cfg.paths.bench_dir), step, alloc_batch,
+                                                    Path("README.md") if readme else None))
     out.print(result["markdown"], highlight=False)
 
 

@@ -54,8 +54,10 @@ class TrainConfig(_Section):
 class PruneConfig(_Section):
     """Dependency-graph channel removal with torch-pruning.
 
-    Exactly one of ``ratio`` (fraction of channels removed per group) and ``target_macs_reduction`` (e.g. 2.0: search
-    the ratio whose pruned model has at most half the dense MACs) is set.
+    ``allocation: macs`` (default): exactly one of ``ratio`` (fraction of channels removed per group) and
+    ``target_macs_reduction`` (e.g. 2.0: search the ratio whose pruned model has at most half the dense MACs) is set.
+    ``allocation: latency``: channels per group chosen by measured ONNX Runtime latency (pruning/latency.py), to exactly
+    one of ``target_speedup`` (measured) and ``target_macs_reduction``; ``ratio`` is null.
     """
 
     criterion: Literal["l1", "l2", "taylor", "hessian", "bn_scale", "lamp", "random", "loss_change"] = "l2"
@@ -68,6 +70,10 @@ class PruneConfig(_Section):
     step_finetune_epochs: int = Field(0, ge=0)  # fine-tuning epochs between iterative steps
     step_lr: float = Field(0.01, gt=0)
     round_to: int | None = Field(None, ge=1)
+    allocation: Literal["macs", "latency"] = "macs"
+    target_speedup: float | None = Field(None, gt=1)  # allocation latency: dense / pruned latency, measured on ORT
+    latency_batch_size: int = Field(1, ge=1)  # allocation latency: the batch size and threads the model will run at
+    latency_threads: int = Field(1, ge=1)
     max_layer_ratio: float = Field(0.9, gt=0, le=1)  # cap for any one layer, mostly for global scope
     ignored_layers: list[str] = Field(default_factory=list)  # module names; the classifier is always kept
     calibration_batches: int = Field(4, ge=1)  # batches for taylor/hessian gradients and BatchNorm recalibration
@@ -80,8 +86,19 @@ class PruneConfig(_Section):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
-        if (self.ratio is None) == (self.target_macs_reduction is None):
-            raise ValueError("set exactly one of prune.ratio and prune.target_macs_reduction (the other to null)")
+        if self.allocation == "latency":
+            if self.ratio is not None:
+                raise ValueError("allocation latency chooses each group's ratio: set prune.ratio to null")
+            if (self.target_speedup is None) == (self.target_macs_reduction is None):
+                raise ValueError("allocation latency: set exactly one of prune.target_speedup and "
+                                 "prune.target_macs_reduction (the other to null)")
+            if self.scope != "uniform":
+                raise ValueError("allocation latency ranks groups itself: prune.scope must be uniform")
+        else:
+            if self.target_speedup is not None:
+                raise ValueError("prune.target_speedup needs prune.allocation: latency")
+            if (self.ratio is None) == (self.target_macs_reduction is None):
+                raise ValueError("set exactly one of prune.ratio and prune.target_macs_reduction (the other to null)")
         return self
 
 
@@ -201,6 +218,10 @@ class BenchMethod(_Section):
     scope: Literal["uniform", "global"] = "uniform"
     bn_recalibration: bool = True
     distill: bool = False  # knowledge distillation from the base model during the fine-tuning epochs
+    allocation: Literal["macs", "latency"] = "macs"
+    target_speedup: float | None = Field(None, gt=1)  # allocation latency: dense / pruned latency, measured on ORT
+    latency_batch_size: int = Field(1, ge=1)  # allocation latency: the batch size and threads the model will run at
+    latency_threads: int = Field(1, ge=1)
     max_layer_ratio: float = Field(0.9, gt=0, le=1)
 
 
@@ -222,6 +243,10 @@ class BenchConfig(_Section):
     calibration_samples: int = Field(256, ge=16)  # gradients, BatchNorm recalibration, the oracle
     methods: dict[str, BenchMethod] = Field(default_factory=dict)
     quick_targets: list[float] = Field(default_factory=lambda: [2.0, 8.0])
+    # python -m pruning bench latency: ImageNet-shape models are slow, so fewer runs than evaluate.* (still alternated)
+    latency_warmup: int = Field(2, ge=0)
+    latency_repeats: int = Field(5, ge=3)
+    latency_rounds: int = Field(5, ge=1)
     # python -m pruning bench sparse: unstructured magnitude pruning and lottery tickets on the same base model
     unstructured_sparsity: float = Field(0.9, gt=0, lt=1)
     lottery_rounds: int = Field(8, ge=1)  # sparsity after r rounds: 1 - (1 - per_round)^r (8 x 0.2 -> 83 %)
@@ -253,6 +278,7 @@ class PathsConfig(_Section):
     gates: str
     mlflow_run: str
     bench_dir: str  # python -m pruning bench writes its json / md / png here
+    latency_table: str  # prune.allocation latency: per-layer ORT latencies, kept across runs (DVC persist)
 
 
 class Config(_Section):

@@ -51,17 +51,33 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path, 
         raise ModelError(f"ONNX export of {path} failed: {type(exc).__name__}: {exc}") from None
 
 
-def session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with fixed intra-op threads and full graph optimisation."""
+def session_options(threads: int = 1, level: str = "all"):
+    """The session options every measurement uses: fixed intra-op threads, sequential, optimisation ``level``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return opts
+
+
+def session(path: str | Path | bytes, threads: int = 1, level: str = "all"):
+    """An ONNX Runtime CPU session with fixed intra-op threads and graph optimisation ``level`` (default: all).
+
+    ``path`` may also be a serialized model. ``level``: "disable", "basic", "extended" or "all" (ORT's levels; "all"
+    adds the layout optimisations, e.g. NCHWc convolutions).
+    """
+    import onnxruntime as ort
+
+    opts = session_options(threads, level)
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def predict(sess, x: np.ndarray, batch_size: int = 512) -> np.ndarray:

@@ -33,6 +33,8 @@ TOP_LEVEL = (
     "speedup_bN",
     "quantized_speedup_b1",
     "quantized_speedup_bN",
+    "int8_speedup_b1",
+    "int8_speedup_bN",
     "accuracy_drop",
     "quantized_accuracy_drop",
     "parity_max_abs",

@@ -32,17 +32,18 @@ def size_bytes(path: str | Path) -> int:
 
 
 def latency(models: dict[str, str | Path], x: np.ndarray, batch_sizes: dict[str, int], threads: int, warmup: int,
-            repeats: int, rounds: int) -> dict[str, dict[str, float]]:
+            repeats: int, rounds: int, levels: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     """Latency in ms of each ONNX model at each batch size.
 
     Args:
         models: name -> ONNX path.
         x: real samples to feed (tiled if a batch needs more).
         batch_sizes: label -> batch size, e.g. {"b1": 1, "bN": 256}.
+        levels: name -> ORT graph optimisation level for that model (default "all", as shipped).
     Returns:
         ``{name: {"latency_ms_<label>": p50, "latency_p95_ms_<label>": p95, ...}}``.
     """
-    sessions = {name: session(path, threads) for name, path in models.items()}
+    sessions = {name: session(path, threads, (levels or {}).get(name, "all")) for name, path in models.items()}
     batches = {label: np.ascontiguousarray(np.resize(x, (bs, *x.shape[1:]))) for label, bs in batch_sizes.items()}
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {(n, lb): [] for n in models for lb in batch_sizes}
     with Progress() as progress:

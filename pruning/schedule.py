@@ -56,12 +56,14 @@ def cubic_scheduler(pruning_ratio: float, steps: int) -> list[float]:
 
 
 def _pruner(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, steps: int,
-            criterion: str | None = None):
+            criterion: str | None = None, ratio_dict: dict[nn.Module, float] | None = None):
     imp = make_importance(criterion or cfg.criterion, cfg.oracle_max_channels, cfg.oracle_max_seconds)
     pruner = surgery.build_pruner(
-        model, input_shape, imp, ratio=ratio, scope=cfg.scope, iterative_steps=steps, round_to=cfg.round_to,
-        max_layer_ratio=cfg.max_layer_ratio, ignored=surgery.ignored_modules(model, cfg.ignored_layers),
-        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None)
+        model, input_shape, imp, ratio=0.0 if ratio_dict else ratio, scope=cfg.scope, iterative_steps=steps,
+        # an allocation's counts are final (already multiples of round_to): rounding again could only move them
+        round_to=None if ratio_dict else cfg.round_to, max_layer_ratio=1.0 if ratio_dict else cfg.max_layer_ratio,
+        ignored=surgery.ignored_modules(model, cfg.ignored_layers),
+        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None, ratio_dict=ratio_dict)
     return pruner, imp
 
 
@@ -128,22 +130,24 @@ def _record(step: int, ratio: float, model: nn.Module, input_shape: tuple[int, .
 
 
 def run_schedule(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig, ratio: float, train: Split,
-                 test: Split, seed: int) -> ScheduleResult:
+                 test: Split, seed: int, ratio_dict: dict[nn.Module, float] | None = None) -> ScheduleResult:
     """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps.
 
     The scheduler spreads the ratio: with ``linear`` step i removes up to ``i / N * ratio`` of the original channels,
-    with ``cubic`` (gradual pruning) most of it in the first steps.
+    with ``cubic`` (gradual pruning) most of it in the first steps. ``ratio_dict`` (a latency allocation's per-group
+    ratios) replaces ``ratio``; ``ratio`` is then only what the step records report.
     Fine-tuning (``cfg.step_finetune_epochs``) runs between steps, not after the last one: that is the finetune stage.
     """
     torch.manual_seed(seed)
-    pruner, imp = _pruner(model, input_shape, cfg, ratio, cfg.iterative_steps)
+    pruner, imp = _pruner(model, input_shape, cfg, ratio, cfg.iterative_steps, ratio_dict=ratio_dict)
     result = ScheduleResult(model=model, ratio=ratio, steps=[_record(0, 0.0, model, input_shape, test)])
     for step in range(1, cfg.iterative_steps + 1):
         _step(pruner, imp, model, train, cfg, seed + step)
         if cfg.step_finetune_epochs and step < cfg.iterative_steps:
             opt = Optim(cfg.step_finetune_epochs, CALIBRATION_BATCH, cfg.step_lr)
             fit(model, train.x, train.y, opt, seed + step, f"prune step {step} fine-tune")
-        result.steps.append(_record(step, pruner.per_step_pruning_ratio[step], model, input_shape, test))
+        step_ratio = ratio * step / cfg.iterative_steps if ratio_dict else pruner.per_step_pruning_ratio[step]
+        result.steps.append(_record(step, step_ratio, model, input_shape, test))
         log.info("prune step %d/%d: %s", step, cfg.iterative_steps, result.steps[-1])
     result.history = pruner.pruning_history()
     return result

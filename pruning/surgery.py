@@ -65,8 +65,11 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
 def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, *,
                  ratio: float, scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float,
                  ignored: list[nn.Module], scheduler: Callable[[float, int], list[float]] | None = None,
-                 ) -> tp.pruner.BasePruner:
-    """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer."""
+                 ratio_dict: dict[nn.Module, float] | None = None) -> tp.pruner.BasePruner:
+    """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer.
+
+    ``ratio_dict`` (group root -> ratio, from latency allocation) overrides ``ratio`` for those groups.
+    """
     entered: list[str] = []  # the layers whose forward started during tracing, to name the one that failed
     hooks = [m.register_forward_pre_hook(lambda *_, n=name: entered.append(n)) for name, m in model.named_modules()]
     try:
@@ -76,7 +79,7 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
                 model, example_input(input_shape), importance=importance, pruning_ratio=ratio,
                 global_pruning=scope == "global", iterative_steps=iterative_steps, round_to=round_to,
                 max_pruning_ratio=max_layer_ratio, ignored_layers=ignored,
-                iterative_pruning_ratio_scheduler=scheduler or linear_scheduler,
+                iterative_pruning_ratio_scheduler=scheduler or linear_scheduler, pruning_ratio_dict=ratio_dict,
             )
     except Exception as exc:  # torch-pruning raises assorted errors from inside model.forward during tracing
         where = f"layer {entered[-1]!r}" if entered and entered[-1] else "the model's own forward"
@@ -87,7 +90,7 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
             hook.remove()
     for w in caught:  # e.g. unwrapped parameters or unknown ops: the user must know, they change what is removed
         log.warning("torch-pruning: %s", w.message)
-    if scope == "uniform":
+    if scope == "uniform" and not ratio_dict:
         _check_keeps_channels(pruner, ratio, round_to)
     return pruner
 

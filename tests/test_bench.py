@@ -80,15 +80,22 @@ def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monke
 def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, monkeypatch):
     import pruning.bench_latency as bl
 
+    monkeypatch.chdir(tmp_path)  # paths.latency_table is relative
     monkeypatch.setattr(bl, "SHAPE", (3, 32, 32))  # the ImageNet nets at a small resolution: same graph, seconds
-    cfg = parse_config(merge(TINY, {"evaluate": {"batch_size": 4, "repeats": 3, "rounds": 1, "warmup": 1}}))
-    report = bl.run_latency(cfg, ["mobilenetv2_imagenet"], [1, 4], 2.0, [None, 8], tmp_path)
-    rows = report["archs"]["mobilenetv2_imagenet"]
-    assert set(rows) == {"dense", "dense + INT8", "pruned (MACs alloc, round_to=None)", "pruned (MACs alloc, round_to=8)",
-                         "pruned (MACs alloc, round_to=None) + INT8", "pruned (MACs alloc, round_to=8) + INT8"}
+    cfg = parse_config(merge(TINY, {"bench": {"latency_repeats": 3, "latency_rounds": 1, "latency_warmup": 1}}))
+    report = bl.run_latency(cfg, ["mobilenetv2"], [1, 4], 2.0, [None, 8], tmp_path, step=8)
+    rows = report["archs"]["mobilenetv2"]
+    assert set(rows) == {"dense", "dense, ORT basic optimisation", "dense + INT8",
+                         "pruned, MACs allocation, round_to None", "pruned, MACs allocation, round_to 8",
+                         "pruned, latency allocation, 2x MACs", "pruned, latency allocation, 2x speedup target",
+                         "pruned, latency allocation, 2x speedup target + INT8"}
     for name, r in rows.items():
         assert r["efficiency_b4"] == pytest.approx(r["speedup_b4"] / r["macs_reduction"])
-        if name.startswith("pruned"):
+        if "MACs" in name:
             assert r["macs_reduction"] >= 2.0
     assert rows["dense"]["speedup_b1"] == pytest.approx(1.0)
+    assert rows["dense, ORT basic optimisation"]["macs"] == rows["dense"]["macs"]
+    speed = rows["pruned, latency allocation, 2x speedup target"]["allocation"]
+    assert speed["rounds"] and "reached" in speed  # measured rounds of the search are reported
+    assert (tmp_path / "models/latency_table.json").is_file()  # the table is kept for the next run
     assert "| dense |" in (tmp_path / "latency.md").read_text()

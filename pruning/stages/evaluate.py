@@ -64,6 +64,9 @@ def run_evaluate(cfg: Config) -> EvaluateResult:
         "speedup_bN": _ratio(d["latency_ms_bN"], p["latency_ms_bN"]),
         "quantized_speedup_b1": _ratio(d["latency_ms_b1"], q["latency_ms_b1"]),
         "quantized_speedup_bN": _ratio(d["latency_ms_bN"], q["latency_ms_bN"]),
+        # INT8's own factor, on top of pruning: pruned fp32 / pruned INT8
+        "int8_speedup_b1": _ratio(p["latency_ms_b1"], q["latency_ms_b1"]),
+        "int8_speedup_bN": _ratio(p["latency_ms_bN"], q["latency_ms_bN"]),
         "accuracy_drop": d["accuracy"] - p["accuracy"],
         "quantized_accuracy_drop": d["accuracy"] - q["accuracy"],
         "parity_max_abs": read_json(cfg.paths.export_report, "export")["parity_max_abs"],
@@ -97,5 +100,6 @@ def _track(cfg: Config, metrics: dict[str, Any], verdict: dict[str, Any], exampl
     tags = {"git_commit": git_commit() or "unknown", "params_hash": params_hash(cfg),
             "data_md5_train": _file_md5(p.train_data), "data_md5_test": _file_md5(p.test_data)}
     record = PipelineRecord(params=cfg.model_dump(mode="json"), reports=reports, metrics=metrics, gates=verdict,
-                            tags=tags, pruned_onnx=p.pruned_onnx, quantized_onnx=p.quantized_onnx, example=example)
+                            tags=tags, pruned_onnx=p.pruned_onnx, quantized_onnx=p.quantized_onnx, example=example,
+                            latency_table=p.latency_table)
     return log_pipeline(record, cfg.tracking.experiment)

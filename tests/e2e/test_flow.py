@@ -121,3 +121,14 @@ def test_serve_refuses_the_ephemeral_server_with_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pruning", "serve"], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert "does not schedule on its ephemeral server" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_flow_runs_stages_in_process_only_with_the_repository_s_own_code(tmp_path):
+    from flows.pipeline import _runs_same_code
+
+    assert _runs_same_code(tmp_path)  # no pruning/ here: the installed package is the code
+    shutil.copytree(REPO / "pruning", tmp_path / "pruning", ignore=shutil.ignore_patterns("__pycache__"))
+    assert _runs_same_code(tmp_path)  # byte-identical copy
+    stage = tmp_path / "pruning/stages/train.py"
+    stage.write_text(stage.read_text() + "\n# a local change\n")
+    assert not _runs_same_code(tmp_path)  # falls back to `dvc repro --single-item`, which runs this copy

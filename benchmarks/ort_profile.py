@@ -1,0 +1,96 @@
+"""Where does ONNX Runtime spend its time, dense vs pruned? Per-kernel times from ORT's profiler, by layer kind.
+
+Builds an ImageNet-shape zoo model (random init), prunes a copy with torch-pruning's uniform l2 ratio (optionally
+rounded), runs both with ORT's profiler (1 thread, full optimisation) and prints time per kind of kernel
+(depthwise conv, pointwise conv, other conv, the rest), the ratio dense/pruned per kind, and with --layers the layers
+whose time did not fall with their MACs.
+
+    python benchmarks/ort_profile.py --arch mobilenetv2_imagenet --ratio 0.3 --round-to 8 [--layers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch_pruning as tp
+
+from pruning import surgery
+from pruning.export import export_onnx, session_options
+from pruning.zoo import build_model
+
+SHAPE = (3, 224, 224)
+
+
+def profile(model: torch.nn.Module, runs: int) -> dict[str, tuple[float, list]]:
+    """node name -> (median kernel ms, input shapes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model.eval(), SHAPE, Path(tmp) / "m.onnx", 17)
+        opts = session_options(1)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "p")
+        sess = ort.InferenceSession(str(Path(tmp) / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((1, *SHAPE)).astype(np.float32)
+        for _ in range(runs + 5):
+            sess.run(None, {"input": x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    times: dict[str, list[float]] = defaultdict(list)
+    shapes: dict[str, list] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            times[e["name"]].append(e["dur"] / 1e3)
+            shapes[e["name"]] = [next(iter(v.values())) for v in e["args"].get("input_type_shape", [])]
+    return {n: (float(np.median(t[5:])), shapes[n]) for n, t in times.items()}
+
+
+def kind(shapes: list) -> str:
+    if len(shapes) < 2 or len(shapes[1]) != 4:
+        return "other"
+    w = shapes[1]
+    if w[1] == 1 and w[2] > 1:
+        return "depthwise conv"
+    return "pointwise conv" if w[2] == 1 else "other conv"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="mobilenetv2_imagenet")
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--round-to", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--layers", action="store_true", help="list the layers whose time did not fall with MACs")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dense = build_model(args.arch, {}, SHAPE, 1000).eval()
+    pruned = surgery.clone(dense)
+    pruner = surgery.build_pruner(pruned, SHAPE, tp.importance.GroupMagnitudeImportance(p=2), ratio=args.ratio,
+                                  scope="uniform", iterative_steps=1, round_to=args.round_to, max_layer_ratio=0.9,
+                                  ignored=surgery.ignored_modules(pruned, []))
+    surgery.prune_step(pruner, pruned)
+    macs = surgery.count_macs(dense, SHAPE)[0] / surgery.count_macs(pruned, SHAPE)[0]
+    d, p = profile(dense, args.runs), profile(pruned, args.runs)
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for name, (ms, shapes) in d.items():
+        by_kind[kind(shapes)][0] += ms
+        by_kind[kind(shapes)][1] += p.get(name, (0.0, []))[0]
+    print(f"{args.arch}, uniform ratio {args.ratio}, round_to {args.round_to}: MACs {macs:.2f}x fewer")
+    print(f"{'kernels':<16} {'dense ms':>9} {'pruned ms':>9} {'speedup':>8}")
+    for k, (a, b) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+        print(f"{k:<16} {a:9.3f} {b:9.3f} {a / max(b, 1e-9):7.2f}x")
+    total_d, total_p = sum(v[0] for v in by_kind.values()), sum(v[1] for v in by_kind.values())
+    print(f"{'all kernels':<16} {total_d:9.3f} {total_p:9.3f} {total_d / total_p:7.2f}x")
+    if args.layers:
+        for name, (ms, shapes) in d.items():
+            pm, pshapes = p.get(name, (0.0, []))
+            if pm >= 0.8 * ms and ms > 0.02:
+                print(f"  {name.removesuffix('_kernel_time')}: {ms:.3f} -> {pm:.3f} ms  {shapes[:2]} -> {pshapes[:2]}")
+
+
+if __name__ == "__main__":
+    main()
