@@ -28,8 +28,8 @@ from pruning.zoo import build_model
 SHAPE = (3, 224, 224)
 
 
-def profile(model: torch.nn.Module, runs: int) -> dict[str, tuple[float, list]]:
-    """node name -> (median kernel ms, input shapes)."""
+def profile(model: torch.nn.Module, runs: int) -> dict[str, tuple[float, list, str]]:
+    """node name -> (median kernel ms, input shapes, op type)."""
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(model.eval(), SHAPE, Path(tmp) / "m.onnx", 17)
         opts = session_options(1)
@@ -42,20 +42,23 @@ def profile(model: torch.nn.Module, runs: int) -> dict[str, tuple[float, list]]:
         events = json.loads(Path(sess.end_profiling()).read_text())
     times: dict[str, list[float]] = defaultdict(list)
     shapes: dict[str, list] = {}
+    ops: dict[str, str] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             times[e["name"]].append(e["dur"] / 1e3)
             shapes[e["name"]] = [next(iter(v.values())) for v in e["args"].get("input_type_shape", [])]
-    return {n: (float(np.median(t[5:])), shapes[n]) for n, t in times.items()}
+            ops[e["name"]] = e["args"].get("op_name", "?")
+    return {n: (float(np.median(t[5:])), shapes[n], ops[n]) for n, t in times.items()}
 
 
-def kind(shapes: list) -> str:
-    if len(shapes) < 2 or len(shapes[1]) != 4:
-        return "other"
+def kind(shapes: list, op: str) -> str:
+    if op not in ("Conv", "FusedConv") or len(shapes) < 2 or len(shapes[1]) != 4:
+        return op  # reorders, adds, pooling, Gemm
+    conv = "NCHWc conv" if op == "Conv" else "plain conv (NCHW)"
     w = shapes[1]
     if w[1] == 1 and w[2] > 1:
-        return "depthwise conv"
-    return "pointwise conv" if w[2] == 1 else "other conv"
+        return f"depthwise, {conv}"
+    return f"pointwise, {conv}" if w[2] == 1 else f"other, {conv}"
 
 
 def main() -> None:
@@ -76,18 +79,18 @@ def main() -> None:
     macs = surgery.count_macs(dense, SHAPE)[0] / surgery.count_macs(pruned, SHAPE)[0]
     d, p = profile(dense, args.runs), profile(pruned, args.runs)
     by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for name, (ms, shapes) in d.items():
-        by_kind[kind(shapes)][0] += ms
-        by_kind[kind(shapes)][1] += p.get(name, (0.0, []))[0]
+    for i, prof in enumerate((d, p)):  # each network on its own: odd widths change the node types and names
+        for ms, shapes, op in prof.values():
+            by_kind[kind(shapes, op)][i] += ms
     print(f"{args.arch}, uniform ratio {args.ratio}, round_to {args.round_to}: MACs {macs:.2f}x fewer")
-    print(f"{'kernels':<16} {'dense ms':>9} {'pruned ms':>9} {'speedup':>8}")
-    for k, (a, b) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
-        print(f"{k:<16} {a:9.3f} {b:9.3f} {a / max(b, 1e-9):7.2f}x")
+    print(f"{'kernels':<30} {'dense ms':>9} {'pruned ms':>9}")
+    for k, (a, b) in sorted(by_kind.items(), key=lambda kv: -max(kv[1])):
+        print(f"{k:<30} {a:9.3f} {b:9.3f}")
     total_d, total_p = sum(v[0] for v in by_kind.values()), sum(v[1] for v in by_kind.values())
-    print(f"{'all kernels':<16} {total_d:9.3f} {total_p:9.3f} {total_d / total_p:7.2f}x")
+    print(f"{'all kernels':<30} {total_d:9.3f} {total_p:9.3f}  ({total_d / total_p:.2f}x faster)")
     if args.layers:
-        for name, (ms, shapes) in d.items():
-            pm, pshapes = p.get(name, (0.0, []))
+        for name, (ms, shapes, _) in d.items():
+            pm, pshapes, _ = p.get(name, (0.0, [], ""))
             if pm >= 0.8 * ms and ms > 0.02:
                 print(f"  {name.removesuffix('_kernel_time')}: {ms:.3f} -> {pm:.3f} ms  {shapes[:2]} -> {pshapes[:2]}")
 
