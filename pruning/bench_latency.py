@@ -61,11 +61,10 @@ def _latency_allocation(dense: torch.nn.Module, table: lat.LatencyTable, step: i
     imp = tp.importance.GroupMagnitudeImportance(p=2)
     ignored = surgery.ignored_modules(dense, [])
     batch, threads, opset = table.batch, table.threads, cfg.export.opset
-    dense_ms = lat.dense_latency(dense, SHAPE, batch, threads, opset) if target_speedup else None
     alloc = lat.allocate(dense, SHAPE, imp, ignored, table, step=step, max_layer_ratio=0.9,
                          target_macs_reduction=target_macs, target_speedup=target_speedup,
                          measure=lambda r: lat.measure_pruned(dense, SHAPE, r, [], batch, threads, opset),
-                         dense_ms=dense_ms, strict=False, count_macs=lambda r: lat.pruned_macs(dense, SHAPE, r, []),
+                         strict=False, count_macs=lambda r: lat.pruned_macs(dense, SHAPE, r, []),
                          profile=lambda r: lat.profile_pruned(dense, SHAPE, r, [], batch, threads, opset))
     model = surgery.clone(dense)
     twin = dict(zip(dense.modules(), model.modules(), strict=True))

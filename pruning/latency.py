@@ -25,6 +25,7 @@ channels, the history replayed on load) is the same code path as MACs allocation
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -43,7 +44,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,9 @@ class LatencyTable:
     batch: int
     threads: int
     entries: dict[str, float] = field(default_factory=dict)
+    # whole-network measurements (latency, kernel profile) by architecture + channel counts: with them in the file, a
+    # rerun of the same allocation reproduces it exactly instead of re-timing (DVC reruns must give the same model)
+    networks: dict[str, Any] = field(default_factory=dict)
     measured: int = 0  # entries measured in this process (the rest came from the file)
     seconds: float = 0.0  # spent measuring them
 
@@ -219,19 +223,21 @@ class LatencyTable:
                 return table
             if doc.get("version") == TABLE_VERSION:
                 table.entries = dict(doc.get("tables", {}).get(table.context, {}))
+                table.networks = dict(doc.get("networks", {}).get(table.context, {}))
         return table
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        doc: dict[str, Any] = {"version": TABLE_VERSION, "tables": {}}
+        doc: dict[str, Any] = {"version": TABLE_VERSION, "tables": {}, "networks": {}}
         if path.is_file():
             try:
                 old = json.loads(path.read_text())
                 if old.get("version") == TABLE_VERSION:
-                    doc["tables"] = old.get("tables", {})
+                    doc["tables"], doc["networks"] = old.get("tables", {}), old.get("networks", {})
             except json.JSONDecodeError:
                 pass
         doc["tables"][self.context] = dict(sorted(self.entries.items()))
+        doc["networks"][self.context] = dict(sorted(self.networks.items()))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(doc, indent=0) + "\n")
@@ -488,8 +494,9 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
         importance: a torch-pruning importance, ready (gradients computed if it needs them).
         table: the latency lookup table (filled as needed).
         step: channel granularity (``prune.round_to``): counts stay multiples of it.
-        measure: for a speedup target, the measured latency (ms) of the model pruned with a ratio map;
-            ``dense_ms`` the dense model's, measured the same way.
+        measure: the measured latency (ms) of the model pruned with a ratio map (needed for a speedup target; with a
+            MACs target it picks between the candidates). ``dense_ms`` defaults to ``measure({})``. Measurements are
+            kept in the table, so a rerun with the table reproduces the allocation.
         strict: for a speedup target out of reach, raise ValueError (True) or return the fastest round (False, with
             ``report["reached"]`` False).
         count_macs: the MACs (torch-pruning's counter, which also counts BatchNorm, pooling and adds) of the model
@@ -503,11 +510,26 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
     specs = layer_specs(model, input_shape)
     groups = _groups(model, input_shape, importance, ignored, step, max_layer_ratio)
     est = _Estimator(specs, groups, table)
+    arch = hashlib.sha256(json.dumps([s.key() for s in specs.values()]).encode()).hexdigest()[:16]
+
+    def cached(kind: str, fn: Callable[[dict[nn.Module, float]], Any] | None) -> Callable[[dict], Any] | None:
+        """``fn`` for the groups' current counts, from the table's file if this network was measured before."""
+        if fn is None:
+            return None
+
+        def call(ratios: dict[nn.Module, float]) -> Any:
+            key = f"{kind}:{arch}:" + ",".join(str(g.keep) for g in groups)
+            if key not in table.networks:
+                table.networks[key] = fn(ratios)
+            return table.networks[key]
+        return call
+
+    measure, profile = cached("latency", measure), cached("kernels", profile)
     for g in groups:
         g.keep = g.channels
     report: dict[str, Any] = {"step": step, "groups": len(groups)}
     if profile is not None:
-        report["calibrated_layers"] = est.calibrate(profile({}))
+        report["calibrated_layers"] = est.calibrate([(tuple(x), tuple(w), ms) for x, w, ms in profile({})])
     dense_est, dense_macs = est.total(), est.macs()
     report["dense_estimated_ms"] = dense_est
     if target_macs_reduction is not None:
@@ -541,8 +563,15 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
                 for g in groups:
                     g.keep = greedy[g]
     else:
-        if measure is None or dense_ms is None:
-            raise ValueError("a speedup target needs measure() and dense_ms")
+        if measure is None:
+            raise ValueError("a speedup target needs measure()")
+        if dense_ms is None:  # measured like every candidate, and kept in the table with them
+            keeps = {g: g.keep for g in groups}
+            for g in groups:
+                g.keep = g.channels
+            dense_ms = measure({})
+            for g in groups:
+                g.keep = keeps[g]
         rest = dense_ms - dense_est  # what the layers' sum does not see (pooling, adds, reorders); kept constant
         goal = dense_ms / target_speedup
         aim = goal  # the latency the estimate must reach; corrected by the measurements
@@ -559,7 +588,7 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
             if abs(measured - goal) <= 0.03 * goal and measured <= goal * 1.02:
                 break
             if profile is not None:  # what the layers took in this network: the next round's estimate
-                est.calibrate(profile(_ratios(groups)))
+                est.calibrate([(tuple(x), tuple(w), k) for x, w, k in profile(_ratios(groups))])
                 rest = dense_ms - _dense_total(groups, est)
             aim = max(aim * goal / measured, 1e-3)
         for t in tried:
@@ -641,13 +670,3 @@ def profile_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[
         export_onnx(trial.eval(), input_shape, path, opset)
         return network_kernels(path, batch, threads, input_shape)
 
-
-def dense_latency(model: nn.Module, input_shape: tuple[int, ...], batch: int, threads: int, opset: int) -> float:
-    """Latency (ms, ORT) of ``model`` as exported, measured like :func:`measure_pruned`."""
-    from pruning.export import export_onnx, session
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "dense.onnx"
-        export_onnx(model.eval(), input_shape, path, opset)
-        x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-        return min(time_session(session(path, threads), x, min_runs=10, budget_s=1.0) for _ in range(3))

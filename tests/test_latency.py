@@ -84,7 +84,6 @@ def test_speedup_target_is_met_on_the_measured_latency_or_refused(net):
     table = lat.LatencyTable(batch=8, threads=1)
     ignored = surgery.ignored_modules(net, [])
     imp = tp.importance.GroupMagnitudeImportance(p=2)
-    dense_ms = lat.dense_latency(net, SHAPE, 8, 1, 17)
     calls = []
 
     def measure(ratios):
@@ -92,13 +91,18 @@ def test_speedup_target_is_met_on_the_measured_latency_or_refused(net):
         return calls[-1]
 
     alloc = lat.allocate(net, SHAPE, imp, ignored, table, step=8, max_layer_ratio=0.9, target_speedup=1.5,
-                         measure=measure, dense_ms=dense_ms)
+                         measure=measure)
     assert alloc.report["reached"] is True
     chosen = [r for r in alloc.report["rounds"] if r["macs_reduction"] == pytest.approx(alloc.report["macs_reduction"])]
     assert chosen and chosen[0]["speedup"] >= 1.5 / 1.02  # measured, not estimated
     with pytest.raises(ValueError, match="out of reach"):
         lat.allocate(net, SHAPE, imp, ignored, table, step=8, max_layer_ratio=0.5, target_speedup=50.0,
-                     measure=measure, dense_ms=dense_ms, max_rounds=2)
+                     measure=measure, max_rounds=2)
+    # every network measurement is kept in the table: the same search again measures nothing
+    before = len(calls)
+    again = lat.allocate(net, SHAPE, imp, ignored, table, step=8, max_layer_ratio=0.9, target_speedup=1.5,
+                         measure=measure)
+    assert len(calls) == before and again.keep == alloc.keep
 
 
 def test_prune_stage_with_latency_allocation_writes_the_table_and_reaches_the_target(trained, in_tmp):

@@ -13,7 +13,7 @@ from pruning.config import Config, PruneConfig
 from pruning.depth import prune_depth
 from pruning.errors import ConfigError, GraphTraceError
 from pruning.importance import make_importance, prepare_importance
-from pruning.latency import Allocation, LatencyTable, allocate, dense_latency, measure_pruned, profile_pruned, pruned_macs
+from pruning.latency import Allocation, LatencyTable, allocate, measure_pruned, profile_pruned, pruned_macs
 from pruning.schedule import CALIBRATION_BATCH, run_schedule, search_ratio
 from pruning.stages.common import Data, load_data, provenance, write_json
 from pruning.surgery import channel_table, clone, count_macs, example_input, ignored_modules, load_model, save_model
@@ -97,7 +97,6 @@ def _allocate_by_latency(model: nn.Module, data: Data, cfg: Config, dense_macs: 
             target_macs_reduction=target_macs, target_speedup=p.target_speedup,
             measure=lambda ratios: measure_pruned(model, shape, ratios, p.ignored_layers, batch, threads,
                                                   cfg.export.opset),
-            dense_ms=dense_latency(model, shape, batch, threads, cfg.export.opset) if p.target_speedup else None,
             count_macs=lambda ratios: pruned_macs(model, shape, ratios, p.ignored_layers),
             profile=lambda ratios: profile_pruned(model, shape, ratios, p.ignored_layers, batch, threads,
                                                   cfg.export.opset))
