@@ -552,10 +552,13 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
             greedy_ms = measure(_ratios(groups))
             _uniform(groups, est, step, dense_macs / macs)
             uniform_ms = measure(_ratios(groups))
+            # the MACs target holds on torch-pruning's count for the uniform grid too, or it is no candidate
+            counted = full / count_macs(_ratios(groups)) if full else dense_macs / est.macs()
             report["candidates"] = {"greedy": {"measured_ms": greedy_ms, "macs_reduction": dense_macs / macs},
                                     "uniform": {"measured_ms": uniform_ms, "macs_reduction": dense_macs / est.macs()}}
             # only at (nearly) equal MACs: the grid's coarse steps may overshoot the target, then it is no comparison
-            if uniform_ms < greedy_ms and 1.0 <= (dense_macs / est.macs()) / (dense_macs / macs) <= 1.03:
+            if (uniform_ms < greedy_ms and counted >= target_macs_reduction
+                    and 1.0 <= (dense_macs / est.macs()) / (dense_macs / macs) <= 1.03):
                 report["chosen"] = "uniform"
                 ms, macs = est.total(), est.macs()
             else:
