@@ -535,7 +535,7 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
     if target_macs_reduction is not None:
         aim = target_macs_reduction
         full = count_macs({}) if count_macs else None
-        for _ in range(max_rounds):
+        for _ in range(64):  # each round cuts at least one more step, so this ends at the target or the floors
             ms, macs = _greedy(groups, est, step, lambda _ms, m, a=aim: dense_macs / m >= a)
             if dense_macs / macs < aim:
                 raise ValueError(f"a {target_macs_reduction}x MACs reduction is out of reach with step {step} "
@@ -546,7 +546,8 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
             report["counted_macs_reduction"] = reached
             if reached >= target_macs_reduction:
                 break
-            aim *= target_macs_reduction / reached * 1.002  # the layers' sum misses a few per cent of the count
+            # the layers' sum misses a few per cent of the count: aim higher, at least one step past where we are
+            aim = max(aim * target_macs_reduction / reached * 1.002, dense_macs / macs * 1.0001)
         if measure is not None:  # the greedy's allocation against the uniform grid at the same MACs: keep the faster
             greedy = {g: g.keep for g in groups}
             greedy_ms = measure(_ratios(groups))
