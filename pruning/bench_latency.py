@@ -28,6 +28,7 @@ import torch
 import torch_pruning as tp
 
 from pruning import latency as lat
+from pruning import latency_table as lt
 from pruning import surgery
 from pruning.bench import update_readme
 from pruning.config import Config, PruneConfig
@@ -55,7 +56,7 @@ def _macs_allocation(dense: torch.nn.Module, target: float, round_to: int | None
     return model
 
 
-def _latency_allocation(dense: torch.nn.Module, table: lat.LatencyTable, step: int, cfg: Config, *,
+def _latency_allocation(dense: torch.nn.Module, table: lt.LatencyTable, step: int, cfg: Config, *,
                         target_macs: float | None = None, target_speedup: float | None = None
                         ) -> tuple[torch.nn.Module, dict[str, Any]]:
     imp = tp.importance.GroupMagnitudeImportance(p=2)
@@ -112,7 +113,7 @@ def _variants(arch: str, cfg: Config, target: float, round_to: list[int | None],
             skipped[f"pruned, MACs allocation, round_to {rt}"] = str(exc)
             continue
         add(f"pruned, MACs allocation, round_to {rt}", model, round_to=rt)
-    table = lat.LatencyTable.load(cfg.paths.latency_table, alloc_batch, cfg.evaluate.threads)
+    table = lt.LatencyTable.load(cfg.paths.latency_table, alloc_batch, cfg.evaluate.threads)
     try:
         model, report = _latency_allocation(dense, table, step, cfg, target_macs=target)
         add(f"pruned, latency allocation, {target:g}x MACs", model, allocation=report)

@@ -7,6 +7,7 @@ import torch
 import torch_pruning as tp
 
 from pruning import latency as lat
+from pruning import latency_table as lt
 from pruning import surgery
 from pruning.zoo import build_model
 from tests.conftest import TINY, merge, write_params
@@ -21,7 +22,7 @@ def net():
 
 
 def test_layer_specs_see_every_conv_and_linear_with_its_input_size(net):
-    specs = lat.layer_specs(net, SHAPE)
+    specs = lt.layer_specs(net, SHAPE)
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
     assert set(specs) == set(convs)
     stem = specs[convs[0]]
@@ -33,8 +34,8 @@ def test_layer_specs_see_every_conv_and_linear_with_its_input_size(net):
 
 
 def test_table_measures_once_keeps_context_and_charges_more_for_bigger_layers(tmp_path):
-    table = lat.LatencyTable(batch=1, threads=1)
-    big = lat.LayerSpec("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, (32, 32))
+    table = lt.LatencyTable(batch=1, threads=1)
+    big = lt.LayerSpec("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, (32, 32))
     small = big.with_channels(64, 16)
     t_big, t_small = table.ms(big), table.ms(small)
     assert t_big > t_small > 0  # 4x the MACs
@@ -43,21 +44,21 @@ def test_table_measures_once_keeps_context_and_charges_more_for_bigger_layers(tm
     assert table.measured == 2  # cached, not measured again
     path = tmp_path / "table.json"
     table.save(path)
-    again = lat.LatencyTable.load(path, batch=1, threads=1)
+    again = lt.LatencyTable.load(path, batch=1, threads=1)
     assert again.entries == table.entries
-    assert lat.LatencyTable.load(path, batch=8, threads=1).entries == {}  # another batch size: another table
-    assert json.loads(path.read_text())["version"] == lat.TABLE_VERSION
+    assert lt.LatencyTable.load(path, batch=8, threads=1).entries == {}  # another batch size: another table
+    assert json.loads(path.read_text())["version"] == lt.TABLE_VERSION
 
 
 def test_depthwise_spec_keeps_groups_equal_to_channels():
-    dw = lat.LayerSpec("conv", 96, 96, (3, 3), (1, 1), (1, 1), (1, 1), 96, (16, 16))
+    dw = lt.LayerSpec("conv", 96, 96, (3, 3), (1, 1), (1, 1), (1, 1), 96, (16, 16))
     assert dw.depthwise
     cut = dw.with_channels(64, 64)
     assert cut.groups == 64 and cut.macs() == 64 * 9 * 16 * 16
 
 
 def test_allocation_reaches_the_macs_target_on_the_channel_grid(net):
-    table = lat.LatencyTable(batch=1, threads=1)
+    table = lt.LatencyTable(batch=1, threads=1)
     ignored = surgery.ignored_modules(net, [])
     alloc = lat.allocate(net, SHAPE, tp.importance.GroupMagnitudeImportance(p=2), ignored, table, step=8,
                          max_layer_ratio=0.9, target_macs_reduction=2.0)
@@ -75,13 +76,13 @@ def test_allocation_reaches_the_macs_target_on_the_channel_grid(net):
     names = dict(model.named_modules())
     for name, (_, keep) in alloc.keep.items():
         assert names[name].out_channels == keep
-    assert sum(s.macs() for s in lat.layer_specs(model, SHAPE).values()) == alloc.macs  # the search's own count
+    assert sum(s.macs() for s in lt.layer_specs(model, SHAPE).values()) == alloc.macs  # the search's own count
     x = torch.randn(2, *SHAPE)
     assert model(x).shape == net(x).shape
 
 
 def test_speedup_target_is_met_on_the_measured_latency_or_refused(net):
-    table = lat.LatencyTable(batch=8, threads=1)
+    table = lt.LatencyTable(batch=8, threads=1)
     ignored = surgery.ignored_modules(net, [])
     imp = tp.importance.GroupMagnitudeImportance(p=2)
     calls = []

@@ -1,0 +1,261 @@
+"""Measured ONNX Runtime latency of single layers and of whole networks: the lookup table behind latency allocation.
+
+``LatencyTable`` times each convolution / linear layer as a one-layer ONNX model (only its kernel, from ORT's
+profiler) at one batch size and thread count, keeps whole-network measurements beside them, and persists both as JSON
+keyed by ORT version, CPU, batch and threads. :mod:`pruning.latency` allocates channels with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TABLE_VERSION = 3
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One convolution or linear layer, as ONNX Runtime will run it (BatchNorm folded, activation fused)."""
+
+    kind: str  # "conv" or "linear"
+    cin: int
+    cout: int
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    spatial: tuple[int, ...] = ()  # input spatial size (H, W) or (L,)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.cin == self.cout
+
+    def with_channels(self, cin: int, cout: int) -> LayerSpec:
+        return replace(self, cin=cin, cout=cout, groups=cin if self.depthwise else self.groups)
+
+    def out_spatial(self) -> tuple[int, ...]:
+        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
+                     zip(self.spatial, self.padding, self.dilation, self.kernel, self.stride, strict=True))
+
+    def macs(self) -> int:
+        if self.kind == "linear":
+            return self.cin * self.cout
+        return (self.cin // self.groups) * self.cout * int(np.prod(self.kernel)) * int(np.prod(self.out_spatial()))
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, LayerSpec]:
+    """Every Conv1d/Conv2d/Linear of ``model`` with the input size it sees (one forward pass with hooks)."""
+    specs: dict[nn.Module, LayerSpec] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
+        x = inputs[0]
+        if isinstance(module, nn.Linear):
+            specs[module] = LayerSpec("linear", module.in_features, module.out_features)
+        else:
+            specs[module] = LayerSpec("conv", module.in_channels, module.out_channels, tuple(module.kernel_size),
+                                      tuple(module.stride), tuple(module.padding), tuple(module.dilation),
+                                      module.groups, tuple(x.shape[2:]))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return specs
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _one_layer_onnx(spec: LayerSpec, batch: int) -> bytes:
+    """A one-node ONNX model (Conv + Relu, or Gemm) with random weights: what the layer costs inside the network."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if spec.kind == "linear":
+        x_shape = [batch, spec.cin]
+        w = rng.standard_normal((spec.cout, spec.cin)).astype(np.float32)
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+        y_shape = [batch, spec.cout]
+    else:
+        x_shape = [batch, spec.cin, *spec.spatial]
+        w = rng.standard_normal((spec.cout, spec.cin // spec.groups, *spec.kernel)).astype(np.float32)
+        pads = list(spec.padding) * 2
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=list(spec.kernel),
+                                  strides=list(spec.stride), pads=pads, dilations=list(spec.dilation),
+                                  group=spec.groups),
+                 helper.make_node("Relu", ["c"], ["y"])]
+        y_shape = [batch, spec.cout, *spec.out_spatial()]
+    b = np.zeros(spec.cout, np.float32)
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def time_session(sess: Any, x: np.ndarray, min_runs: int = 5, max_runs: int = 200, budget_s: float = 0.05) -> float:
+    """Median ms of ``sess`` on ``x`` after warm-up: at least ``min_runs`` runs, more for fast layers, within budget."""
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(2):
+        sess.run(None, feed)
+    t0 = time.perf_counter()
+    sess.run(None, feed)
+    first = time.perf_counter() - t0
+    runs = int(min(max_runs, max(min_runs, budget_s / max(first, 1e-6))))
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times[i] = time.perf_counter() - t0
+    return float(np.median(times) * 1e3)
+
+
+Kernel = tuple[tuple[int, ...], tuple[int, ...], float]  # (input shape, weight shape, ms) of one conv kernel
+
+
+def network_kernels(onnx_model: str | Path | bytes, batch: int, threads: int, input_shape: tuple[int, ...],
+                    runs: int = 10) -> list[Kernel]:
+    """Median time of every Conv kernel of a whole network, in graph order, from ONNX Runtime's profiler."""
+    import onnxruntime as ort
+
+    from pruning.export import session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(threads)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "net")
+        model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+        for _ in range(runs + 2):
+            sess.run(None, {inp.name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    times: dict[str, list[float]] = {}
+    shapes: dict[str, list[list[int]]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["args"].get("op_name") in (
+                "Conv", "FusedConv"):
+            times.setdefault(e["name"], []).append(e["dur"] / 1e3)
+            shapes[e["name"]] = [next(iter(v.values())) for v in e["args"].get("input_type_shape", [])]
+    return [(tuple(shapes[n][0]), tuple(shapes[n][1]), float(np.median(t[2:] or t))) for n, t in times.items()
+            if len(shapes[n]) >= 2]
+
+
+@dataclass
+class LatencyTable:
+    """Per-layer latency (ms) on ONNX Runtime at one batch size and thread count, measured on demand, saved as JSON."""
+
+    batch: int
+    threads: int
+    entries: dict[str, float] = field(default_factory=dict)
+    # whole-network measurements (latency, kernel profile) by architecture + channel counts: with them in the file, a
+    # rerun of the same allocation reproduces it exactly instead of re-timing (DVC reruns must give the same model)
+    networks: dict[str, Any] = field(default_factory=dict)
+    measured: int = 0  # entries measured in this process (the rest came from the file)
+    seconds: float = 0.0  # spent measuring them
+
+    @property
+    def context(self) -> str:
+        import onnxruntime as ort
+
+        return f"ort={ort.__version__}|cpu={_cpu_model()}|batch={self.batch}|threads={self.threads}"
+
+    @classmethod
+    def load(cls, path: str | Path | None, batch: int, threads: int) -> LatencyTable:
+        """The table for this batch/threads/ORT/CPU from ``path`` (other contexts in the file are kept, not used)."""
+        table = cls(batch, threads)
+        if path and Path(path).is_file():
+            try:
+                doc = json.loads(Path(path).read_text())
+            except json.JSONDecodeError:
+                log.warning("latency table %s is not valid JSON: measuring afresh", path)
+                return table
+            if doc.get("version") == TABLE_VERSION:
+                table.entries = dict(doc.get("tables", {}).get(table.context, {}))
+                table.networks = dict(doc.get("networks", {}).get(table.context, {}))
+        return table
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        doc: dict[str, Any] = {"version": TABLE_VERSION, "tables": {}, "networks": {}}
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text())
+                if old.get("version") == TABLE_VERSION:
+                    doc["tables"], doc["networks"] = old.get("tables", {}), old.get("networks", {})
+            except json.JSONDecodeError:
+                pass
+        doc["tables"][self.context] = dict(sorted(self.entries.items()))
+        doc["networks"][self.context] = dict(sorted(self.networks.items()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=0) + "\n")
+        tmp.replace(path)
+
+    def ms(self, spec: LayerSpec) -> float:
+        """The layer's latency, measured now if the table does not have it yet."""
+        key = spec.key()
+        if key not in self.entries:
+            start = time.perf_counter()
+            self.entries[key] = kernel_ms(_one_layer_onnx(spec, self.batch), self.threads)
+            self.measured += 1
+            self.seconds += time.perf_counter() - start
+        return self.entries[key]
+
+
+def kernel_ms(model: bytes, threads: int, runs: int = 15) -> float:
+    """Median time (ms) of the model's Conv/Gemm kernels, from ONNX Runtime's profiler.
+
+    Only the layer's own kernel counts: in a one-layer model ORT adds layout reorders (NCHW <-> NCHWc) around the
+    convolution that inside the network happen once, not per layer; timing the whole session would charge them to
+    every layer and overstate what cutting channels saves.
+    """
+    import onnxruntime as ort
+
+    from pruning.export import session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(threads)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "layer")
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(0).standard_normal(inp.shape).astype(np.float32)
+        for _ in range(runs + 3):
+            sess.run(None, {inp.name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    times = [e["dur"] / 1e3 for e in events  # one Conv (NCHWc or fused) or Gemm kernel per run
+             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+             and e["args"].get("op_name") in ("Conv", "FusedConv", "Gemm")]
+    return float(np.median(times[3:]))  # the first runs are warm-up
+
+
