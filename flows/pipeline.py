@@ -17,13 +17,16 @@ file paths (the DVC outs). Run it with ``python -m pruning run`` (or ``python -m
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,10 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pruning")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
 
 import pruning  # noqa: E402
+from flows import server  # noqa: E402
 from pruning.cli import SUMMARY_BY_FLOW, record_timing  # noqa: E402
 from pruning.config import Config, load_config  # noqa: E402
 
@@ -174,29 +179,35 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
     return {"metrics": metrics, "gates": verdict, "ran": ran, "promotion": promotion, "run_id": run_id}
 
 
-def _warm_up(cfg: Config) -> None:
-    """Start Prefect's ephemeral server (when no PREFECT_API_URL is set) while this process imports the stages and
-    opens the MLflow store.
+def _warm_up(cfg: Config) -> AbstractContextManager[Any]:
+    """Launch Prefect's ephemeral server (flows/server.py) while this process imports the stages, open the MLflow store
+    in the background, and return the settings to run the flow under.
 
-    Both take seconds and use different cores: the server is a child process, the rest is ours. The flow then finds
-    the server running (Prefect keeps one per process) instead of starting it first and doing the rest after.
+    The MLflow store is first needed at the end of the evaluate stage, so importing mlflow and opening the store (~2 s,
+    more for a new store) runs in a thread next to the first stages instead of in front of them.
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    server = None
-    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
-        server.start()
+    process = server.launch()
     for stage in STAGES:
         importlib.import_module(f"pruning.stages.{stage}")
     if cfg.tracking.enabled:
-        from pruning.tracking import warm_up
+        threading.Thread(target=_warm_up_tracking, args=(cfg.tracking.experiment,), daemon=True,
+                         name="mlflow-warm-up").start()
+    if process is None:
+        return nullcontext()
+    server.wait(process)
+    # Heartbeats let a server mark a flow run crashed when its process dies; this server dies with the process, so
+    # nothing would read them, and Prefect waits up to 1 s for its heartbeat thread at the end of every flow run.
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
-        warm_up(cfg.tracking.experiment)
-    if server is not None:
-        server.join()
+
+def _warm_up_tracking(experiment: str) -> None:
+    """Import mlflow and open the store; on any error do nothing: the evaluate stage meets it again and reports it."""
+    from pruning.tracking import warm_up
+
+    try:
+        warm_up(experiment)
+    except Exception:  # noqa: BLE001 - reported by the evaluate stage, in the flow, with its one-line message
+        logging.getLogger(__name__).debug("MLflow warm-up failed", exc_info=True)
 
 
 def main() -> int:
@@ -212,9 +223,12 @@ def main() -> int:
     args = parser.parse_args()
     err = Console(stderr=True)
     try:
-        _warm_up(load_config(PARAMS))
-        result = pipeline(repo=os.getcwd())
-    except (PruningError, StageFailed) as exc:
+        with _warm_up(load_config(PARAMS)):
+            # Everything imported so far lives until exit: keep it out of the collector's full passes (CPython docs,
+            # gc.freeze), which otherwise rescan ~1 M objects during the run and again at interpreter shutdown (2.5 s).
+            gc.freeze()
+            result = pipeline(repo=os.getcwd())
+    except (PruningError, StageFailed, server.ServerFailed) as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         return 2
     from pruning.report import print_report
@@ -224,6 +238,7 @@ def main() -> int:
         p = result["promotion"]
         Console().print(f"registry: {p['model_name']} v{p['version']} -> {p['alias'] or 'no alias'} ({p['reason']})",
                         highlight=False)
+    gc.freeze()  # the run's objects too: interpreter shutdown need not collect them one by one
     if args.strict and not result["gates"]["passed"]:
         err.print("[red]error:[/] gates failed", highlight=False)
         return 2

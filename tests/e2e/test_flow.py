@@ -3,6 +3,7 @@ git + DVC repository: parent and nested runs, registry promotion, and a failing 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,30 @@ def test_flow_runs_stages_in_process_only_with_the_repository_s_own_code(tmp_pat
     stage = tmp_path / "pruning/stages/train.py"
     stage.write_text(stage.read_text() + "\n# a local change\n")
     assert not _runs_same_code(tmp_path)  # falls back to `dvc repro --single-item`, which runs this copy
+
+
+def test_run_command_launches_its_own_ephemeral_server_and_stops_it(repo, tmp_path_factory):
+    """`python -m pruning run` with no PREFECT_API_URL: the flow runs on the server flows/server.py launched ahead of
+    the imports, prints the summary, promotes, and leaves no server behind."""
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-run"))
+    out = subprocess.run([sys.executable, "-m", "pruning", "run"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Gates: PASSED" in out.stdout and "registry: tiny-int8 v1 -> champion" in out.stdout
+    assert "Traceback" not in out.stderr
+    port = re.search(r"View at http://127\.0\.0\.1:(\d+)/", out.stdout + out.stderr)
+    assert port is not None
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port.group(1)}/api/health", timeout=5)
+    assert json.loads((repo / "reports/metrics.json").read_text())["macs_reduction"] >= 2.0
+
+
+def test_ephemeral_server_is_left_to_prefect_when_prefect_api_url_is_set(harness):
+    from flows import server
+
+    before = os.environ.get("PREFECT_API_URL")
+    assert server.launch() is None  # the harness's server is a "real" one here
+    assert os.environ.get("PREFECT_API_URL") == before
