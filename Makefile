@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 # dvc.yaml stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test lint clean bench-overhead
+.PHONY: install run test lint clean bench-overhead bench-int8
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ lint: install
 # MLflow + Prefect overhead of the default run (wall time minus time inside the stage functions), 3 repetitions.
 bench-overhead: install
 	$(PY) benchmarks/overhead.py --repeats 3
+
+# What INT8 adds at batch 1 as a function of model width (why the default model is a wide one).
+bench-int8: install
+	$(PY) benchmarks/int8_width.py
 
 clean:
 	rm -rf data models reports dvc_plots
