@@ -165,13 +165,14 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
     Returns the metrics, the gate verdict, which stages ran and the registry promotion (None if tracking is off).
     """
     from pruning.stages.common import read_json
+    from pruning.stages.evaluate import read_metrics
 
     os.chdir(repo)
     cfg = load_config(PARAMS)  # validated once, before any stage runs
     ran = {t.name: t() for t in (prepare, train, prune, finetune, export, quantize, evaluate)}
     run_id = read_json(cfg.paths.mlflow_run, "evaluate")["run_id"]
     promotion = promote(run_id) if run_id else None
-    metrics, verdict = read_json(cfg.paths.metrics, "evaluate"), read_json(cfg.paths.gates, "evaluate")
+    metrics, verdict = read_metrics(cfg), read_json(cfg.paths.gates, "evaluate")
     from pruning.report import summary_markdown
 
     create_markdown_artifact(summary_markdown(metrics, verdict, promotion, ran), key="pruning-summary",

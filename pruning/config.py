@@ -154,7 +154,8 @@ class EvaluateConfig(_Section):
 class GateConfig(_Section):
     """One acceptance check: ``value op threshold``.
 
-    ``metric`` is a key of reports/metrics.json (``accuracy_drop``) or ``variant.field`` (``quantized.accuracy``).
+    ``metric`` is a key of reports/metrics.json or reports/latency.json (``accuracy_drop``, ``speedup_bN``) or
+    ``variant.field`` (``quantized.accuracy``).
     ``relative_to_dense`` turns a ``variant.field`` value into its difference to (``diff``) or ratio over (``ratio``)
     the dense model's value of the same field.
     """
@@ -274,7 +275,8 @@ class PathsConfig(_Section):
     finetune_report: str
     export_report: str
     quantize_report: str
-    metrics: str
+    metrics: str  # deterministic: the same data + params give the same bytes
+    latency_metrics: str  # measured latencies and the speedups derived from them (noisy by nature)
     gates: str
     mlflow_run: str
     bench_dir: str  # python -m pruning bench writes its json / md / png here

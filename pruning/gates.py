@@ -1,4 +1,5 @@
-"""Acceptance gates: thresholds from params.yaml against reports/metrics.json. Pure functions, no I/O.
+"""Acceptance gates: thresholds from params.yaml against the evaluate stage's metrics (reports/metrics.json and
+reports/latency.json, as one dict). Pure functions, no I/O.
 
 A failing gate is a verdict (``passed: false``), not an exception; the CLI's ``--strict`` turns it into exit 2.
 """

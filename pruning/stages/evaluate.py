@@ -1,4 +1,10 @@
-"""evaluate: dense / pruned / INT8 through ONNX Runtime -> reports/metrics.json, then the gates -> reports/gates.json."""
+"""evaluate: dense / pruned / INT8 through ONNX Runtime -> reports/metrics.json + reports/latency.json, then the gates ->
+reports/gates.json.
+
+The metrics are written in two files: everything deterministic (accuracy, loss, MACs, params, sizes, parity) in
+metrics.json, which a rerun on the same data + params reproduces byte for byte, and the measured latencies with the
+speedups derived from them in latency.json. Gates, MLflow and the summary see both as one dict (``read_metrics``).
+"""
 
 from __future__ import annotations
 
@@ -77,10 +83,39 @@ def run_evaluate(cfg: Config) -> EvaluateResult:
     start = time.perf_counter()
     run_id = _track(cfg, metrics, verdict, x_test[:4]) if cfg.tracking.enabled else None
     tracking_seconds = time.perf_counter() - start
-    write_json(cfg.paths.metrics, metrics)
+    deterministic, timed = split_timed(metrics)
+    write_json(cfg.paths.metrics, deterministic)
+    write_json(cfg.paths.latency_metrics, timed)
     write_json(cfg.paths.gates, verdict)
     write_json(cfg.paths.mlflow_run, {"run_id": run_id, "experiment": cfg.tracking.experiment})
     return EvaluateResult(metrics, verdict, run_id, tracking_seconds)
+
+
+_TIMING_SETUP = ("batch_size_N", "threads")  # how the latencies were measured: they belong with them
+
+
+def _is_timed(key: str) -> bool:
+    return "latency" in key or "speedup" in key or key in _TIMING_SETUP
+
+
+def split_timed(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(deterministic, timed): the measured latencies and speedups (and how they were measured) apart, same nesting."""
+    deterministic: dict[str, Any] = {}
+    timed: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            deterministic[key], timed[key] = split_timed(value)
+        else:
+            (timed if _is_timed(key) else deterministic)[key] = value
+    return deterministic, {k: v for k, v in timed.items() if v != {}}
+
+
+def read_metrics(cfg: Config) -> dict[str, Any]:
+    """metrics.json and latency.json merged back into the one dict the evaluate stage measured."""
+    merged = read_json(cfg.paths.metrics, "evaluate")
+    for key, value in read_json(cfg.paths.latency_metrics, "evaluate").items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
 
 
 def _file_md5(path: str) -> str:

@@ -53,7 +53,7 @@ def test_dvc_repro_reruns_only_what_changed(repo):
     assert "Data and pipelines are up to date" in second
 
     shown = _run(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=repo)
-    assert '"macs_reduction"' in shown and "reports/metrics.json" in shown
+    assert '"macs_reduction"' in shown and "reports/metrics.json" in shown and "reports/latency.json" in shown
 
     _run("git", "add", "-A", cwd=repo)
     _run("git", "commit", "-qm", "baseline", cwd=repo)
@@ -76,12 +76,6 @@ def _parent_runs(repo):
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 
-def _without_latency(metrics):
-    timed = ("latency", "speedup")
-    return {k: (_without_latency(v) if isinstance(v, dict) else v) for k, v in metrics.items()
-            if not any(t in k for t in timed)}
-
-
 def test_dvc_repro_logs_one_parent_run_and_reproduces_metrics_bit_identically(repo):
     _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
     first = (repo / "reports/metrics.json").read_text()
@@ -91,6 +85,8 @@ def test_dvc_repro_logs_one_parent_run_and_reproduces_metrics_bit_identically(re
     parents = _parent_runs(repo)
     assert len(parents) == 2
     assert len({r.data.tags["params_hash"] for r in parents}) == 1
-    # everything but the measured latencies (and the speedups derived from them) is bit-identical
-    assert _without_latency(json.loads(first)) == _without_latency(json.loads(second))
-    assert json.loads(first)["dense"]["accuracy"] == json.loads(second)["dense"]["accuracy"]
+    # metrics.json holds everything deterministic and comes back byte for byte; the measured latencies (and the
+    # speedups derived from them) live in latency.json, re-measured on every run
+    assert first == second
+    assert {"accuracy", "macs", "size_bytes"} <= json.loads(first)["quantized"].keys()
+    assert "latency_ms_b1" in json.loads((repo / "reports/latency.json").read_text())["quantized"]

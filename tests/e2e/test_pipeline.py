@@ -14,7 +14,7 @@ import yaml
 from pruning.config import load_config
 from pruning.errors import ConfigError
 from pruning.export import predict, session
-from pruning.stages.evaluate import run_evaluate
+from pruning.stages.evaluate import read_metrics, run_evaluate
 from pruning.stages.export import run_export
 from pruning.stages.finetune import run_finetune
 from pruning.stages.prune import run_prune
@@ -38,8 +38,11 @@ def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_cop
     run_quantize(cfg)
     result = run_evaluate(cfg)
 
-    metrics = json.loads(Path(cfg.paths.metrics).read_text())
+    metrics = read_metrics(cfg)  # metrics.json (deterministic) + latency.json (measured), as the stage measured them
     assert metrics == json.loads(json.dumps(result.metrics))
+    timed = json.loads(Path(cfg.paths.latency_metrics).read_text())
+    assert {"speedup_b1", "int8_speedup_b1", "threads"} <= timed.keys() and "latency_ms_b1" in timed["pruned"]
+    assert not any("latency" in k or "speedup" in k for k in json.loads(Path(cfg.paths.metrics).read_text()))
     for variant in ("dense", "pruned", "quantized"):
         assert metrics[variant].keys() >= METRIC_KEYS
     assert metrics.keys() >= TOP_KEYS
