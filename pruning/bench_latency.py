@@ -64,9 +64,9 @@ def _latency_allocation(dense: torch.nn.Module, table: lt.LatencyTable, step: in
     batch, threads, opset = table.batch, table.threads, cfg.export.opset
     alloc = lat.allocate(dense, SHAPE, imp, ignored, table, step=step, max_layer_ratio=0.9,
                          target_macs_reduction=target_macs, target_speedup=target_speedup,
-                         measure=lambda r: lat.measure_pruned(dense, SHAPE, r, [], batch, threads, opset),
-                         strict=False, count_macs=lambda r: lat.pruned_macs(dense, SHAPE, r, []),
-                         profile=lambda r: lat.profile_pruned(dense, SHAPE, r, [], batch, threads, opset))
+                         measure=lambda r: lt.measure_pruned(dense, SHAPE, r, [], batch, threads, opset),
+                         strict=False, count_macs=lambda r: lt.pruned_macs(dense, SHAPE, r, []),
+                         profile=lambda r: lt.profile_pruned(dense, SHAPE, r, [], batch, threads, opset))
     model = surgery.clone(dense)
     twin = dict(zip(dense.modules(), model.modules(), strict=True))
     pruner = surgery.build_pruner(model, SHAPE, imp, ratio=0.0, scope="uniform", iterative_steps=1, round_to=None,

@@ -28,11 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +38,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.latency_table import Kernel, LatencyTable, LayerSpec, layer_specs, network_kernels, time_session
+from pruning.latency_table import Kernel, LatencyTable, LayerSpec, layer_specs
 
 log = logging.getLogger(__name__)
 
@@ -383,55 +381,3 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
     report.update({"estimated_ms": ms, "macs_reduction": dense_macs / macs, "table_entries": len(table.entries),
                    "table_measured": table.measured, "table_seconds": table.seconds})
     return Allocation(_ratios(groups), {g.name: (g.channels, g.keep) for g in groups}, macs, ms, dense_est, report)
-
-
-def pruned_copy(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
-                ignored_names: list[str]) -> nn.Module:
-    """A copy of ``model`` pruned with ``ratios`` (keys: modules of ``model``); l1 picks the channels."""
-    from pruning import surgery
-
-    trial = surgery.clone(model)
-    if not ratios:
-        return trial
-    by_name = dict(model.named_modules())
-    twin = {by_name[n]: m for n, m in trial.named_modules() if n in by_name}
-    pruner = surgery.build_pruner(trial, input_shape, tp.importance.GroupMagnitudeImportance(p=1), ratio=0.0,
-                                  scope="uniform", iterative_steps=1, round_to=None, max_layer_ratio=1.0,
-                                  ignored=surgery.ignored_modules(trial, ignored_names),
-                                  ratio_dict={twin[m]: r for m, r in ratios.items()})
-    surgery.prune_step(pruner, trial)
-    return trial
-
-
-def pruned_macs(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
-                ignored_names: list[str]) -> int:
-    """torch-pruning's MACs count of ``model`` pruned with ``ratios``."""
-    from pruning import surgery
-
-    return surgery.count_macs(pruned_copy(model, input_shape, ratios, ignored_names), input_shape)[0]
-
-
-def measure_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
-                   ignored_names: list[str], batch: int, threads: int, opset: int) -> float:
-    """Latency (ms, ORT) of ``model`` pruned with ``ratios`` (the best of three medians: the search's yardstick)."""
-    from pruning.export import export_onnx, session
-
-    trial = pruned_copy(model, input_shape, ratios, ignored_names)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trial.onnx"
-        export_onnx(trial.eval(), input_shape, path, opset)
-        x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-        return min(time_session(session(path, threads), x, min_runs=10, budget_s=1.0) for _ in range(3))
-
-
-def profile_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
-                   ignored_names: list[str], batch: int, threads: int, opset: int) -> list[Kernel]:
-    """The per-kernel ORT profile of ``model`` pruned with ``ratios`` (the dense model for an empty map)."""
-    from pruning.export import export_onnx
-
-    trial = pruned_copy(model, input_shape, ratios, ignored_names)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trial.onnx"
-        export_onnx(trial.eval(), input_shape, path, opset)
-        return network_kernels(path, batch, threads, input_shape)
-

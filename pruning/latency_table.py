@@ -2,7 +2,8 @@
 
 ``LatencyTable`` times each convolution / linear layer as a one-layer ONNX model (only its kernel, from ORT's
 profiler) at one batch size and thread count, keeps whole-network measurements beside them, and persists both as JSON
-keyed by ORT version, CPU, batch and threads. :mod:`pruning.latency` allocates channels with it.
+keyed by ORT version, CPU, batch and threads. :mod:`pruning.latency` allocates channels with it. The last functions
+build, time and profile the pruned network a candidate allocation gives (the search's yardstick).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch_pruning as tp
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -258,4 +260,56 @@ def kernel_ms(model: bytes, threads: int, runs: int = 15) -> float:
              and e["args"].get("op_name") in ("Conv", "FusedConv", "Gemm")]
     return float(np.median(times[3:]))  # the first runs are warm-up
 
+
+# Whole-network measurements of a candidate allocation: the pruned network itself, built by torch-pruning.
+
+def pruned_copy(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
+                ignored_names: list[str]) -> nn.Module:
+    """A copy of ``model`` pruned with ``ratios`` (keys: modules of ``model``); l1 picks the channels."""
+    from pruning import surgery
+
+    trial = surgery.clone(model)
+    if not ratios:
+        return trial
+    by_name = dict(model.named_modules())
+    twin = {by_name[n]: m for n, m in trial.named_modules() if n in by_name}
+    pruner = surgery.build_pruner(trial, input_shape, tp.importance.GroupMagnitudeImportance(p=1), ratio=0.0,
+                                  scope="uniform", iterative_steps=1, round_to=None, max_layer_ratio=1.0,
+                                  ignored=surgery.ignored_modules(trial, ignored_names),
+                                  ratio_dict={twin[m]: r for m, r in ratios.items()})
+    surgery.prune_step(pruner, trial)
+    return trial
+
+
+def pruned_macs(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
+                ignored_names: list[str]) -> int:
+    """torch-pruning's MACs count of ``model`` pruned with ``ratios``."""
+    from pruning import surgery
+
+    return surgery.count_macs(pruned_copy(model, input_shape, ratios, ignored_names), input_shape)[0]
+
+
+def measure_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
+                   ignored_names: list[str], batch: int, threads: int, opset: int) -> float:
+    """Latency (ms, ORT) of ``model`` pruned with ``ratios`` (the best of three medians: the search's yardstick)."""
+    from pruning.export import export_onnx, session
+
+    trial = pruned_copy(model, input_shape, ratios, ignored_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trial.onnx"
+        export_onnx(trial.eval(), input_shape, path, opset)
+        x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+        return min(time_session(session(path, threads), x, min_runs=10, budget_s=1.0) for _ in range(3))
+
+
+def profile_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
+                   ignored_names: list[str], batch: int, threads: int, opset: int) -> list[Kernel]:
+    """The per-kernel ORT profile of ``model`` pruned with ``ratios`` (the dense model for an empty map)."""
+    from pruning.export import export_onnx
+
+    trial = pruned_copy(model, input_shape, ratios, ignored_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trial.onnx"
+        export_onnx(trial.eval(), input_shape, path, opset)
+        return network_kernels(path, batch, threads, input_shape)
 

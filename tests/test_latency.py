@@ -88,7 +88,7 @@ def test_speedup_target_is_met_on_the_measured_latency_or_refused(net):
     calls = []
 
     def measure(ratios):
-        calls.append(lat.measure_pruned(net, SHAPE, ratios, [], 8, 1, 17))
+        calls.append(lt.measure_pruned(net, SHAPE, ratios, [], 8, 1, 17))
         return calls[-1]
 
     alloc = lat.allocate(net, SHAPE, imp, ignored, table, step=8, max_layer_ratio=0.9, target_speedup=1.5,

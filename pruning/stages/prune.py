@@ -13,8 +13,8 @@ from pruning.config import Config, PruneConfig
 from pruning.depth import prune_depth
 from pruning.errors import ConfigError, GraphTraceError
 from pruning.importance import make_importance, prepare_importance
-from pruning.latency import Allocation, allocate, measure_pruned, profile_pruned, pruned_macs
-from pruning.latency_table import LatencyTable
+from pruning.latency import Allocation, allocate
+from pruning.latency_table import LatencyTable, measure_pruned, profile_pruned, pruned_macs
 from pruning.schedule import CALIBRATION_BATCH, run_schedule, search_ratio
 from pruning.stages.common import Data, load_data, provenance, write_json
 from pruning.surgery import channel_table, clone, count_macs, example_input, ignored_modules, load_model, save_model
