@@ -11,15 +11,14 @@ width: MACs, weight bytes, fp32 and INT8 p50 (median over rounds), and INT8's fa
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pruning.export import INPUT_NAME, export_onnx, session
+from pruning.export import export_onnx
+from pruning.measure import latency
 from pruning.quantize import quantize
 from pruning.surgery import count_macs
 from pruning.zoo.resnet import resnet
@@ -30,18 +29,6 @@ WIDTHS = [(32, 64, 128), (64, 128, 256), (80, 160, 320), (104, 208, 416), (128, 
 SHAPE = (1, 8, 8)
 
 
-def p50_ms(sess, x: np.ndarray, repeats: int) -> float:
-    feed = {INPUT_NAME: x}
-    for _ in range(20):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -49,7 +36,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     calibration = np.random.default_rng(0).random((256, *SHAPE), dtype=np.float32)
-    x = calibration[:1].copy()
     print(f"{'widths':>16} {'MMACs':>7} {'weights':>9} {'fp32 ms':>8} {'INT8 ms':>8} {'INT8 x':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for widths in WIDTHS:
@@ -57,9 +43,10 @@ def main() -> None:
             fp32, int8 = Path(tmp) / f"{widths}.onnx", Path(tmp) / f"{widths}.int8.onnx"
             export_onnx(model, SHAPE, fp32, opset=17)
             quantize(fp32, int8, "static", calibration, per_channel=True, activation_type="uint8")
-            sessions = (session(fp32, 1), session(int8, 1))
-            rows = [[p50_ms(s, x, args.repeats) for s in sessions] for _ in range(args.rounds)]
-            f, q = (statistics.median(r[i] for r in rows) for i in (0, 1))
+            # the evaluate stage's own protocol: alternating rounds, medians over rounds
+            timed = latency({"fp32": fp32, "int8": int8}, calibration, {"b1": 1}, threads=1, warmup=20,
+                            repeats=args.repeats, rounds=args.rounds)
+            f, q = timed["fp32"]["latency_ms_b1"], timed["int8"]["latency_ms_b1"]
             macs, params = count_macs(model, SHAPE)
             print(f"{str(widths):>16} {macs / 1e6:7.1f} {params * 4 / 2**20:6.1f} MB {f:8.3f} {q:8.3f} {f / q:6.2f}x",
                   flush=True)

@@ -312,4 +312,3 @@ def profile_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[
         path = Path(tmp) / "trial.onnx"
         export_onnx(trial.eval(), input_shape, path, opset)
         return network_kernels(path, batch, threads, input_shape)
-

@@ -54,18 +54,25 @@ def run_evaluate(cfg: Config) -> EvaluateResult:
     sparsity = structural_sparsity(dense, pruned)
     x_test, y_test = data.test.x.numpy(), data.test.y.numpy()
     timings = latency(onnx_paths, x_test, {"b1": 1, "bN": e.batch_size}, e.threads, e.warmup, e.repeats, e.rounds)
-    metrics: dict[str, Any] = {}
+    measured: dict[str, Any] = {}  # deterministic: metrics.json
     for name, path in onnx_paths.items():
         accuracy, loss = accuracy_and_loss(path, x_test, y_test, e.threads)
         macs, params = (dense_macs, dense_params) if name == "dense" else (pruned_macs, pruned_params)
-        metrics[name] = {"accuracy": accuracy, "loss": loss, "macs": macs, "params": params,
-                         "size_bytes": size_bytes(path), "structural_sparsity": 0.0 if name == "dense" else sparsity,
-                         **timings[name]}
-    d, p, q = metrics["dense"], metrics["pruned"], metrics["quantized"]
-    metrics.update({
+        measured[name] = {"accuracy": accuracy, "loss": loss, "macs": macs, "params": params,
+                          "size_bytes": size_bytes(path), "structural_sparsity": 0.0 if name == "dense" else sparsity}
+    d, p, q = measured["dense"], measured["pruned"], measured["quantized"]
+    measured.update({
         "macs_reduction": _ratio(d["macs"], p["macs"]),
         "params_reduction": _ratio(d["params"], p["params"]),
         "size_reduction": _ratio(d["size_bytes"], q["size_bytes"]),
+        "accuracy_drop": d["accuracy"] - p["accuracy"],
+        "quantized_accuracy_drop": d["accuracy"] - q["accuracy"],
+        "parity_max_abs": read_json(cfg.paths.export_report, "export")["parity_max_abs"],
+    })
+    d, p, q = timings["dense"], timings["pruned"], timings["quantized"]
+    # measured latencies, the speedups derived from them and how they were measured: latency.json
+    timed: dict[str, Any] = {
+        **timings,
         "speedup_b1": _ratio(d["latency_ms_b1"], p["latency_ms_b1"]),
         "speedup_bN": _ratio(d["latency_ms_bN"], p["latency_ms_bN"]),
         "quantized_speedup_b1": _ratio(d["latency_ms_b1"], q["latency_ms_b1"]),
@@ -73,49 +80,29 @@ def run_evaluate(cfg: Config) -> EvaluateResult:
         # INT8's own factor, on top of pruning: pruned fp32 / pruned INT8
         "int8_speedup_b1": _ratio(p["latency_ms_b1"], q["latency_ms_b1"]),
         "int8_speedup_bN": _ratio(p["latency_ms_bN"], q["latency_ms_bN"]),
-        "accuracy_drop": d["accuracy"] - p["accuracy"],
-        "quantized_accuracy_drop": d["accuracy"] - q["accuracy"],
-        "parity_max_abs": read_json(cfg.paths.export_report, "export")["parity_max_abs"],
         "batch_size_N": e.batch_size,
         "threads": e.threads,
-    })
+    }
+    metrics = _merge(measured, timed)
     verdict = evaluate_gates(metrics, cfg.gates)
     start = time.perf_counter()
     run_id = _track(cfg, metrics, verdict, x_test[:4]) if cfg.tracking.enabled else None
     tracking_seconds = time.perf_counter() - start
-    deterministic, timed = split_timed(metrics)
-    write_json(cfg.paths.metrics, deterministic)
+    write_json(cfg.paths.metrics, measured)
     write_json(cfg.paths.latency_metrics, timed)
     write_json(cfg.paths.gates, verdict)
     write_json(cfg.paths.mlflow_run, {"run_id": run_id, "experiment": cfg.tracking.experiment})
     return EvaluateResult(metrics, verdict, run_id, tracking_seconds)
 
 
-_TIMING_SETUP = ("batch_size_N", "threads")  # how the latencies were measured: they belong with them
-
-
-def _is_timed(key: str) -> bool:
-    return "latency" in key or "speedup" in key or key in _TIMING_SETUP
-
-
-def split_timed(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(deterministic, timed): the measured latencies and speedups (and how they were measured) apart, same nesting."""
-    deterministic: dict[str, Any] = {}
-    timed: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            deterministic[key], timed[key] = split_timed(value)
-        else:
-            (timed if _is_timed(key) else deterministic)[key] = value
-    return deterministic, {k: v for k, v in timed.items() if v != {}}
+def _merge(measured: dict[str, Any], timed: dict[str, Any]) -> dict[str, Any]:
+    """The two halves as one dict: per-model entries joined, top-level keys side by side."""
+    return {**measured, **timed, **{k: {**measured[k], **v} for k, v in timed.items() if isinstance(v, dict)}}
 
 
 def read_metrics(cfg: Config) -> dict[str, Any]:
     """metrics.json and latency.json merged back into the one dict the evaluate stage measured."""
-    merged = read_json(cfg.paths.metrics, "evaluate")
-    for key, value in read_json(cfg.paths.latency_metrics, "evaluate").items():
-        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-    return merged
+    return _merge(read_json(cfg.paths.metrics, "evaluate"), read_json(cfg.paths.latency_metrics, "evaluate"))
 
 
 def _file_md5(path: str) -> str:
