@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib
 import logging
 import os
 import subprocess
@@ -41,9 +40,9 @@ import pruning  # noqa: E402
 from flows import server  # noqa: E402
 from pruning.cli import SUMMARY_BY_FLOW, record_timing  # noqa: E402
 from pruning.config import Config, load_config  # noqa: E402
+from pruning.stages import STAGES, Stage  # noqa: E402
 
-PARAMS = "params.yaml"  # dvc.yaml reads ./params.yaml: the flow runs in the repository root
-STAGES = ("prepare", "train", "prune", "finetune", "export", "quantize", "evaluate")
+PARAMS = "params.yaml"  # dvc.yaml reads params.yaml next to it: the repository root is the workspace
 
 # dvc's advice after each stage, noise in the flow's log
 _DVC_HINTS = ("To track the changes with git", "git add dvc.lock", "To enable auto staging", "core.autostage",
@@ -66,12 +65,12 @@ def _runs_same_code(repo: Path) -> bool:
     return not theirs.is_dir() or theirs.resolve() == ours or _tree_digest(theirs) == _tree_digest(ours)
 
 
-def _repro(stage: str) -> bool:
+def _repro(stage: str, repo: Path) -> bool:
     """``dvc repro --single-item stage`` in a child process; True if the stage ran, False if it was up to date."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            SUMMARY_BY_FLOW: "1"}
     out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env=env, text=True,
-                         capture_output=True, check=False)
+                         capture_output=True, check=False, cwd=repo)
     logger = get_run_logger()
     for line in (out.stdout + out.stderr).splitlines():
         if line.strip() and "━" not in line and not any(hint in line for hint in _DVC_HINTS):
@@ -82,25 +81,24 @@ def _repro(stage: str) -> bool:
     return f"Running stage '{stage}'" in out.stdout
 
 
-def _stage(stage: str) -> bool:
-    """Run one DVC stage if DVC says it is stale; True if it ran."""
-    if not _runs_same_code(Path.cwd()):
-        return _repro(stage)
+def _stage(stage: Stage, repo: Path) -> bool:
+    """Run one DVC stage in ``repo`` if DVC says it is stale; True if it ran."""
+    if not _runs_same_code(repo):
+        return _repro(stage.name, repo)
     from dvc.repo import Repo
 
     logger = get_run_logger()
-    with Repo(".") as repo:
-        changes = repo.status(targets=[stage])
+    with Repo(str(repo)) as dvc:
+        changes = dvc.status(targets=[stage.name])
     if not changes:
-        logger.info("Stage '%s' didn't change, skipping", stage)
+        logger.info("Stage '%s' didn't change, skipping", stage.name)
         return False
-    logger.info("Running stage '%s' (%s)", stage, _describe(changes))
-    fn = getattr(importlib.import_module(f"pruning.stages.{stage}"), f"run_{stage}")
+    logger.info("Running stage '%s' (%s)", stage.name, _describe(changes))
     start = time.perf_counter()
-    result = fn(load_config(PARAMS))
-    record_timing(stage, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
-    with Repo(".") as repo:  # a fresh Repo: the previous stage's commit changed dvc.lock
-        repo.commit(stage, force=True)  # hashes deps/outs/params into dvc.lock and the cache, as `dvc repro` does
+    result = stage.fn(load_config(repo / PARAMS), repo)
+    record_timing(stage.name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+    with Repo(str(repo)) as dvc:  # a fresh Repo: the previous stage's commit changed dvc.lock
+        dvc.commit(stage.name, force=True)  # hashes deps/outs/params into dvc.lock and the cache, as `dvc repro` does
     return True
 
 
@@ -116,46 +114,24 @@ def _describe(changes: dict[str, Any]) -> str:
     return "; ".join(parts) or "stale"
 
 
-@task(name="prepare")
-def prepare() -> bool:
-    return _stage("prepare")
+def _task(stage: Stage):
+    """The Prefect task of one row of STAGES; retries only where the stage does I/O against a service."""
+
+    def run(repo: str) -> bool:
+        return _stage(stage, Path(repo))
+
+    run.__name__ = run.__qualname__ = stage.name
+    return task(name=stage.name, retries=stage.retries, retry_delay_seconds=[5, 20][: stage.retries] or 0)(run)
 
 
-@task(name="train")
-def train() -> bool:
-    return _stage("train")
-
-
-@task(name="prune")
-def prune() -> bool:
-    return _stage("prune")
-
-
-@task(name="finetune")
-def finetune() -> bool:
-    return _stage("finetune")
-
-
-@task(name="export")
-def export() -> bool:
-    return _stage("export")
-
-
-@task(name="quantize")
-def quantize() -> bool:
-    return _stage("quantize")
-
-
-@task(name="evaluate", retries=2, retry_delay_seconds=[5, 20])  # logs to MLflow: a server may be briefly down
-def evaluate() -> bool:
-    return _stage("evaluate")
+TASKS = [_task(stage) for stage in STAGES]
 
 
 @task(name="promote", retries=3, retry_delay_seconds=[2, 10, 30])  # registry I/O only
-def promote(run_id: str) -> dict[str, Any]:
+def promote(run_id: str, repo: str) -> dict[str, Any]:
     from pruning.tracking import promote as register
 
-    return register(run_id, load_config(PARAMS)).__dict__
+    return register(run_id, load_config(Path(repo) / PARAMS), repo).__dict__
 
 
 @flow(name="pruning-pipeline")
@@ -164,20 +140,23 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
 
     Returns the metrics, the gate verdict, which stages ran and the registry promotion (None if tracking is off).
     """
-    from pruning.stages.common import read_json
-    from pruning.stages.evaluate import read_metrics
+    from pruning.acceptance.metrics import merged
+    from pruning.acceptance.report import summary_markdown
+    from pruning.stages.common import paths, read_json
+    from pruning.stages.evaluate import read_results
 
-    os.chdir(repo)
-    cfg = load_config(PARAMS)  # validated once, before any stage runs
-    ran = {t.name: t() for t in (prepare, train, prune, finetune, export, quantize, evaluate)}
-    run_id = read_json(cfg.paths.mlflow_run, "evaluate")["run_id"]
-    promotion = promote(run_id) if run_id else None
-    metrics, verdict = read_metrics(cfg), read_json(cfg.paths.gates, "evaluate")
-    from pruning.report import summary_markdown
-
-    create_markdown_artifact(summary_markdown(metrics, verdict, promotion, ran), key="pruning-summary",
+    root = Path(repo).absolute()
+    if str(root) not in sys.path:  # a model.arch given as module:callable lives in the repository
+        sys.path.insert(0, str(root))
+    cfg = load_config(root / PARAMS)  # validated once, before any stage runs
+    ran = {t.name: t(str(root)) for t in TASKS}
+    run_id = read_json(paths(cfg, root).mlflow_run, "evaluate")["run_id"]
+    promotion = promote(run_id, str(root)) if run_id else None
+    metrics, timed, verdict = read_results(cfg, root)
+    create_markdown_artifact(summary_markdown(metrics, timed, verdict, promotion, ran), key="pruning-summary",
                              description="Dense vs pruned vs INT8 and the gate verdicts")
-    return {"metrics": metrics, "gates": verdict, "ran": ran, "promotion": promotion, "run_id": run_id}
+    return {"metrics": merged(metrics, timed), "gates": verdict, "ran": ran, "promotion": promotion,
+            "run_id": run_id}
 
 
 def _warm_up(cfg: Config) -> AbstractContextManager[Any]:
@@ -189,7 +168,7 @@ def _warm_up(cfg: Config) -> AbstractContextManager[Any]:
     """
     process = server.launch()
     for stage in STAGES:
-        importlib.import_module(f"pruning.stages.{stage}")
+        stage.fn  # noqa: B018 - imports the stage's code now, while the server starts
     if cfg.tracking.enabled:
         threading.Thread(target=_warm_up_tracking, args=(cfg.tracking.experiment,), daemon=True,
                          name="mlflow-warm-up").start()
@@ -232,9 +211,10 @@ def main() -> int:
     except (PruningError, StageFailed, server.ServerFailed) as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         return 2
-    from pruning.report import print_report
+    from pruning.acceptance.report import print_report
+    from pruning.stages.evaluate import read_results
 
-    print_report(result["metrics"], result["gates"])
+    print_report(*read_results(load_config(PARAMS)))
     if result["promotion"]:
         p = result["promotion"]
         Console().print(f"registry: {p['model_name']} v{p['version']} -> {p['alias'] or 'no alias'} ({p['reason']})",

@@ -1,14 +1,18 @@
-"""Data sources -> numpy arrays ``x: (N, C, ...) float32``, ``y: (N,) int64``, and the deterministic split.
+"""Data sources -> numpy arrays ``x: (N, C, ...) float32``, ``y: (N,) int64``, the deterministic split, and the
+prepared splits as tensors (:class:`Split`, :class:`Data`) with the calibration samples drawn from them.
 
 Nothing here downloads: digits ship inside scikit-learn, mnist1d is generated offline with its ``make_dataset``.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from pruning.errors import DataError
 
@@ -16,6 +20,44 @@ if TYPE_CHECKING:
     from pruning.config import DataConfig
 
 Arrays = tuple[np.ndarray, np.ndarray]
+
+# Samples per calibration batch: criterion gradients, BatchNorm recalibration, depth-pruning scores (a method's
+# ``calibration_batches`` counts these). ONNX Runtime's INT8 calibration has its own (pruning/runtime/quantize.py).
+CALIBRATION_BATCH = 64
+
+
+@dataclass
+class Split:
+    """Tensors of one data split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def take(self, idx: torch.Tensor) -> Split:
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass(frozen=True)
+class Data:
+    """The prepared splits as tensors, and the facts of data/meta.json."""
+
+    train: Split
+    test: Split
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def calibration_batches(n: int, batches: int, seed: int) -> list[torch.Tensor]:
+    """Indices of ``batches`` batches of :data:`CALIBRATION_BATCH` samples out of ``n``, from a seeded permutation
+    (cycling through it when ``n`` is small)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return [order[(b * CALIBRATION_BATCH) % n:][:CALIBRATION_BATCH] for b in range(batches)]
+
+
+def calibration_sample(split: Split, batches: int, seed: int) -> Split:
+    """``batches`` x :data:`CALIBRATION_BATCH` samples of ``split`` as one set (seeded; fewer if the split is smaller)."""
+    order = torch.randperm(len(split.x), generator=torch.Generator().manual_seed(seed))
+    return split.take(order[: batches * CALIBRATION_BATCH])
 
 
 def _digits() -> Arrays:
@@ -56,7 +98,7 @@ def _check(x: np.ndarray, y: np.ndarray, where: str) -> Arrays:
 def _npz(path: str) -> tuple[Arrays, Arrays | None]:
     """Read a user .npz (never with pickles): ``x, y`` or ``x_train, y_train, x_test, y_test``."""
     if not Path(path).is_file():
-        raise DataError(f"data file {path} not found (data.path)")
+        raise DataError(f"data file {path} not found", field="path")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -95,7 +137,8 @@ def load_split(cfg: DataConfig, seed: int) -> tuple[Arrays, Arrays]:
     try:
         x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=cfg.test_fraction, random_state=seed, stratify=y)
     except ValueError as exc:  # e.g. a class with a single sample cannot be stratified
-        raise DataError(f"cannot split the data with data.test_fraction={cfg.test_fraction}: {exc}") from None
+        raise DataError(f"cannot split the data with a test fraction of {cfg.test_fraction}: {exc}",
+                        field="test_fraction") from None
     return (x_tr, y_tr), (x_te, y_te)
 
 
@@ -112,3 +155,13 @@ def read_arrays(path: str | Path) -> Arrays:
         raise DataError(f"{path} not found: run the prepare stage first (python -m pruning prepare)")
     with np.load(path, allow_pickle=False) as f:
         return f["x"], f["y"]
+
+
+def load_data(train: str | Path, test: str | Path, meta: str | Path) -> Data:
+    """The prepare stage's outputs as tensors."""
+    if not Path(meta).is_file():
+        raise DataError(f"{meta} not found: run the prepare stage first (python -m pruning prepare)")
+    facts = json.loads(Path(meta).read_text())
+    (x_tr, y_tr), (x_te, y_te) = read_arrays(train), read_arrays(test)
+    return Data(Split(torch.from_numpy(x_tr), torch.from_numpy(y_tr)), Split(torch.from_numpy(x_te), torch.from_numpy(y_te)),
+                tuple(facts["input_shape"]), int(facts["num_classes"]))

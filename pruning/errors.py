@@ -11,13 +11,24 @@ exit code 2. Messages name the value, the allowed range and the fix (httpx style
     ├── ParityError        ONNX output differs from torch beyond the tolerance
     ├── QuantizationError  ONNX Runtime could not quantize the model
     └── GateFailed         an acceptance gate failed and ``--strict`` was asked for
+
+Library code (methods, criteria, allocation, runtime, ...) never names a params.yaml key: it raises in its own words
+and, when one of its own arguments is the cause, says which in ``field`` (the argument's name, e.g. ``round_to``).
+The stage that called it knows the section and turns that into the key (:func:`pruning.stages.common.params_errors`).
 """
 
 from __future__ import annotations
 
 
 class PruningError(Exception):
-    """Base class of every error the user can act on."""
+    """Base class of every error the user can act on.
+
+    ``field``: the library argument that caused it (a method config field such as ``ratio``), or None.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(PruningError):

@@ -1,16 +1,18 @@
 """MLflow: the only module that imports mlflow. Runs, metrics, artifacts, models, registry and aliases.
 
-One pipeline run = one parent run (all params flattened, final metrics under the names of reports/metrics.json,
-gates.json, the per-layer channel table, the accuracy-vs-MACs plot, the pruned fp32 and INT8 ONNX models with
-signature and input example) + one nested run per stage with that stage's curves and figures. The stages' reports are
-the record, so a parent run is complete even when DVC reused some stages from its cache (their nested runs then
-carry the cached figures).
+One pipeline run = one parent run (all params flattened, final metrics under the names of reports/metrics.json and
+latency.json, gates.json, the per-layer channel table, the accuracy-vs-MACs plot) + one nested run per row of
+:data:`pruning.stages.STAGES`, logged the same way for every stage: the params keys it reads, the numbers of the
+JSON reports it writes as metrics (lists of per-epoch / per-step records as curves), those reports as artifacts, and
+the artifacts and ONNX models the row names (models with signature and input example). The stages' files are the record, so a parent run
+is complete even when DVC reused some stages from its cache (their nested runs then carry the cached figures).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import time
@@ -22,45 +24,46 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pruning.stages import STAGES, Stage
+
 if TYPE_CHECKING:
-    from pruning.config import Config
+    from pruning.config import Config, PathsConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_DB = "mlflow.db"  # sqlite:///<workspace>/mlflow.db unless MLFLOW_TRACKING_URI says otherwise
 ARTIFACT_DIR = "mlartifacts"
-INT8_MODEL_TAG = "int8_model_uri"
-STAGES = ("prepare", "train", "prune", "finetune", "export", "quantize", "evaluate")
+MODEL_TAG = "{}_model_uri"  # parent-run tag holding a logged model's URI, by the model's name
+INT8_MODEL_TAG = MODEL_TAG.format("int8")
+_SERIES_KEYS = ("epoch", "step", "round")
 
 
 @dataclass(frozen=True)
 class PipelineRecord:
-    """What the stages left behind, as plain data: reports by stage name, file paths, and test samples."""
+    """What the evaluate stage hands over: the params, resolved paths, final metrics and gates, tags, test samples."""
 
     params: dict[str, Any]
-    reports: dict[str, Any]
+    paths: PathsConfig
     metrics: dict[str, Any]
     gates: dict[str, Any]
     tags: dict[str, str]
-    pruned_onnx: str
-    quantized_onnx: str
     example: np.ndarray
-    latency_table: str | None = None  # prune.allocation latency: the per-layer table, logged with the prune run
 
 
-def setup(experiment: str) -> str:
-    """Point mlflow at MLFLOW_TRACKING_URI (default sqlite:///mlflow.db) and the experiment; returns its id.
+def setup(experiment: str, root: str | Path = ".") -> str:
+    """Point mlflow at MLFLOW_TRACKING_URI (default sqlite:///<root>/mlflow.db) and the experiment; returns its id.
 
-    With the default store the experiment's artifacts go to ./mlartifacts (git-ignored), as with ``mlflow server``.
+    With the default store the experiment's artifacts go to <root>/mlartifacts (git-ignored), as with ``mlflow
+    server``.
     """
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).absolute() / DEFAULT_DB}"
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        location = Path(ARTIFACT_DIR).absolute().as_uri() if uri.startswith("sqlite:") else None
+        location = (Path(root).absolute() / ARTIFACT_DIR).as_uri() if uri.startswith("sqlite:") else None
         experiment_id = client.create_experiment(experiment, artifact_location=location)
     else:
         experiment_id = found.experiment_id
@@ -82,6 +85,13 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _numbers(tree: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in flatten(tree).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _series_key(rows: Any) -> str | None:
+    """The step key of a list of records (per epoch / step / round), or None if ``rows`` is not one."""
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    return next((k for k in _SERIES_KEYS if all(k in r for r in rows)), None)
 
 
 def _series(run_id: str, rows: list[dict[str, Any]], step_key: str) -> None:
@@ -129,7 +139,7 @@ def _log_onnx(path: str, name: str, example: np.ndarray):
     import onnx
     from mlflow.models import infer_signature
 
-    from pruning.export import predict, session
+    from pruning.runtime.session import predict, session
 
     output = predict(session(path), example)
     # An ONNX model needs onnx + onnxruntime and nothing else to be served: say so, instead of letting MLflow infer
@@ -140,7 +150,7 @@ def _log_onnx(path: str, name: str, example: np.ndarray):
                                  pip_requirements=mlflow.onnx.get_default_pip_requirements())
 
 
-def warm_up(experiment: str) -> None:
+def warm_up(experiment: str, root: str | Path = ".") -> None:
     """Open the store and import what logging a run needs, ahead of time (the flow does it while Prefect starts)."""
     import matplotlib
 
@@ -148,55 +158,57 @@ def warm_up(experiment: str) -> None:
     import matplotlib.pyplot  # noqa: F401
     import mlflow.onnx  # noqa: F401
 
-    setup(experiment)
+    setup(experiment, root)
 
 
-def log_pipeline(record: PipelineRecord, experiment: str) -> str:
+def _stage_params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
+    """The params.yaml keys a stage reads, flattened (``prune.ratio``, ``seed``, ``export.opset``)."""
+    flat = flatten(params)
+    return {k: str(v)[:6000] for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in keys)}
+
+
+def _log_stage(stage: Stage, record: PipelineRecord, models: dict[str, str]) -> None:
+    """One nested run, the same for every stage (see the module docstring)."""
+    import mlflow
+
+    with _nested(stage.name) as run_id:
+        mlflow.log_params(_stage_params(record.params, stage.params))
+        for key in stage.reports:
+            path = Path(getattr(record.paths, key))
+            doc = json.loads(path.read_text())
+            if (step := _series_key(doc)) is not None:
+                _series(run_id, doc, step)
+            elif isinstance(doc, dict):
+                mlflow.log_metrics(_numbers({k: v for k, v in doc.items() if _series_key(v) is None}))
+                for rows in doc.values():
+                    if (step := _series_key(rows)) is not None:
+                        _series(run_id, rows, step)
+            mlflow.log_artifact(str(path))
+        for key in stage.artifacts:
+            mlflow.log_artifact(getattr(record.paths, key))
+        for name, key in stage.models.items():
+            models[name] = _log_onnx(getattr(record.paths, key), name, record.example).model_uri
+
+
+def log_pipeline(record: PipelineRecord, experiment: str, root: str | Path = ".") -> str:
     """Log one pipeline run (parent + a nested run per stage). Returns the parent run id."""
     import mlflow
 
-    experiment_id = setup(experiment)
-    r = record.reports
+    experiment_id = setup(experiment, root)
+    p = record.paths
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"pipeline-{record.tags['params_hash'][:8]}") as parent:
         mlflow.set_tags({**record.tags, "gates": "passed" if record.gates["passed"] else "failed"})
-        params = flatten(record.params)
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(record.params).items()})
         mlflow.log_metrics(_numbers(record.metrics))
         mlflow.log_dict(record.metrics, "metrics.json")
         mlflow.log_dict(record.gates, "gates.json")
-        _log_csv(r["prune"]["layers"], "prune_layers.csv")
-        mlflow.log_figure(_accuracy_vs_macs_figure(r["prune_steps"]), "accuracy_vs_macs.png")
-
-        with _nested("prepare"):
-            mlflow.log_params({k: v for k, v in r["prepare"].items() if not isinstance(v, list | dict)})
-            mlflow.log_param("input_shape", r["prepare"]["input_shape"])
-        with _nested("train") as run_id:
-            mlflow.log_params({f"train.{k}": v for k, v in record.params["train"].items()})
-            _series(run_id, r["train"]["epochs"], "epoch")
-            mlflow.log_metrics(_numbers(r["train"]))
-        with _nested("prune") as run_id:
-            mlflow.log_params({f"prune.{k}": str(v) for k, v in record.params["prune"].items()})
-            _series(run_id, r["prune_steps"], "step")
-            mlflow.log_metrics(_numbers(r["prune"]))
-            if r["prune"].get("allocation") == "latency" and record.latency_table:
-                mlflow.log_artifact(record.latency_table)  # the per-layer ORT table the allocation used
-        with _nested("finetune") as run_id:
-            mlflow.log_params({k: str(v) for k, v in flatten(record.params["finetune"], "finetune.").items()})
-            _series(run_id, r["finetune"]["epochs"], "epoch")
-            mlflow.log_metrics(_numbers({k: v for k, v in r["finetune"].items() if k != "epochs"}))
-        with _nested("export"):
-            mlflow.log_params({f"export.{k}": v for k, v in record.params["export"].items()})
-            mlflow.log_metrics(_numbers(r["export"]))
-            fp32 = _log_onnx(record.pruned_onnx, "pruned_fp32", record.example)
-        with _nested("quantize"):
-            mlflow.log_params({f"quantize.{k}": v for k, v in record.params["quantize"].items()})
-            int8 = _log_onnx(record.quantized_onnx, "int8", record.example)
-            mlflow.log_metric("size_bytes", record.metrics["quantized"]["size_bytes"])
-        with _nested("evaluate"):
-            mlflow.log_params({f"evaluate.{k}": v for k, v in record.params["evaluate"].items()})
-            mlflow.log_metrics(_numbers(record.metrics))
-            mlflow.log_dict(record.gates, "gates.json")
-        mlflow.set_tags({INT8_MODEL_TAG: int8.model_uri, "pruned_fp32_model_uri": fp32.model_uri})
+        _log_csv(json.loads(Path(p.prune_report).read_text())["layers"], "prune_layers.csv")
+        mlflow.log_figure(_accuracy_vs_macs_figure(json.loads(Path(p.prune_steps).read_text())),
+                          "accuracy_vs_macs.png")
+        models: dict[str, str] = {}
+        for stage in STAGES:
+            _log_stage(stage, record, models)
+        mlflow.set_tags({MODEL_TAG.format(name): uri for name, uri in models.items()})
         return parent.info.run_id
 
 
@@ -266,7 +278,7 @@ def _beats(new: float, old: float, greater_is_better: bool) -> bool:
     return new > old if greater_is_better else new < old
 
 
-def promote(run_id: str, cfg: Config) -> Promotion:
+def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
     """Register the run's INT8 model as a new version and move aliases by the rules.
 
     ``champion`` moves only if every gate passed AND the version beats the current champion on
@@ -278,7 +290,7 @@ def promote(run_id: str, cfg: Config) -> Promotion:
 
     from pruning.errors import PruningError
 
-    setup(cfg.tracking.experiment)
+    setup(cfg.tracking.experiment, root)
     client = mlflow.MlflowClient()
     name, metric = cfg.registry.model_name, cfg.registry.primary_metric
     try:

@@ -1,5 +1,70 @@
-"""The stages: one function per stage, each taking the validated Config and returning a typed result.
+"""The stages: one function per stage (``pruning.stages.<name>.run(cfg, root)``), each taking the validated Config and
+the workspace root and returning a typed result. They are the only code that reads and writes stage files; everything
+they call is library code.
 
-These are the only code that reads and writes stage files; everything they call is a pure library function.
-Each is imported lazily by the CLI so ``python -m pruning --help`` stays fast.
+:data:`STAGES` is the one table of stages. The CLI generates one verb per row, the Prefect flow one task per row,
+MLflow tracking one nested run per row, and a test checks dvc.yaml against it (names, commands, params, deps, outs).
+Adding a stage = one file here and one row. This module imports nothing heavy: a stage's code is imported when run.
 """
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row: a stage of the pipeline."""
+
+    name: str  # CLI verb, dvc.yaml stage, flow task, MLflow nested run, module pruning/stages/<name>.py
+    help: str  # one line for `python -m pruning --help`
+    params: tuple[str, ...]  # params.yaml keys it reads (dvc.yaml `params:`)
+    reads: tuple[str, ...]  # paths.* keys of its inputs (dvc.yaml `deps:`)
+    writes: tuple[str, ...]  # paths.* keys of its outputs (dvc.yaml `outs:` / `metrics:`)
+    reports: tuple[str, ...] = ()  # JSON reports among writes: MLflow metrics, curves and artifacts of its run
+    artifacts: tuple[str, ...] = ()  # other writes logged with its run as they are
+    models: dict[str, str] = field(default_factory=dict)  # MLflow model name -> paths.* key, logged with its run
+    retries: int = 0  # flow task retries: only for stages that do I/O against a service
+    gated: bool = False  # its result carries the gate verdict (the verb gets --strict)
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The stage function, imported on first use."""
+        return importlib.import_module(f"pruning.stages.{self.name}").run
+
+
+_DATA = ("train_data", "test_data", "data_meta")
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", "Load data.source, split it by seed, write the splits (data/).",
+          params=("seed", "data"), reads=(), writes=_DATA, reports=("data_meta",)),
+    Stage("train", "Train the dense baseline from the zoo or model.arch = module:callable.",
+          params=("seed", "device", "model", "train"), reads=_DATA, writes=("dense_model", "train_report"),
+          reports=("train_report",)),
+    Stage("prune", "Prune the dense model with the method params.yaml names in prune.method.",
+          params=("seed", "device", "prune", "export.opset"), reads=(*_DATA, "dense_model"),
+          writes=("pruned_model", "prune_report", "prune_steps", "latency_table"),
+          reports=("prune_report", "prune_steps"), artifacts=("latency_table",)),
+    Stage("finetune", "Fine-tune the pruned model, optionally distilling from the dense one.",
+          params=("seed", "device", "finetune"), reads=(*_DATA, "dense_model", "pruned_model"),
+          writes=("finetuned_model", "finetune_report"), reports=("finetune_report",)),
+    Stage("export", "Export dense and pruned models to ONNX; fail unless parity with torch holds.",
+          params=("export",), reads=("test_data", "data_meta", "dense_model", "finetuned_model"),
+          writes=("dense_onnx", "pruned_onnx", "export_report"), reports=("export_report",),
+          models={"pruned_fp32": "pruned_onnx"}),
+    Stage("quantize", "Quantize the pruned ONNX model with ONNX Runtime (static INT8 QDQ by default).",
+          params=("seed", "quantize"), reads=("train_data", "data_meta", "pruned_onnx"),
+          writes=("quantized_onnx", "quantize_report"), reports=("quantize_report",), models={"int8": "quantized_onnx"}),
+    Stage("evaluate", "Measure dense / pruned / INT8 in ONNX Runtime, write metrics.json, check the gates.",
+          params=("evaluate", "gates", "tracking"),
+          reads=("test_data", "data_meta", "dense_model", "finetuned_model", "dense_onnx", "pruned_onnx",
+                 "quantized_onnx", "train_report", "prune_report", "prune_steps", "finetune_report", "export_report",
+                 "quantize_report", "latency_table"),
+          writes=("metrics", "latency_metrics", "gates", "mlflow_run"), reports=("metrics", "latency_metrics", "gates"),
+          retries=2, gated=True),
+)
+
+BY_NAME = {s.name: s for s in STAGES}

@@ -1,44 +1,45 @@
-"""What every stage shares: reading the prepared data, provenance, and writing outputs only after the work is done."""
+"""What every stage shares: the prepared data, provenance, writing outputs only after the work is done, and turning a
+library error that names one of its arguments into the params.yaml key."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from pruning.config import Config
-from pruning.data import read_arrays
-from pruning.errors import DataError
-from pruning.schedule import Split
+from pruning.data import Data, load_data
+from pruning.errors import ConfigError, DataError, PruningError
 
-
-@dataclass(frozen=True)
-class Data:
-    """The prepared splits as tensors, and the facts of data/meta.json."""
-
-    train: Split
-    test: Split
-    input_shape: tuple[int, ...]
-    num_classes: int
+if TYPE_CHECKING:
+    from pruning.config import Config, PathsConfig
 
 
-def load_data(cfg: Config) -> Data:
-    """Read the prepare stage's outputs."""
-    meta_path = Path(cfg.paths.data_meta)
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path} not found: run the prepare stage first (python -m pruning prepare)")
-    meta = json.loads(meta_path.read_text())
-    x_tr, y_tr = read_arrays(cfg.paths.train_data)
-    x_te, y_te = read_arrays(cfg.paths.test_data)
-    return Data(Split(torch.from_numpy(x_tr), torch.from_numpy(y_tr)), Split(torch.from_numpy(x_te), torch.from_numpy(y_te)),
-                tuple(meta["input_shape"]), int(meta["num_classes"]))
+def paths(cfg: Config, root: str | Path) -> PathsConfig:
+    """The configured paths, resolved against the workspace ``root``."""
+    return cfg.paths.under(root)
+
+
+def prepared_data(p: PathsConfig) -> Data:
+    """The prepare stage's outputs as tensors."""
+    return load_data(p.train_data, p.test_data, p.data_meta)
+
+
+@contextlib.contextmanager
+def params_errors(section: str) -> Iterator[None]:
+    """A library error that names its argument (``field``) becomes a ConfigError naming ``section.field``."""
+    try:
+        yield
+    except PruningError as exc:
+        if exc.field is None:
+            raise
+        raise ConfigError(f'Invalid "{section}.{exc.field}": {exc}') from None
 
 
 def params_hash(cfg: Config) -> str:
@@ -46,10 +47,11 @@ def params_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def git_commit() -> str | None:
-    """The current commit, or None outside a git checkout."""
+def git_commit(root: str | Path = ".") -> str | None:
+    """The commit checked out in ``root``, or None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+                             cwd=root)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -57,9 +59,9 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def provenance(cfg: Config, stage: str) -> dict[str, Any]:
+def provenance(cfg: Config, stage: str, root: str | Path) -> dict[str, Any]:
     """What a model file records about where it came from."""
-    return {"stage": stage, "params_hash": params_hash(cfg), "git_commit": git_commit(), "seed": cfg.seed}
+    return {"stage": stage, "params_hash": params_hash(cfg), "git_commit": git_commit(root), "seed": cfg.seed}
 
 
 def _jsonable(obj: Any) -> Any:

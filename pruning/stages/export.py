@@ -6,11 +6,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pruning.config import Config
-from pruning.export import export_onnx, parity
-from pruning.stages.common import load_data, write_json
-from pruning.surgery import load_model
+from pruning.checkpoint import load_model
+from pruning.runtime.export import export_onnx, parity
+from pruning.stages.common import params_errors, paths, prepared_data, write_json
+
+if TYPE_CHECKING:
+    from pruning.config import Config
 
 
 @dataclass(frozen=True)
@@ -20,23 +23,24 @@ class ExportResult:
     parity_max_abs: float
 
 
-def run_export(cfg: Config) -> ExportResult:
+def run(cfg: Config, root: str | Path = ".") -> ExportResult:
     """Export both models; ParityError (and nothing written) if either differs from torch beyond the tolerance."""
-    data = load_data(cfg)
+    p = paths(cfg, root)
+    data = prepared_data(p)
     x = data.test.x[: cfg.export.parity_samples].numpy()
-    jobs = {"dense": (cfg.paths.dense_model, cfg.paths.dense_onnx),
-            "pruned": (cfg.paths.finetuned_model, cfg.paths.pruned_onnx)}
+    jobs = {"dense": (p.dense_model, p.dense_onnx), "pruned": (p.finetuned_model, p.pruned_onnx)}
     parities = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (src, _) in jobs.items():
             model, record = load_model(src)
             staged = Path(tmp) / f"{name}.onnx"
             export_onnx(model, record["input_shape"], staged, cfg.export.opset, cfg.export.exporter)
-            parities[name] = parity(model, staged, x, cfg.export.parity_tolerance)
+            with params_errors("export"):
+                parities[name] = parity(model, staged, x, cfg.export.parity_tolerance)
         for name, (_, dst) in jobs.items():  # publish only once both passed
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / f"{name}.onnx", dst)
     result = ExportResult(parities["dense"], parities["pruned"], max(parities.values()))
-    write_json(cfg.paths.export_report, {**result.__dict__, "exporter": cfg.export.exporter, "opset": cfg.export.opset,
-                                         "parity_samples": len(x), "tolerance": cfg.export.parity_tolerance})
+    write_json(p.export_report, {**result.__dict__, "exporter": cfg.export.exporter, "opset": cfg.export.opset,
+                                 "parity_samples": len(x), "tolerance": cfg.export.parity_tolerance})
     return result

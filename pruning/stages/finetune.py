@@ -1,13 +1,21 @@
-"""finetune: recover accuracy of the pruned model, optionally distilling from the dense one -> models/finetuned.pt."""
+"""finetune: recover accuracy of the pruned model, optionally distilling from the dense one -> models/finetuned.pt.
+
+What the pruning edits made of the model stays so while it trains (masked weights stay zero:
+:func:`pruning.checkpoint.constraints`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pruning.config import Config
-from pruning.stages.common import load_data, provenance, write_json
-from pruning.surgery import load_model, save_model
-from pruning.train import Distill, Optim, evaluate, fit
+from pruning.checkpoint import constraints, load_model, save_like
+from pruning.stages.common import paths, prepared_data, provenance, write_json
+from pruning.training import Distill, Optim, evaluate, fit
+
+if TYPE_CHECKING:
+    from pruning.config import Config
 
 
 @dataclass(frozen=True)
@@ -17,25 +25,24 @@ class FinetuneResult:
     loss: float
 
 
-def run_finetune(cfg: Config) -> FinetuneResult:
+def run(cfg: Config, root: str | Path = ".") -> FinetuneResult:
     """Fine-tune ``models/pruned.pt`` for ``finetune.epochs`` (with KD from the dense model if enabled)."""
-    data = load_data(cfg)
-    model, record = load_model(cfg.paths.pruned_model)
+    p = paths(cfg, root)
+    data = prepared_data(p)
+    model, record = load_model(p.pruned_model)
     f = cfg.finetune
     distill = None
     if f.distill.enabled:
-        teacher, _ = load_model(cfg.paths.dense_model)
+        teacher, _ = load_model(p.dense_model)
         distill = Distill(teacher, f.distill.temperature, f.distill.alpha)
-    before, _ = evaluate(model, data.test.x, data.test.y)
+    before, _ = evaluate(model, data.test, device=cfg.device)
     history = []
     if f.epochs:
-        history = fit(model, data.train.x, data.train.y, Optim(f.epochs, f.batch_size, f.lr, f.momentum, f.weight_decay),
-                      cfg.seed, "fine-tune pruned", distill=distill, x_test=data.test.x, y_test=data.test.y)
-    accuracy, loss = evaluate(model, data.test.x, data.test.y)
-    save_model(cfg.paths.finetuned_model, model, arch=record["arch"], kwargs=record["kwargs"],
-               input_shape=record["input_shape"], num_classes=record["num_classes"], history=record["history"],
-               removed_blocks=record.get("removed_blocks", []),
-               meta=provenance(cfg, "finetune"))
+        history = fit(model, data.train, Optim(f.epochs, f.batch_size, f.lr, f.momentum, f.weight_decay), cfg.seed,
+                      "fine-tune pruned", distill=distill, test=data.test, callbacks=constraints(model, record),
+                      device=cfg.device)
+    accuracy, loss = evaluate(model, data.test, device=cfg.device)
+    save_like(p.finetuned_model, model, record, provenance(cfg, "finetune", root))
     result = FinetuneResult(before, accuracy, loss)
-    write_json(cfg.paths.finetune_report, {**result.__dict__, "distill": f.distill.enabled, "epochs": history})
+    write_json(p.finetune_report, {**result.__dict__, "distill": f.distill.enabled, "epochs": history})
     return result

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pruning.config import Config
 from pruning.data import load_split, save_arrays
-from pruning.stages.common import write_json
+from pruning.stages.common import params_errors, paths, write_json
+
+if TYPE_CHECKING:
+    from pruning.config import Config
 
 
 @dataclass(frozen=True)
@@ -19,14 +23,16 @@ class PrepareResult:
     num_classes: int
 
 
-def run_prepare(cfg: Config) -> PrepareResult:
+def run(cfg: Config, root: str | Path = ".") -> PrepareResult:
     """Load ``data.source``, split it by ``seed`` and write the splits."""
-    (x_tr, y_tr), (x_te, y_te) = load_split(cfg.data, cfg.seed)
+    p = paths(cfg, root)
+    with params_errors("data"):
+        (x_tr, y_tr), (x_te, y_te) = load_split(cfg.data, cfg.seed)
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
     result = PrepareResult(len(x_tr), len(x_te), tuple(int(s) for s in x_tr.shape[1:]), num_classes)
-    save_arrays(cfg.paths.train_data, x_tr, y_tr)
-    save_arrays(cfg.paths.test_data, x_te, y_te)
-    write_json(cfg.paths.data_meta, {
+    save_arrays(p.train_data, x_tr, y_tr)
+    save_arrays(p.test_data, x_te, y_te)
+    write_json(p.data_meta, {
         "source": cfg.data.source,
         "input_shape": list(result.input_shape),
         "num_classes": num_classes,

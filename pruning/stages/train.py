@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from pruning.config import Config
+from pruning.checkpoint import save_model
+from pruning.counting import count_macs, example_input
 from pruning.errors import ModelError
-from pruning.stages.common import load_data, provenance, write_json
-from pruning.surgery import count_macs, example_input, save_model
-from pruning.train import Optim, evaluate, fit
+from pruning.stages.common import params_errors, paths, prepared_data, provenance, write_json
+from pruning.training import Optim, evaluate, fit
 from pruning.zoo import build_model
+
+if TYPE_CHECKING:
+    from pruning.config import Config
 
 
 @dataclass(frozen=True)
@@ -22,14 +27,16 @@ class TrainResult:
     params: int
 
 
-def run_train(cfg: Config) -> TrainResult:
+def run(cfg: Config, root: str | Path = ".") -> TrainResult:
     """Train the dense model with SGD + cosine schedule, seeded by ``seed``."""
-    data = load_data(cfg)
+    p = paths(cfg, root)
+    data = prepared_data(p)
     if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != data.input_shape:
         raise ModelError(f'Invalid "model.input_shape": {cfg.model.input_shape} but the data samples have shape '
                          f"{list(data.input_shape)}")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.arch, cfg.model.kwargs, data.input_shape, data.num_classes)
+    with params_errors("model"):
+        model = build_model(cfg.model.arch, cfg.model.kwargs, data.input_shape, data.num_classes)
     try:
         with torch.no_grad():
             out = model.eval()(example_input(data.input_shape))
@@ -39,12 +46,12 @@ def run_train(cfg: Config) -> TrainResult:
         raise ModelError(f"model.arch {cfg.model.arch!r} outputs shape {tuple(out.shape)}, expected (batch, "
                          f"{data.num_classes}) logits")
     t = cfg.train
-    history = fit(model, data.train.x, data.train.y, Optim(t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay),
-                  cfg.seed, "train dense", x_test=data.test.x, y_test=data.test.y)
-    accuracy, loss = evaluate(model, data.test.x, data.test.y)
+    history = fit(model, data.train, Optim(t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay), cfg.seed,
+                  "train dense", test=data.test, device=cfg.device)
+    accuracy, loss = evaluate(model, data.test, device=cfg.device)
     macs, params = count_macs(model, data.input_shape)
-    save_model(cfg.paths.dense_model, model, arch=cfg.model.arch, kwargs=cfg.model.kwargs,
-               input_shape=data.input_shape, num_classes=data.num_classes, meta=provenance(cfg, "train"))
-    write_json(cfg.paths.train_report, {"accuracy": accuracy, "loss": loss, "macs": macs, "params": params,
-                                        "epochs": history})
+    save_model(p.dense_model, model, arch=cfg.model.arch, kwargs=cfg.model.kwargs, input_shape=data.input_shape,
+               num_classes=data.num_classes, meta=provenance(cfg, "train", root))
+    write_json(p.train_report, {"accuracy": accuracy, "loss": loss, "macs": macs, "params": params,
+                                "epochs": history})
     return TrainResult(accuracy, loss, macs, params)

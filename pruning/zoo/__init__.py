@@ -6,6 +6,7 @@ Every builder is called as ``builder(in_channels=..., num_classes=..., **kwargs)
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -27,29 +28,46 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def resolve_callable(spec: str) -> Any:
+    """Import ``module:callable`` (ModelError with ``field="arch"`` if that fails)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"{spec!r} is not 'module:callable'", field="arch")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is a configuration problem here
+        raise ModelError(f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})", field="arch") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"module {module_name!r} has no attribute {attr!r}", field="arch")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"{spec!r} is not callable", field="arch")
+    return obj
+
+
 def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build a dense model from the zoo (``arch`` a name) or from user code (``arch`` = ``module:callable``).
 
     Args:
         arch: zoo name or ``module:callable``.
-        kwargs: keyword arguments for the builder (params.yaml ``model.kwargs``).
+        kwargs: keyword arguments for the builder.
         input_shape: per-sample input shape, e.g. (1, 8, 8); its first entry is the channel count.
         num_classes: classifier width.
     """
-    from pruning.config import resolve_callable
-
     if ":" in arch:
-        builder = resolve_callable(arch, '"model.arch"')
+        builder = resolve_callable(arch)
         call_kwargs = dict(kwargs)
     elif arch in ZOO:
         builder = ZOO[arch]
         call_kwargs = {"in_channels": input_shape[0], "num_classes": num_classes, **kwargs}
     else:
-        raise ModelError(f'Unknown "model.arch" {arch!r} (zoo: {", ".join(ZOO)}; or give "module:callable")')
+        raise ModelError(f'unknown architecture {arch!r} (zoo: {", ".join(ZOO)}; or give "module:callable")', field="arch")
     try:
         model = builder(**call_kwargs)
     except (TypeError, ValueError) as exc:
-        raise ModelError(f'Cannot build model.arch {arch!r} with model.kwargs {kwargs}: {exc}') from None
+        raise ModelError(f"cannot build {arch!r} with arguments {kwargs}: {exc}", field="kwargs") from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model.arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"{arch!r} returned {type(model).__name__}, not a torch.nn.Module", field="arch")
     return model

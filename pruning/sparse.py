@@ -1,113 +1,21 @@
-"""Unstructured magnitude pruning (Han et al. 2015, "Learning both Weights and Connections") and sparse storage.
+"""Compressed sparse storage of Conv/Linear weights (CSR, CSC, COO), and what it costs in bytes.
 
-Individual weights with the smallest |w| are zeroed, over all Conv/Linear layers at once (``global``) or per layer
-(``layer``). The masks live in ``torch.nn.utils.prune``'s forward pre-hooks (``weight = weight_orig * weight_mask``),
-so they stay enforced while the model trains; :func:`make_permanent` folds them into plain tensors with exact zeros.
-
-What this buys, honestly: the tensors keep their shapes and dense kernels (torch, ONNX Runtime) multiply the zeros
-like any other value, so a 90 %-sparse model is *not* faster — MACs and latency stay those of the dense model. The
-gain is storage: :func:`to_sparse` keeps only the non-zeros plus their indices (CSR, CSC or COO). Speed needs kernels
-that skip zeros (torch's CSR matmul does, for Linear layers only; the convolutions of torch and ONNX Runtime used
-here do not) or structured pruning, which removes whole channels (:mod:`pruning.surgery`).
+Unstructured pruning keeps tensor shapes; its gain is storage: only the non-zeros plus their indices. A state dict is
+converted to plain containers that ``torch.load(weights_only=True)`` reads back exactly.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import prune
+from torch import Tensor
 
-SCOPES = ("global", "layer")
 LAYOUTS = ("csr", "csc", "coo")
-
-
-def prunable_layers(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every Conv/Linear layer not in ``ignored`` (compared by identity)."""
-    skip = {id(m) for m in ignored}
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and id(m) not in skip]
-
-
-def _effective_weight(module: nn.Module) -> Tensor:
-    """The weight as the next forward will see it.
-
-    While pruned, ``module.weight`` is a plain attribute recomputed only by the forward pre-hook, i.e. the value from
-    before the last optimizer step; ``weight_orig * weight_mask`` is current.
-    """
-    if hasattr(module, "weight_orig"):
-        return (module.weight_orig * module.weight_mask).detach()
-    return module.weight.detach()
-
-
-def _masked_count(module: nn.Module) -> int:
-    mask = getattr(module, "weight_mask", None)
-    return 0 if mask is None else int((mask == 0).sum())
-
-
-def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global", ignored: Sequence[nn.Module] = ()) -> None:
-    """Mask the smallest-|w| weights of every Conv/Linear layer until ``sparsity`` of them are zero.
-
-    ``sparsity`` is the target share of masked weights (cumulative): calling again with a higher value extends the
-    existing masks (torch's ``PruningContainer`` only ranks the still-unmasked weights), never un-prunes. Biases and
-    BatchNorm are never pruned. Exactly ``round(sparsity * n)`` weights are masked, over all layers (``global``) or
-    in each layer of n weights (``layer``).
-
-    Args:
-        model: modified in place; masks are enforced by forward pre-hooks until :func:`make_permanent`.
-        sparsity: in [0, 1).
-        scope: ``global`` (one ranking across layers: layers end up with different sparsities) or ``layer``.
-        ignored: modules left dense (e.g. the classifier).
-    """
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"Invalid sparsity: {sparsity} (must be in [0, 1))")
-    if scope not in SCOPES:
-        raise ValueError(f"Invalid scope: {scope!r} (must be one of {', '.join(SCOPES)})")
-    layers = [m for _, m in prunable_layers(model, ignored)]
-    if not layers:
-        raise ValueError("the model has no Conv/Linear weight to prune (all of them ignored?)")
-    # ranked on the current effective weights (see _effective_weight); torch takes |.| itself (L1Unstructured)
-    scores = {(m, "weight"): _effective_weight(m) for m in layers}
-    if scope == "global":
-        total = sum(m.weight.numel() for m in layers)
-        # an int amount is an exact count of *additional* weights; a float would be a share of the unmasked ones
-        extra = max(round(sparsity * total) - sum(_masked_count(m) for m in layers), 0)
-        prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured,
-                                  importance_scores=scores, amount=extra)
-        return
-    for m in layers:
-        extra = max(round(sparsity * m.weight.numel()) - _masked_count(m), 0)
-        prune.l1_unstructured(m, "weight", amount=extra, importance_scores=scores[(m, "weight")])
-
-
-def make_permanent(model: nn.Module) -> None:
-    """Fold every pruning mask into its weight: plain parameters with exact zeros, no ``*_orig``/``*_mask``, no hooks."""
-    for module in model.modules():
-        for name, _ in list(module.named_parameters(recurse=False)):
-            if name.endswith("_orig") and hasattr(module, name[: -len("_orig")] + "_mask"):
-                prune.remove(module, name[: -len("_orig")])
-
-
-def layer_sparsity(model: nn.Module) -> dict[str, float]:
-    """Share of exact zeros in each Conv/Linear weight, by module name."""
-    return {n: float((_effective_weight(m) == 0).float().mean()) for n, m in prunable_layers(model)}
-
-
-def weight_sparsity(model: nn.Module) -> float:
-    """Share of exact zeros over all Conv/Linear weights (biases and BatchNorm excluded)."""
-    weights = [_effective_weight(m) for _, m in prunable_layers(model)]
-    total = sum(w.numel() for w in weights)
-    return sum(int((w == 0).sum()) for w in weights) / max(total, 1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Compressed sparse storage
-
 
 def _is_layer_weight(key: str, t: Tensor) -> bool:
     # a state dict carries no module types: Conv/Linear weights are the floating "*weight" tensors of 2+ dims
@@ -221,3 +129,13 @@ def save_sparse(path: str | Path, sparse: dict[str, dict[str, Any]]) -> None:
 def load_sparse(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a file written by :func:`save_sparse` with ``weights_only=True`` (no code runs on load)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def storage(state: dict[str, Tensor]) -> dict[str, float | int]:
+    """What a masked model's zeros buy: the share of zero Conv/Linear weights, and the state dict's bytes with those
+    weights stored as CSR against stored densely."""
+    weights = [t for k, t in state.items() if _is_layer_weight(k, t)]
+    total = sum(t.numel() for t in weights)
+    zeros = sum(int((t == 0).sum()) for t in weights)
+    return {"weight_sparsity": zeros / max(total, 1), "csr_bytes": sparse_size_bytes(to_sparse(state, "csr")),
+            "dense_bytes": dense_size_bytes(state)}

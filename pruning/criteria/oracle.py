@@ -3,7 +3,7 @@
 Importance of a channel = L(W with that channel removed) - L(W), measured exactly on a calibration batch
 (Molchanov et al. 2019 call the squared version "true importance"; here the signed increase is kept, so a channel
 whose removal *lowers* the loss ranks below all others). One forward pass per channel: affordable on small nets, and
-bounded by ``prune.oracle_max_channels`` / ``prune.oracle_max_seconds`` with an error that says which to raise.
+bounded by ``max_channels`` / ``max_seconds`` (per pruning step) with an error that says which to raise.
 
 Removal is simulated by zeroing, in every layer of the channel's dependency group, the weights that produce or
 consume it (conv/linear out-rows and in-columns, BatchNorm scale and shift): with BatchNorm's affine set to zero the
@@ -21,7 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning._helpers import to_plain_idxs
 
-from pruning.errors import ConfigError
+from pruning.errors import PruningError
 
 # producers (rows of weight and bias; BatchNorm's affine) and consumers (input columns of weight)
 _OUT = {tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels,
@@ -57,11 +57,11 @@ class LossChangeImportance(tp.importance.Importance):
     def _charge(self, channels: int) -> None:
         self._evaluated += channels
         if self._evaluated > self.max_channels:
-            raise ConfigError(f'prune.criterion "loss_change" needs more than prune.oracle_max_channels '
-                              f"({self.max_channels}) loss evaluations on this model: raise it, or use another criterion")
+            raise PruningError(f"the loss_change criterion needs more than {self.max_channels} loss evaluations on this "
+                               "model: raise the limit, or use another criterion", field="oracle_max_channels")
         if self._spent > self.max_seconds:
-            raise ConfigError(f'prune.criterion "loss_change" took longer than prune.oracle_max_seconds '
-                              f"({self.max_seconds:g} s): raise it, or use another criterion")
+            raise PruningError(f"the loss_change criterion took longer than {self.max_seconds:g} s on this model: raise "
+                               "the limit, or use another criterion", field="oracle_max_seconds")
 
     @torch.no_grad()
     def __call__(self, group: Any) -> torch.Tensor:
@@ -113,10 +113,11 @@ def oracle_correlation(model: nn.Module, input_shape: tuple[int, ...], criterion
     The criterion must be prepared already (gradients for taylor/hessian) and the oracle bound to a batch.
     """
     dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, *input_shape))
+    names = {m: n for n, m in model.named_modules()}
     out = {}
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
         if len(group[0].idxs) < 3:
             continue
-        name = dg._module2name[group[0].dep.target.module]
+        name = names[group[0].dep.target.module]
         out[name] = _spearman(criterion(group).float().cpu(), oracle(group))
     return out

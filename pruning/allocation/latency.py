@@ -7,7 +7,7 @@ al. 2022):
 
 1. A lookup table of per-layer latency: every convolution / linear layer of the model, as a one-layer ONNX model at
    the channel counts the search asks for, timed in ONNX Runtime at the target batch size and thread count with the
-   session options the product ships (:func:`pruning.export.session`). Keys carry the ORT version, CPU model, batch
+   session options the product ships (:func:`pruning.runtime.session.session`). Keys carry the ORT version, CPU model, batch
    and threads, so one table file can serve several architectures and is never reused on the wrong machine. It is
    measured lazily (only the entries the search visits) and saved as JSON — the prune stage's cached artifact.
 2. The table's one-layer times are calibrated, layer by layer, to the kernel times of a profile of the real network.
@@ -38,7 +38,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.latency_table import Kernel, LatencyTable, LayerSpec, layer_specs
+from pruning.allocation.latency_table import Kernel, LatencyTable, LayerSpec, layer_specs
+from pruning.counting import example_input
+from pruning.errors import PruningError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,6 @@ class Allocation:
 
 def _groups(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance,
             ignored: list[nn.Module], step: int, max_layer_ratio: float) -> list[_Group]:
-    from pruning.surgery import example_input
-
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(input_shape))
     names = {m: n for n, m in model.named_modules()}
     groups = []
@@ -252,11 +252,11 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
     Args:
         importance: a torch-pruning importance, ready (gradients computed if it needs them).
         table: the latency lookup table (filled as needed).
-        step: channel granularity (``prune.round_to``): counts stay multiples of it.
+        step: channel granularity (the channel method's ``round_to``): counts stay multiples of it.
         measure: the measured latency (ms) of the model pruned with a ratio map (needed for a speedup target; with a
             MACs target it picks between the candidates). ``dense_ms`` defaults to ``measure({})``. Measurements are
             kept in the table, so a rerun with the table reproduces the allocation.
-        strict: for a speedup target out of reach, raise ValueError (True) or return the fastest round (False, with
+        strict: for a speedup target out of reach, raise PruningError (True) or return the fastest round (False, with
             ``report["reached"]`` False).
         count_macs: the MACs (torch-pruning's counter, which also counts BatchNorm, pooling and adds) of the model
             pruned with a ratio map: a MACs target is then met on that count, not only on the layers' sum.
@@ -297,8 +297,9 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
         for _ in range(64):  # each round cuts at least one more step, so this ends at the target or the floors
             ms, macs = _greedy(groups, est, step, lambda _ms, m, a=aim: dense_macs / m >= a)
             if dense_macs / macs < aim:
-                raise ValueError(f"a {target_macs_reduction}x MACs reduction is out of reach with step {step} "
-                                 f"(at most {dense_macs / macs:.2f}x before every group is at its floor)")
+                raise PruningError(f"a {target_macs_reduction}x MACs reduction is out of reach with step {step} "
+                                   f"(at most {dense_macs / macs:.2f}x before every group is at its floor)",
+                                   field="target_macs_reduction")
             if full is None:
                 break
             reached = full / count_macs(_ratios(groups))
@@ -369,8 +370,8 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
             macs_aim *= (measured / goal) ** 1.1  # latency ~ MACs on the grid; a little more to land on the safe side
         reached = [t for t in tried if t[0] <= goal * 1.02]
         if not reached and strict:
-            raise ValueError(f"a {target_speedup}x measured speedup is out of reach with step {step} "
-                             f"(best {max(r['speedup'] for r in rounds):.2f}x)")
+            raise PruningError(f"a {target_speedup}x measured speedup is out of reach with step {step} "
+                               f"(best {max(r['speedup'] for r in rounds):.2f}x)", field="target_speedup")
         # the least pruned model that reaches the target; else the fastest one
         _, keeps, ms, macs = max(reached, key=lambda t: t[3]) if reached else min(tried, key=lambda t: t[0])
         report["reached"] = bool(reached)

@@ -1,5 +1,5 @@
 """Acceptance gates: thresholds from params.yaml against the evaluate stage's metrics (reports/metrics.json and
-reports/latency.json, as one dict). Pure functions, no I/O.
+reports/latency.json, as one dict: :func:`pruning.acceptance.metrics.merged`). Pure functions, no I/O.
 
 A failing gate is a verdict (``passed: false``), not an exception; the CLI's ``--strict`` turns it into exit 2.
 """
@@ -8,41 +8,42 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from pruning.config import GateConfig
+from pydantic import model_validator
 
-VARIANTS = ("dense", "pruned", "quantized")
-VARIANT_FIELDS = (
-    "accuracy",
-    "loss",
-    "macs",
-    "params",
-    "size_bytes",
-    "structural_sparsity",
-    "latency_ms_b1",
-    "latency_ms_bN",
-    "latency_p95_ms_b1",
-    "latency_p95_ms_bN",
-)
-TOP_LEVEL = (
-    "macs_reduction",
-    "params_reduction",
-    "size_reduction",
-    "speedup_b1",
-    "speedup_bN",
-    "quantized_speedup_b1",
-    "quantized_speedup_bN",
-    "int8_speedup_b1",
-    "int8_speedup_bN",
-    "accuracy_drop",
-    "quantized_accuracy_drop",
-    "parity_max_abs",
-)
-KNOWN_METRICS = frozenset(TOP_LEVEL) | {f"{v}.{f}" for v in VARIANTS for f in VARIANT_FIELDS}
+from pruning.acceptance.metrics import KNOWN_METRICS
+from pruning.schema import Section
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+class GateConfig(Section):
+    """One acceptance check: ``value op threshold``.
+
+    ``metric`` is a key of reports/metrics.json or reports/latency.json (``accuracy_drop``, ``speedup_bN``) or
+    ``variant.field`` (``quantized.accuracy``).
+    ``relative_to_dense`` turns a ``variant.field`` value into its difference to (``diff``) or ratio over (``ratio``)
+    the dense model's value of the same field.
+    """
+
+    metric: str
+    op: Literal["<=", ">=", "<", ">"]
+    threshold: float
+    relative_to_dense: Literal["diff", "ratio"] | None = None
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> GateConfig:
+        check_metric(self.metric)
+        if self.relative_to_dense and "." not in self.metric:
+            raise ValueError(f"relative_to_dense needs a 'variant.field' metric, got {self.metric!r}")
+        return self
+
+
+def check_metric(name: str) -> None:
+    """ValueError listing the known metrics if ``name`` is not one."""
+    if name not in KNOWN_METRICS:
+        raise ValueError(f"unknown metric {name!r} (known: {', '.join(sorted(KNOWN_METRICS))})")
 
 
 def metric_value(metrics: dict[str, Any], name: str, relative_to_dense: str | None = None) -> float:

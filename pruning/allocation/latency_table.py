@@ -2,8 +2,9 @@
 
 ``LatencyTable`` times each convolution / linear layer as a one-layer ONNX model (only its kernel, from ORT's
 profiler) at one batch size and thread count, keeps whole-network measurements beside them, and persists both as JSON
-keyed by ORT version, CPU, batch and threads. :mod:`pruning.latency` allocates channels with it. The last functions
-build, time and profile the pruned network a candidate allocation gives (the search's yardstick).
+keyed by ORT version, CPU, batch and threads. :mod:`pruning.allocation.latency` allocates channels with it. The last
+functions build, time (with the one timing protocol, :mod:`pruning.runtime.timing`) and profile the pruned network a
+candidate allocation gives (the search's yardstick).
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from pruning import dependency
+from pruning.counting import count_macs
+from pruning.runtime.export import export_onnx
+from pruning.runtime.session import session_options
+from pruning.runtime.timing import Protocol, latency
+
 log = logging.getLogger(__name__)
 
 TABLE_VERSION = 3
+# timing a candidate network during the search: alternating rounds are pointless for one model, so three rounds of
+# 20 runs, the median of the rounds' medians (the protocol of every latency figure, pruning/runtime/timing.py)
+SEARCH_PROTOCOL = Protocol(warmup=3, repeats=20, rounds=3)
 
 
 @dataclass(frozen=True)
@@ -123,23 +133,6 @@ def _one_layer_onnx(spec: LayerSpec, batch: int) -> bytes:
     return model.SerializeToString()
 
 
-def time_session(sess: Any, x: np.ndarray, min_runs: int = 5, max_runs: int = 200, budget_s: float = 0.05) -> float:
-    """Median ms of ``sess`` on ``x`` after warm-up: at least ``min_runs`` runs, more for fast layers, within budget."""
-    feed = {sess.get_inputs()[0].name: x}
-    for _ in range(2):
-        sess.run(None, feed)
-    t0 = time.perf_counter()
-    sess.run(None, feed)
-    first = time.perf_counter() - t0
-    runs = int(min(max_runs, max(min_runs, budget_s / max(first, 1e-6))))
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times[i] = time.perf_counter() - t0
-    return float(np.median(times) * 1e3)
-
-
 Kernel = tuple[tuple[int, ...], tuple[int, ...], float]  # (input shape, weight shape, ms) of one conv kernel
 
 
@@ -147,8 +140,6 @@ def network_kernels(onnx_model: str | Path | bytes, batch: int, threads: int, in
                     runs: int = 10) -> list[Kernel]:
     """Median time of every Conv kernel of a whole network, in graph order, from ONNX Runtime's profiler."""
     import onnxruntime as ort
-
-    from pruning.export import session_options
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = session_options(threads)
@@ -243,8 +234,6 @@ def kernel_ms(model: bytes, threads: int, runs: int = 15) -> float:
     """
     import onnxruntime as ort
 
-    from pruning.export import session_options
-
     with tempfile.TemporaryDirectory() as tmp:
         opts = session_options(threads)
         opts.enable_profiling = True
@@ -266,47 +255,41 @@ def kernel_ms(model: bytes, threads: int, runs: int = 15) -> float:
 def pruned_copy(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
                 ignored_names: list[str]) -> nn.Module:
     """A copy of ``model`` pruned with ``ratios`` (keys: modules of ``model``); l1 picks the channels."""
-    from pruning import surgery
+    import copy
 
-    trial = surgery.clone(model)
+    trial = copy.deepcopy(model)
     if not ratios:
         return trial
     by_name = dict(model.named_modules())
     twin = {by_name[n]: m for n, m in trial.named_modules() if n in by_name}
-    pruner = surgery.build_pruner(trial, input_shape, tp.importance.GroupMagnitudeImportance(p=1), ratio=0.0,
-                                  scope="uniform", iterative_steps=1, round_to=None, max_layer_ratio=1.0,
-                                  ignored=surgery.ignored_modules(trial, ignored_names),
-                                  ratio_dict={twin[m]: r for m, r in ratios.items()})
-    surgery.prune_step(pruner, trial)
+    pruner = dependency.build_pruner(trial, input_shape, tp.importance.GroupMagnitudeImportance(p=1), ratio=0.0,
+                                     scope="uniform", iterative_steps=1, round_to=None, max_layer_ratio=1.0,
+                                     ignored=dependency.ignored_modules(trial, ignored_names),
+                                     ratio_dict={twin[m]: r for m, r in ratios.items()})
+    dependency.prune_step(pruner, trial)
     return trial
 
 
 def pruned_macs(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
                 ignored_names: list[str]) -> int:
     """torch-pruning's MACs count of ``model`` pruned with ``ratios``."""
-    from pruning import surgery
-
-    return surgery.count_macs(pruned_copy(model, input_shape, ratios, ignored_names), input_shape)[0]
+    return count_macs(pruned_copy(model, input_shape, ratios, ignored_names), input_shape)[0]
 
 
 def measure_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
                    ignored_names: list[str], batch: int, threads: int, opset: int) -> float:
-    """Latency (ms, ORT) of ``model`` pruned with ``ratios`` (the best of three medians: the search's yardstick)."""
-    from pruning.export import export_onnx, session
-
+    """Latency (ms, ORT, :data:`SEARCH_PROTOCOL`) of ``model`` pruned with ``ratios``: the search's yardstick."""
     trial = pruned_copy(model, input_shape, ratios, ignored_names)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trial.onnx"
         export_onnx(trial.eval(), input_shape, path, opset)
         x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-        return min(time_session(session(path, threads), x, min_runs=10, budget_s=1.0) for _ in range(3))
+        return latency({"trial": path}, x, {"b": batch}, threads, SEARCH_PROTOCOL, desc=None)["trial"]["latency_ms_b"]
 
 
 def profile_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
                    ignored_names: list[str], batch: int, threads: int, opset: int) -> list[Kernel]:
     """The per-kernel ORT profile of ``model`` pruned with ``ratios`` (the dense model for an empty map)."""
-    from pruning.export import export_onnx
-
     trial = pruned_copy(model, input_shape, ratios, ignored_names)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trial.onnx"

@@ -3,7 +3,7 @@
 Exporter choice: the TorchScript exporter (``dynamo=False``) is the default. On these CNNs it exports in ~0.2 s
 against ~3.3 s for the torch.export-based one, gives a plain dynamic batch axis, and needs no onnxscript at run time;
 every export is verified by the parity check, so a silent mis-export fails the stage. torch 2.9+ marks it deprecated,
-hence ``export.exporter: dynamo`` switches to the torch.export path without code changes.
+hence ``exporter="dynamo"`` switches to the torch.export path without code changes.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import torch
 from torch import nn
 
 from pruning.errors import ModelError, ParityError
+from pruning.runtime.session import INPUT_NAME, OUTPUT_NAME, predict, session
 
 log = logging.getLogger(__name__)
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path, opset: int,
@@ -51,41 +49,6 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path, 
         raise ModelError(f"ONNX export of {path} failed: {type(exc).__name__}: {exc}") from None
 
 
-def session_options(threads: int = 1, level: str = "all"):
-    """The session options every measurement uses: fixed intra-op threads, sequential, optimisation ``level``."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    opts.log_severity_level = 3
-    return opts
-
-
-def session(path: str | Path | bytes, threads: int = 1, level: str = "all"):
-    """An ONNX Runtime CPU session with fixed intra-op threads and graph optimisation ``level`` (default: all).
-
-    ``path`` may also be a serialized model. ``level``: "disable", "basic", "extended" or "all" (ORT's levels; "all"
-    adds the layout optimisations, e.g. NCHWc convolutions).
-    """
-    import onnxruntime as ort
-
-    opts = session_options(threads, level)
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-
-def predict(sess, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits for ``x`` from an ORT session, in batches."""
-    outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs)
-
-
 @torch.no_grad()
 def parity(model: nn.Module, onnx_path: str | Path, x: np.ndarray, tolerance: float) -> float:
     """Max |torch logits - ORT logits| on real samples ``x``; ParityError if above ``tolerance``."""
@@ -94,6 +57,6 @@ def parity(model: nn.Module, onnx_path: str | Path, x: np.ndarray, tolerance: fl
     got = predict(session(onnx_path), x)
     max_abs = float(np.max(np.abs(expected - got)))
     if not max_abs <= tolerance:  # also catches NaN
-        raise ParityError(f"{onnx_path}: max |torch - onnxruntime| = {max_abs:.3g} exceeds export.parity_tolerance "
-                          f"{tolerance:g}")
+        raise ParityError(f"{onnx_path}: max |torch - onnxruntime| = {max_abs:.3g} exceeds the parity tolerance "
+                          f"{tolerance:g}", field="parity_tolerance")
     return max_abs

@@ -2,7 +2,7 @@
 
 Static QDQ is what ORT recommends for CNNs on CPU. ORT's docs suggest int8 activations first; measured here (ORT 1.32,
 a VNNI CPU, the default pruned ResNet at batch 256) uint8 activations with int8 per-channel weights ran 1.9 ms against
-7.3 ms for int8/int8 and 3.2 ms for fp32, so uint8 is the default (``quantize.activation_type``). Dynamic quantization
+7.3 ms for int8/int8 and 3.2 ms for fp32, so uint8 is the default (``activation_type``). Dynamic quantization
 turns convolutions into ConvInteger, which measured slower than fp32. The model is shape-pre-processed first (ORT's
 ``quant_pre_process``), as ORT's docs ask.
 """
@@ -18,18 +18,18 @@ from onnxruntime.quantization import CalibrationDataReader
 from rich.progress import Progress
 
 from pruning.errors import QuantizationError
-from pruning.export import INPUT_NAME
+from pruning.runtime.session import INPUT_NAME
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_BATCH = 32
+ORT_CALIBRATION_BATCH = 32  # samples per batch fed to ORT's calibrator
 
 
 class _Calibration(CalibrationDataReader):
     """ORT CalibrationDataReader over in-memory samples, with a progress bar (calibration is the slow part)."""
 
     def __init__(self, x: np.ndarray, progress: Progress) -> None:
-        self._batches = [x[i:i + CALIBRATION_BATCH] for i in range(0, len(x), CALIBRATION_BATCH)]
+        self._batches = [x[i:i + ORT_CALIBRATION_BATCH] for i in range(0, len(x), ORT_CALIBRATION_BATCH)]
         self._progress = progress
         self._task = progress.add_task("INT8 calibration", total=len(self._batches))
         self._i = 0

@@ -1,0 +1,125 @@
+"""The metrics schema: the only place metric names live.
+
+The evaluate stage measures three models (dense fp32, pruned fp32, pruned INT8) and writes two files:
+
+- ``reports/metrics.json`` (:class:`Metrics`): everything deterministic — a rerun on the same data + params writes it
+  again byte for byte, so field order and types here are part of the format;
+- ``reports/latency.json`` (:class:`Latency`): what is measured in time, and the speedups derived from it.
+
+Gates, MLflow and the summary see both as one flat dict (:func:`merged`); a gate or registry metric is validated
+against :data:`KNOWN_METRICS` when params.yaml is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+VARIANTS = ("dense", "pruned", "quantized")  # dense fp32, pruned fp32, pruned INT8 (the shipped model)
+BATCHES = ("b1", "bN")  # latency labels: batch 1 and batch N = evaluate.batch_size
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelMetrics(_Record):
+    """Deterministic facts of one model: accuracy and loss through ONNX Runtime on the test split, MACs and params
+    (torch-pruning's counter), ONNX file size, the share of the dense parameters channel removal took away."""
+
+    accuracy: float
+    loss: float
+    macs: int
+    params: int
+    size_bytes: int
+    structural_sparsity: float
+    # masked models only (unstructured, lottery): the share of zero Conv/Linear weights, and those weights stored as
+    # CSR against stored densely — dense ONNX Runtime kernels multiply the zeros, so only storage shrinks
+    weight_sparsity: float | None = None
+    csr_bytes: int | None = None
+    dense_bytes: int | None = None
+
+
+class Metrics(_Record):
+    """reports/metrics.json."""
+
+    dense: ModelMetrics
+    pruned: ModelMetrics
+    quantized: ModelMetrics
+    macs_reduction: float  # dense MACs / pruned MACs
+    params_reduction: float
+    size_reduction: float  # dense ONNX bytes / INT8 ONNX bytes
+    accuracy_drop: float  # dense - pruned fp32
+    quantized_accuracy_drop: float  # dense - INT8
+    parity_max_abs: float  # max |torch - ORT| over both exports
+
+    @classmethod
+    def derive(cls, dense: ModelMetrics, pruned: ModelMetrics, quantized: ModelMetrics, parity_max_abs: float) -> Metrics:
+        return cls(dense=dense, pruned=pruned, quantized=quantized,
+                   macs_reduction=_ratio(dense.macs, pruned.macs), params_reduction=_ratio(dense.params, pruned.params),
+                   size_reduction=_ratio(dense.size_bytes, quantized.size_bytes),
+                   accuracy_drop=dense.accuracy - pruned.accuracy,
+                   quantized_accuracy_drop=dense.accuracy - quantized.accuracy, parity_max_abs=parity_max_abs)
+
+
+class ModelLatency(_Record):
+    """Measured ORT latency of one model (ms): medians over alternating rounds of each round's p50 / p95."""
+
+    latency_ms_b1: float
+    latency_p95_ms_b1: float
+    latency_ms_bN: float
+    latency_p95_ms_bN: float
+
+
+class Latency(_Record):
+    """reports/latency.json."""
+
+    dense: ModelLatency
+    pruned: ModelLatency
+    quantized: ModelLatency
+    speedup_b1: float  # dense fp32 / pruned fp32
+    speedup_bN: float
+    quantized_speedup_b1: float  # dense fp32 / pruned INT8
+    quantized_speedup_bN: float
+    int8_speedup_b1: float  # pruned fp32 / pruned INT8: INT8's own factor, on top of pruning
+    int8_speedup_bN: float
+    batch_size_N: int
+    threads: int
+
+    @classmethod
+    def derive(cls, timings: dict[str, dict[str, float]], batch_size: int, threads: int) -> Latency:
+        """From ``{variant: {latency_ms_b1: ..., ...}}`` (the timing protocol's medians)."""
+        d, p, q = (ModelLatency(**timings[v]) for v in VARIANTS)
+        return cls(dense=d, pruned=p, quantized=q,
+                   speedup_b1=_ratio(d.latency_ms_b1, p.latency_ms_b1),
+                   speedup_bN=_ratio(d.latency_ms_bN, p.latency_ms_bN),
+                   quantized_speedup_b1=_ratio(d.latency_ms_b1, q.latency_ms_b1),
+                   quantized_speedup_bN=_ratio(d.latency_ms_bN, q.latency_ms_bN),
+                   int8_speedup_b1=_ratio(p.latency_ms_b1, q.latency_ms_b1),
+                   int8_speedup_bN=_ratio(p.latency_ms_bN, q.latency_ms_bN),
+                   batch_size_N=batch_size, threads=threads)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def dump(record: _Record) -> dict[str, Any]:
+    """The JSON-ready dict of a record, in schema order; fields that do not apply (None) are left out."""
+    return record.model_dump(exclude_none=True)
+
+
+def merged(metrics: Metrics, latency: Latency) -> dict[str, Any]:
+    """Both files as one dict: per-model entries joined, top-level keys side by side (what gates and MLflow read)."""
+    m, lat = dump(metrics), dump(latency)
+    return {**m, **lat, **{v: {**m[v], **lat[v]} for v in VARIANTS}}
+
+
+def _numeric(model: type[BaseModel]) -> list[str]:
+    return [n for n, f in model.model_fields.items() if f.annotation in (int, float, int | None, float | None)]
+
+
+# every name a gate or the registry may use: a top-level number, or variant.field (not the measurement settings)
+KNOWN_METRICS = frozenset(_numeric(Metrics) + _numeric(Latency)) - {"batch_size_N", "threads"} | {
+    f"{v}.{f}" for v in VARIANTS for f in _numeric(ModelMetrics) + _numeric(ModelLatency)}

@@ -1,0 +1,102 @@
+"""Rich tables for the terminal: the dense / pruned / INT8 summary and the gate verdicts; the same as Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pruning.acceptance.metrics import Latency, Metrics, ModelLatency, ModelMetrics
+
+Row = tuple[str, Callable[[ModelMetrics, ModelLatency], float], Callable[[float], str]]
+_ROWS: list[Row] = [
+    ("accuracy", lambda m, _: m.accuracy, lambda v: f"{v:.2%}"),
+    ("MACs", lambda m, _: m.macs, lambda v: f"{v / 1e6:.2f} M"),
+    ("params", lambda m, _: m.params, lambda v: f"{v / 1e3:.1f} k"),
+    ("size on disk", lambda m, _: m.size_bytes, lambda v: f"{v / 1024:.1f} KiB"),
+    ("latency p50 batch 1", lambda _, t: t.latency_ms_b1, lambda v: f"{v:.3f} ms"),
+    ("latency p50 batch N", lambda _, t: t.latency_ms_bN, lambda v: f"{v:.2f} ms"),
+]
+
+
+def _cells(metrics: Metrics, latency: Latency) -> list[list[str]]:
+    models = [(metrics.dense, latency.dense), (metrics.pruned, latency.pruned), (metrics.quantized, latency.quantized)]
+    m, t = metrics, latency
+    ratios = [
+        (f"{-m.accuracy_drop:+.2%}", f"{-m.quantized_accuracy_drop:+.2%}"),
+        (f"÷{m.macs_reduction:.2f}", f"÷{m.macs_reduction:.2f}"),
+        (f"÷{m.params_reduction:.2f}", f"÷{m.params_reduction:.2f}"),
+        (f"÷{m.dense.size_bytes / m.pruned.size_bytes:.2f}", f"÷{m.size_reduction:.2f}"),
+        (f"×{t.speedup_b1:.2f} faster", f"×{t.quantized_speedup_b1:.2f} faster"),
+        (f"×{t.speedup_bN:.2f} faster", f"×{t.quantized_speedup_bN:.2f} faster"),
+    ]
+    return [[label, *(fmt(get(a, b)) for a, b in models), *ratio] for (label, get, fmt), ratio in zip(_ROWS, ratios,
+                                                                                                    strict=True)]
+
+
+def sparsity_note(metrics: Metrics) -> str | None:
+    """For a masked (unstructured / lottery) model: what its zeros buy, honestly."""
+    p = metrics.pruned
+    if p.weight_sparsity is None or p.csr_bytes is None or p.dense_bytes is None:
+        return None
+    return (f"{p.weight_sparsity:.1%} of the pruned model's Conv/Linear weights are zero: stored as CSR they take "
+            f"{p.csr_bytes / 1024:.1f} KiB against {p.dense_bytes / 1024:.1f} KiB dense. ONNX Runtime's dense kernels "
+            "multiply the zeros like any other value, so MACs and latency stay those of the dense model.")
+
+
+def summary_table(metrics: Metrics, latency: Latency) -> Table:
+    """Dense vs pruned vs INT8, with the ratios against dense."""
+    table = Table(title=f"Pruning summary (ONNX Runtime, {latency.threads} thread(s), N = {latency.batch_size_N})",
+                  caption=sparsity_note(metrics))
+    for col in ("", "dense", "pruned", "INT8", "pruned vs dense", "INT8 vs dense"):
+        table.add_column(col, justify="left" if not col else "right")
+    for row in _cells(metrics, latency):
+        table.add_row(*row)
+    return table
+
+
+def _value(c: dict[str, Any]) -> str:
+    return "missing" if c["value"] is None else f"{c['value']:.4g}"
+
+
+def gates_table(verdict: dict[str, Any]) -> Table:
+    """One row per gate with its verdict."""
+    status = "[green]PASSED[/]" if verdict["passed"] else "[red]FAILED[/]"
+    table = Table(title=f"Gates: {status}")
+    for col in ("gate", "metric", "check", "value", "verdict"):
+        table.add_column(col)
+    for c in verdict["checks"]:
+        table.add_row(c["name"], c["metric"], f"{c['op']} {c['threshold']:g}", _value(c),
+                      "[green]pass[/]" if c["passed"] else "[red]FAIL[/]")
+    return table
+
+
+def print_report(metrics: Metrics, latency: Latency, verdict: dict[str, Any], console: Console | None = None) -> None:
+    """Print both tables."""
+    console = console or Console()
+    console.print(summary_table(metrics, latency))
+    console.print(gates_table(verdict))
+
+
+def summary_markdown(metrics: Metrics, latency: Latency, verdict: dict[str, Any], promotion: dict[str, Any] | None,
+                     ran: dict[str, bool]) -> str:
+    """The summary and gate verdicts as Markdown (for the Prefect artifact)."""
+    rows = ["| | dense | pruned | INT8 |", "|---|---:|---:|---:|"]
+    rows += ["| " + " | ".join(cells[:4]) + " |" for cells in _cells(metrics, latency)]
+    gates = ["| gate | metric | check | value | verdict |", "|---|---|---|---:|---|"]
+    for c in verdict["checks"]:
+        gates.append(f"| {c['name']} | {c['metric']} | {c['op']} {c['threshold']:g} | {_value(c)} | "
+                     f"{'pass' if c['passed'] else '**FAIL**'} |")
+    stages = ", ".join(f"{name} ({'ran' if did else 'up to date'})" for name, did in ran.items())
+    note = sparsity_note(metrics)
+    lines = ["# Pruning pipeline", "",
+             f"MACs ÷{metrics.macs_reduction:.2f}, speedup batch N ×{latency.speedup_bN:.2f} (INT8 "
+             f"×{latency.quantized_speedup_bN:.2f}), accuracy drop {metrics.accuracy_drop:.2%} (INT8 "
+             f"{metrics.quantized_accuracy_drop:.2%}).", "", *rows, *(["", note] if note else []), "",
+             f"## Gates: {'PASSED' if verdict['passed'] else 'FAILED'}", "", *gates, "", f"Stages: {stages}."]
+    if promotion:
+        lines += ["", f"Registry: `{promotion['model_name']}` v{promotion['version']} -> "
+                      f"{promotion['alias'] or 'no alias'} ({promotion['reason']})."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,98 @@
+"""Pruning criteria: how a unit (a channel of a torch-pruning dependency group) is scored.
+
+:data:`CRITERIA` is the one list of criterion names: params.yaml's ``criterion`` Literal is derived from it
+(:data:`CriterionName`), and so are the benchmark's. Each entry builds a torch-pruning importance estimator and, if
+the criterion reads data, says how to prepare it on calibration batches of the training split (``prepare``): Taylor
+reads ``param.grad``, Hessian accumulates squared per-sample gradients, the loss-change oracle measures on a sample.
+Adding a criterion = one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from pruning.criteria.oracle import LossChangeImportance
+from pruning.data import Split, calibration_batches, calibration_sample
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of the loss_change oracle per pruning step (the other criteria ignore them)."""
+
+    max_channels: int = 4096
+    max_seconds: float = 600.0
+
+
+Prepare = Callable[[tp.importance.Importance, nn.Module, Split, int, int], None]  # (imp, model, train, batches, seed)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    build: Callable[[Limits], tp.importance.Importance]
+    prepare: Prepare | None = None  # None: scores from the weights alone
+
+
+def _gradients(imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
+    """Summed loss gradients over the calibration batches, left in ``param.grad`` (Taylor reads them)."""
+    model.eval()  # gradients of the deployed (eval-mode) function; BatchNorm statistics stay as trained
+    model.zero_grad(set_to_none=True)
+    for idx in calibration_batches(len(train.x), batches, seed):
+        F.cross_entropy(model(train.x[idx]), train.y[idx]).backward()
+
+
+def _per_sample_gradients(imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
+    """Squared per-sample gradients accumulated in the importance (OBD's diagonal Hessian approximation)."""
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    imp.zero_grad()
+    for idx in calibration_batches(len(train.x), batches, seed):
+        losses = F.cross_entropy(model(train.x[idx]), train.y[idx], reduction="none")
+        for i, sample_loss in enumerate(losses):
+            model.zero_grad(set_to_none=True)
+            sample_loss.backward(retain_graph=i < len(losses) - 1)
+            imp.accumulate_grad(model)
+
+
+def _bind(imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
+    sample = calibration_sample(train, batches, seed)
+    imp.bind(model, sample.x, sample.y)
+
+
+CRITERIA: dict[str, Criterion] = {
+    # Group magnitude (Han et al. 2015, grouped over coupled layers as in Fang et al. 2023, DepGraph).
+    "l1": Criterion(lambda _: tp.importance.GroupMagnitudeImportance(p=1)),
+    "l2": Criterion(lambda _: tp.importance.GroupMagnitudeImportance(p=2)),
+    # First-order Taylor |w * dL/dw| (Molchanov et al. 2019).
+    "taylor": Criterion(lambda _: tp.importance.GroupTaylorImportance(), _gradients),
+    # Optimal Brain Damage: diagonal Hessian approximated by squared per-sample gradients (LeCun et al. 1989).
+    "hessian": Criterion(lambda _: tp.importance.GroupHessianImportance(), _per_sample_gradients),
+    # BatchNorm scale |gamma| of the channel (Liu et al. 2017, network slimming).
+    "bn_scale": Criterion(lambda _: tp.importance.BNScaleImportance()),
+    # Layer-adaptive magnitude (Lee et al. 2021): magnitude normalised by the magnitudes above it in its layer.
+    "lamp": Criterion(lambda _: tp.importance.LAMPImportance()),
+    "random": Criterion(lambda _: tp.importance.RandomImportance()),
+    # The measured loss increase when the channel is removed (the "oracle"; pruning/criteria/oracle.py).
+    "loss_change": Criterion(lambda lim: LossChangeImportance(lim.max_channels, lim.max_seconds), _bind),
+}
+
+CriterionName = Literal[tuple(CRITERIA)]  # type: ignore[valid-type]  # params.yaml's choices, derived from the registry
+
+
+def make(name: str, limits: Limits = Limits()) -> tp.importance.Importance:
+    """A fresh importance estimator for criterion ``name``."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r} (valid: {', '.join(CRITERIA)})")
+    return CRITERIA[name].build(limits)
+
+
+def prepare(name: str, imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
+    """Compute what criterion ``name`` reads, on ``batches`` calibration batches of ``train``; no-op if it reads none."""
+    step = CRITERIA[name].prepare
+    if step is not None:
+        step(imp, model, train, batches, seed)

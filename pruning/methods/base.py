@@ -1,0 +1,45 @@
+"""What every method shares: the context it runs in, the outcome it returns, the step record of the pruning curve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pruning.checkpoint import Edit
+from pruning.counting import count_macs
+from pruning.data import Data
+from pruning.training import evaluate
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method may use besides its own config."""
+
+    data: Data  # the prepared train / test splits, input shape, class count
+    seed: int
+    device: str  # for training inside a method (auto | cpu | cuda)
+    build: Callable[[], nn.Module]  # a fresh dense model, initialised exactly as the train stage initialised it
+    latency_table: Path  # where latency measurements are kept between runs
+    opset: int  # ONNX opset of the export stage (latency allocation times exported candidates)
+
+
+@dataclass
+class Outcome:
+    """What a method did."""
+
+    model: nn.Module  # the pruned model (may be a new object)
+    edits: list[Edit]  # replayed on the dense architecture by pruning.checkpoint, in order
+    steps: list[dict[str, Any]]  # step 0 = the dense model, then one record per pruning step (see step_record)
+    report: dict[str, Any] = field(default_factory=dict)  # the method's own facts
+
+
+def step_record(step: int, ratio: float, model: nn.Module, data: Data, device: str = "cpu") -> dict[str, Any]:
+    """One point of the pruning curve: what was removed so far (``ratio``, the method's own measure), MACs, params,
+    test accuracy and loss."""
+    macs, params = count_macs(model, data.input_shape)
+    accuracy, loss = evaluate(model, data.test, device=device)
+    return {"step": step, "ratio": ratio, "macs": macs, "params": params, "accuracy": accuracy, "loss": loss}

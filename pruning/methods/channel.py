@@ -1,0 +1,226 @@
+"""Channel pruning: remove channels/filters over torch-pruning's dependency graph (structured pruning).
+
+Coupled layers (a residual add's inputs, a depthwise convolution and its producer, BatchNorm) lose the same channels,
+so the pruned network is a smaller dense network that runs faster on any runtime. The method composes:
+
+1. optional depth pruning first (``depth_blocks``: whole residual blocks become their shortcuts, :mod:`.depth`);
+2. an allocation — how many channels each group loses: one ``ratio`` for every group (``scope: uniform``) or one
+   ranking across groups (``global``), a ratio searched for a MACs target (:mod:`pruning.allocation.uniform`), or
+   channel counts chosen by measured ONNX Runtime latency (``allocation: latency``, :mod:`pruning.allocation.latency`);
+3. a schedule: one-shot, or ``iterative_steps`` steps with a linear or cubic (Zhu & Gupta 2017) ratio schedule and
+   fine-tuning between steps; a criterion (:mod:`pruning.criteria`) picks which channels go at each step, and
+   BatchNorm statistics are re-estimated after each step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Literal
+
+import torch
+import torch_pruning as tp
+from pydantic import Field, model_validator
+from torch import nn
+
+from pruning import criteria, dependency
+from pruning.allocation.latency import Allocation, allocate
+from pruning.allocation.latency_table import LatencyTable, measure_pruned, profile_pruned, pruned_macs
+from pruning.allocation.uniform import search_ratio
+from pruning.checkpoint import blocks_edit, channels_edit
+from pruning.counting import count_macs
+from pruning.data import Data, Split, calibration_sample
+from pruning.errors import PruningError
+from pruning.methods import depth
+from pruning.methods.base import Context, Outcome, step_record
+from pruning.schema import Section
+from pruning.training import Optim, fit, recalibrate_batchnorm
+
+log = logging.getLogger(__name__)
+
+STEP_FINETUNE_BATCH = 64  # batch size of the fine-tuning between iterative steps
+
+
+class Config(Section):
+    """``allocation: macs``: exactly one of ``ratio`` and ``target_macs_reduction``. ``allocation: latency``: exactly
+    one of ``target_speedup`` (measured) and ``target_macs_reduction``; ``ratio`` null, ``scope`` uniform."""
+
+    method: Literal["channel"] = "channel"
+    criterion: criteria.CriterionName = Field("l2", description="which channels go: l1 | l2 (group magnitude) | taylor "
+                                              "| hessian | bn_scale | lamp | random | loss_change (measured oracle)")
+    scope: Literal["uniform", "global"] = Field("uniform", description="uniform: every group loses the same share; "
+                                                "global: one ranking across groups")
+    allocation: Literal["macs", "latency"] = Field("macs", description="macs: by ratio / MACs target; latency: "
+                                                   "channels per group by measured ONNX Runtime time")
+    ratio: float | None = Field(0.35, gt=0, lt=1, description="share of channels removed per group (macs only)")
+    target_macs_reduction: float | None = Field(None, gt=1, description="instead of ratio: dense / pruned MACs to "
+                                                "reach, e.g. 2.0 (the ratio is searched; with latency: its target)")
+    target_speedup: float | None = Field(None, gt=1, description="latency only: measured dense / pruned latency")
+    latency_batch_size: int = Field(1, ge=1, description="latency only: batch size the latency table is measured at")
+    latency_threads: int = Field(1, ge=1, description="latency only: ORT threads of the latency table")
+    iterative_steps: int = Field(1, ge=1, description="1 = one-shot; N = reach the ratio in N steps")
+    schedule: Literal["linear", "cubic"] = Field("linear", description="with N steps: linear | cubic (gradual: most "
+                                                 "of the ratio in the first steps)")
+    step_finetune_epochs: int = Field(2, ge=0, description="fine-tuning epochs between iterative steps")
+    step_lr: float = Field(0.01, gt=0, description="their learning rate")
+    round_to: int | None = Field(8, ge=1, description="channel counts stay multiples of this; latency allocation's "
+                                 "step")
+    max_layer_ratio: float = Field(0.9, gt=0, le=1, description="no group loses more than this share")
+    ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned (the classifier "
+                                      "always is kept)")
+    calibration_batches: int = Field(4, ge=1, description="batches of 64 for gradient criteria and BatchNorm "
+                                     "recalibration")
+    bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after each step")
+    depth_blocks: int = Field(0, ge=0, description="remove this many residual blocks first (each becomes its "
+                              "shortcut); a MACs target stays relative to the dense model")
+    depth_criterion: depth.BlockCriterion = Field("loss_change", description="how those blocks are ranked "
+                                                  "(loss_change | norm)")
+    oracle_max_channels: int = Field(4096, ge=1, description="loss_change: loss evaluations allowed per step")
+    oracle_max_seconds: float = Field(600.0, gt=0, description="loss_change: seconds allowed per step")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Config:
+        if self.allocation == "latency":
+            if self.ratio is not None:
+                raise ValueError("allocation latency chooses each group's ratio: set ratio to null")
+            if (self.target_speedup is None) == (self.target_macs_reduction is None):
+                raise ValueError("allocation latency: set exactly one of target_speedup and target_macs_reduction "
+                                 "(the other to null)")
+            if self.scope != "uniform":
+                raise ValueError("allocation latency ranks groups itself: scope must be uniform")
+        else:
+            if self.target_speedup is not None:
+                raise ValueError("target_speedup needs allocation: latency")
+            if (self.ratio is None) == (self.target_macs_reduction is None):
+                raise ValueError("set exactly one of ratio and target_macs_reduction (the other to null)")
+        return self
+
+    @property
+    def limits(self) -> criteria.Limits:
+        return criteria.Limits(self.oracle_max_channels, self.oracle_max_seconds)
+
+
+def cubic_scheduler(pruning_ratio: float, steps: int) -> list[float]:
+    """Gradual pruning's polynomial schedule (Zhu & Gupta 2017, eq. 1 with s_i = 0, exponent 3).
+
+    ratio_t = ratio * (1 - (1 - t / steps)^3) for t = 0..steps: most channels go early, while the network still has
+    the capacity to recover, and few at the end. Same contract as torch-pruning's ``linear_scheduler``.
+    """
+    return [pruning_ratio * (1 - (1 - t / steps) ** 3) for t in range(steps + 1)]
+
+
+def _pruner(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float, steps: int,
+            criterion: str | None = None, ratio_dict: dict[nn.Module, float] | None = None
+            ) -> tuple[tp.pruner.BasePruner, tp.importance.Importance]:
+    imp = criteria.make(criterion or cfg.criterion, cfg.limits)
+    pruner = dependency.build_pruner(
+        model, shape, imp, ratio=0.0 if ratio_dict else ratio, scope=cfg.scope, iterative_steps=steps,
+        # an allocation's counts are final (already multiples of round_to): rounding again could only move them
+        round_to=None if ratio_dict else cfg.round_to, max_layer_ratio=1.0 if ratio_dict else cfg.max_layer_ratio,
+        ignored=dependency.ignored_modules(model, cfg.ignored_layers),
+        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None, ratio_dict=ratio_dict)
+    return pruner, imp
+
+
+def macs_after(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float, train: Split, seed: int) -> int:
+    """MACs of a one-shot pruned copy of ``model`` at channel ratio ``ratio`` (the model is untouched).
+
+    With uniform scope every layer keeps the same count whatever the criterion, so the trial uses cheap l1 (the
+    loss_change oracle would cost a full pass per trial); with global scope the criterion decides the allocation.
+    """
+    trial = copy.deepcopy(model)
+    criterion = "l1" if cfg.scope == "uniform" else cfg.criterion
+    pruner, imp = _pruner(trial, shape, cfg, ratio, 1, criterion=criterion)
+    torch.manual_seed(seed)
+    criteria.prepare(criterion, imp, trial, train, cfg.calibration_batches, seed)
+    dependency.prune_step(pruner, trial)
+    return count_macs(trial, shape)[0]
+
+
+def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: int, device: str = "cpu",
+                 ratio_dict: dict[nn.Module, float] | None = None) -> tuple[dependency.History, list[dict[str, Any]]]:
+    """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps; (history, steps).
+
+    The scheduler spreads the ratio: with ``linear`` step i removes up to ``i / N * ratio`` of the original channels,
+    with ``cubic`` (gradual pruning) most of it in the first steps. ``ratio_dict`` (a latency allocation's per-group
+    ratios) replaces ``ratio``; ``ratio`` is then only what the step records report.
+    Fine-tuning (``cfg.step_finetune_epochs``) runs between steps, not after the last one: that is the finetune stage.
+    """
+    torch.manual_seed(seed)
+    n = cfg.iterative_steps
+    pruner, imp = _pruner(model, data.input_shape, cfg, ratio, n, ratio_dict=ratio_dict)
+    steps = [step_record(0, 0.0, model, data, device)]
+    for step in range(1, n + 1):
+        criteria.prepare(cfg.criterion, imp, model, data.train, cfg.calibration_batches, seed + step)
+        dependency.prune_step(pruner, model)
+        model.zero_grad(set_to_none=True)  # stale gradients would have the pre-pruning shapes
+        if cfg.bn_recalibration:
+            recalibrate_batchnorm(model, data.train.x, cfg.calibration_batches, seed + step, device)
+        if cfg.step_finetune_epochs and step < n:
+            fit(model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr), seed + step,
+                f"prune step {step} fine-tune", device=device)
+        step_ratio = ratio * step / n if ratio_dict else pruner.per_step_pruning_ratio[step]
+        steps.append(step_record(step, step_ratio, model, data, device))
+        log.info("prune step %d/%d: %s", step, n, steps[-1])
+    return pruner.pruning_history(), steps
+
+
+def _allocate_by_latency(model: nn.Module, cfg: Config, ctx: Context, dense_macs: int) -> Allocation:
+    """Channels per group by measured ORT latency, with the table kept in ``ctx.latency_table``."""
+    shape, batch, threads = ctx.data.input_shape, cfg.latency_batch_size, cfg.latency_threads
+    table = LatencyTable.load(ctx.latency_table, batch, threads)
+    imp = criteria.make(cfg.criterion, cfg.limits)
+    criteria.prepare(cfg.criterion, imp, model, ctx.data.train, cfg.calibration_batches, ctx.seed)
+    ignored = dependency.ignored_modules(model, cfg.ignored_layers)
+    # the MACs target is the dense model's, also after depth pruning (as search_ratio's reference)
+    target_macs = None if cfg.target_macs_reduction is None else \
+        cfg.target_macs_reduction * count_macs(model, shape)[0] / dense_macs
+    try:
+        allocation = allocate(
+            model, shape, imp, ignored, table, step=cfg.round_to or 8, max_layer_ratio=cfg.max_layer_ratio,
+            target_macs_reduction=target_macs, target_speedup=cfg.target_speedup,
+            measure=lambda r: measure_pruned(model, shape, r, cfg.ignored_layers, batch, threads, ctx.opset),
+            count_macs=lambda r: pruned_macs(model, shape, r, cfg.ignored_layers),
+            profile=lambda r: profile_pruned(model, shape, r, cfg.ignored_layers, batch, threads, ctx.opset))
+    finally:
+        table.save(ctx.latency_table)  # what was measured is kept even if the target was out of reach
+    model.zero_grad(set_to_none=True)
+    kept = sum(k for _, k in allocation.keep.values())
+    total = sum(c for c, _ in allocation.keep.values())
+    allocation.report.update({"channel_ratio": 1 - kept / total, "keep": allocation.keep})
+    log.info("latency allocation: %d groups, %.2fx MACs, table %d entries (%d measured in %.1f s)",
+             len(allocation.keep), allocation.report["macs_reduction"], len(table.entries), table.measured,
+             table.seconds)
+    return allocation
+
+
+def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
+    """Depth pruning (if asked), then an allocation, then the schedule."""
+    data, shape = ctx.data, ctx.data.input_shape
+    dense_macs, _ = count_macs(model, shape)
+    dense_step = step_record(0, 0.0, model, data, ctx.device) if cfg.depth_blocks else None
+    removed: list[str] = []
+    if cfg.depth_blocks:
+        sample = calibration_sample(data.train, cfg.calibration_batches, ctx.seed)
+        try:
+            model, removed = depth.prune_blocks(model, sample, cfg.depth_blocks, cfg.depth_criterion, shape)
+        except ValueError as exc:  # too many blocks, or none in this architecture
+            raise PruningError(str(exc), field="depth_blocks") from None
+    allocation = None
+    if cfg.allocation == "latency":
+        allocation = _allocate_by_latency(model, cfg, ctx, dense_macs)
+        ratio = allocation.report["channel_ratio"]
+    elif cfg.ratio is not None:
+        ratio = cfg.ratio
+    else:
+        ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.train, ctx.seed), dense_macs,
+                             cfg.target_macs_reduction)
+    history, steps = run_schedule(model, data, cfg, ratio, ctx.seed, ctx.device,
+                                  ratio_dict=allocation.ratios if allocation else None)
+    if dense_step is not None:  # the schedule's step 0 is the depth-pruned model: put the dense one before it
+        steps = [dense_step] + [{**s, "step": s["step"] + 1} for s in steps]
+    edits = ([blocks_edit(removed)] if removed else []) + [channels_edit(history)]
+    report = {"ratio": ratio, "criterion": cfg.criterion, "scope": cfg.scope, "iterative_steps": cfg.iterative_steps,
+              "removed_blocks": removed, "allocation": cfg.allocation,
+              "latency_allocation": allocation.report if allocation else None}
+    return Outcome(model, edits, steps, report)

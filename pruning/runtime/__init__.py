@@ -1,0 +1,1 @@
+"""ONNX Runtime: export + parity, sessions, INT8 quantization, and the one latency-timing protocol."""

@@ -1,0 +1,214 @@
+"""Training, fine-tuning (optionally with knowledge distillation), evaluation and BatchNorm recalibration.
+
+One loop, :func:`fit`, for every method that trains: the train and finetune stages, fine-tuning between iterative
+pruning steps, lottery-ticket retraining, and training-time methods. It takes
+
+- **callbacks** (:class:`Callback`): a hook before each batch, an extra loss term, a hook after ``backward`` and one
+  after each optimizer step, one at the end of each epoch — what a method needs to sample gates per batch, add a
+  complexity penalty, mask gradients or weights, or snapshot a rewind point, without a loop of its own;
+- **parameter groups**: torch's ``param_groups`` (e.g. gate parameters with their own learning rate and no weight
+  decay); by default one group with every parameter;
+- **a device**: ``cpu``, ``cuda`` or ``auto`` (cuda when available). The model comes back on the device it came from.
+
+Plain loops over in-memory tensors, seeded so a rerun gives the same weights. Rich progress bars show the epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from pruning.data import Split, calibration_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Optim:
+    """SGD with momentum and a cosine learning-rate schedule."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Hinton et al. (2015): loss = alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE."""
+
+    teacher: nn.Module
+    temperature: float
+    alpha: float
+
+
+class Callback:
+    """Hooks into :func:`fit`. Every hook is a no-op here; override the ones a method needs. ``step`` counts optimizer
+    steps from 1 over the whole run."""
+
+    def before_batch(self, model: nn.Module, step: int) -> None:
+        """Before the forward pass of the batch that becomes optimizer step ``step``."""
+
+    def extra_loss(self, model: nn.Module, batch: Split, logits: torch.Tensor) -> torch.Tensor | None:
+        """A term added to the batch loss (a regulariser), or None."""
+        return None
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """Gradients are computed, the optimizer has not stepped yet."""
+
+    def on_step(self, model: nn.Module, step: int) -> None:
+        """The optimizer has stepped."""
+
+    def on_epoch(self, model: nn.Module, record: dict[str, float]) -> None:
+        """An epoch ended; ``record`` (epoch, loss, accuracies) may be extended with the callback's own figures."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cpu`` / ``cuda`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _home(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[status]}"))
+
+
+def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """Soft-target KL (scaled by T^2 so its gradient keeps its size) blended with hard-label cross-entropy."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(logits, targets)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512, device: str = "cpu") -> tuple[float, float]:
+    """Returns (accuracy, mean cross-entropy) of ``model`` in eval mode."""
+    dev, home = resolve_device(device), _home(model)
+    model.to(dev).eval()
+    correct, loss = 0, 0.0
+    x, y = split.x, split.y
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        logits = model(xb)
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    model.to(home)
+    return correct / len(x), loss / len(x)
+
+
+def fit(model: nn.Module, train: Split, opt: Optim, seed: int, desc: str, *, distill: Distill | None = None,
+        test: Split | None = None, callbacks: Sequence[Callback] = (), param_groups: list[dict[str, Any]] | None = None,
+        device: str = "cpu") -> list[dict[str, float]]:
+    """Train ``model`` in place. Returns one record per epoch: loss, train_accuracy (and test_* when ``test`` is given).
+
+    The test split is only reported, never used to pick anything. ``param_groups`` are torch.optim parameter groups
+    (each may set its own ``lr`` / ``weight_decay``); by default every parameter in one group with ``opt``'s values.
+    """
+    dev, home = resolve_device(device), _home(model)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(dev)
+    optimizer = torch.optim.SGD(param_groups if param_groups is not None else model.parameters(), lr=opt.lr,
+                                momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.momentum > 0)
+    x, y = train.x, train.y
+    steps_per_epoch = math.ceil(len(x) / opt.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.epochs * steps_per_epoch)
+    if distill is not None:
+        distill.teacher.to(dev).eval()
+    history: list[dict[str, float]] = []
+    step = 0
+    with _progress() as bar:
+        task = bar.add_task(desc, total=opt.epochs, status="")
+        for epoch in range(opt.epochs):
+            model.train()
+            order = torch.randperm(len(x), generator=gen)
+            total, correct, seen = 0.0, 0, 0
+            for i in range(0, len(x), opt.batch_size):
+                idx = order[i:i + opt.batch_size]
+                if len(idx) < 2:  # BatchNorm cannot train on a single sample
+                    continue
+                step += 1
+                batch = Split(x[idx].to(dev), y[idx].to(dev))
+                for cb in callbacks:
+                    cb.before_batch(model, step)
+                logits = model(batch.x)
+                if distill is None:
+                    loss = F.cross_entropy(logits, batch.y)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = distill.teacher(batch.x)
+                    loss = distillation_loss(logits, batch.y, teacher_logits, distill.temperature, distill.alpha)
+                for cb in callbacks:
+                    extra = cb.extra_loss(model, batch, logits)
+                    if extra is not None:
+                        loss = loss + extra
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for cb in callbacks:
+                    cb.after_backward(model, step)
+                optimizer.step()
+                schedule.step()
+                for cb in callbacks:
+                    cb.on_step(model, step)
+                total += loss.item() * len(idx)
+                correct += (logits.argmax(1) == batch.y).sum().item()
+                seen += len(idx)
+            record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+            if test is not None:
+                record["test_accuracy"], record["test_loss"] = evaluate(model, test, device=device)
+            for cb in callbacks:
+                cb.on_epoch(model, record)
+            history.append(record)
+            status = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+            bar.update(task, advance=1, status=status)
+            log.debug("%s epoch %d: %s", desc, epoch + 1, status)
+    model.to(home)
+    if distill is not None:
+        distill.teacher.to(home)
+    return history
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps :func:`fit` takes per epoch on ``n`` samples (it skips a trailing batch of one sample)."""
+    return n // batch_size + (1 if n % batch_size >= 2 else 0)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batches: int, seed: int, device: str = "cpu") -> None:
+    """Re-estimate BatchNorm running statistics after pruning, with no gradient step.
+
+    Removing channels shifts the statistics the next layers see; refreshing them alone recovers much of the accuracy
+    lost by one-shot pruning. Uses a cumulative average (momentum=None) over ``batches`` random calibration batches.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    dev, home = resolve_device(device), _home(model)
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.to(dev).train()
+    for idx in calibration_batches(len(x), batches, seed):
+        if len(idx) >= 2:
+            model(x[idx].to(dev))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.to(home).eval()
