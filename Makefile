@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 # dvc.yaml stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test lint clean bench-overhead bench-int8
+.PHONY: install run test lint clean docs bench-overhead bench-int8
 
 install: $(STAMP)
 
@@ -30,15 +30,19 @@ test: install
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 lint: install
-	$(VENV)/bin/ruff check pruning flows tests
+	$(VENV)/bin/ruff check pruning flows bench tests
+
+# README's params reference, generated from the config models (tests/test_readme.py fails when it is stale).
+docs: install
+	$(PY) -m bench.readme
 
 # MLflow + Prefect overhead of the default run (wall time minus time inside the stage functions), 3 repetitions.
 bench-overhead: install
-	$(PY) benchmarks/overhead.py --repeats 3
+	$(PY) -m bench.overhead --repeats 3
 
 # What INT8 adds at batch 1 as a function of model width (why the default model is a wide one).
 bench-int8: install
-	$(PY) benchmarks/int8_width.py
+	$(PY) -m bench.int8_width
 
 clean:
 	rm -rf data models reports dvc_plots

@@ -17,6 +17,7 @@ file paths (the DVC outs). Run it with ``python -m pruning run`` (or ``python -m
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
@@ -88,7 +89,9 @@ def _stage(stage: Stage, repo: Path) -> bool:
     from dvc.repo import Repo
 
     logger = get_run_logger()
-    with Repo(str(repo)) as dvc:
+    # DVC's Python API resolves its outputs against the working directory (an output "is_in_repo" check asserts
+    # otherwise): its calls run from the repository; the stage function itself takes the root.
+    with contextlib.chdir(repo), Repo(".") as dvc:
         changes = dvc.status(targets=[stage.name])
     if not changes:
         logger.info("Stage '%s' didn't change, skipping", stage.name)
@@ -97,7 +100,7 @@ def _stage(stage: Stage, repo: Path) -> bool:
     start = time.perf_counter()
     result = stage.fn(load_config(repo / PARAMS), repo)
     record_timing(stage.name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
-    with Repo(str(repo)) as dvc:  # a fresh Repo: the previous stage's commit changed dvc.lock
+    with contextlib.chdir(repo), Repo(".") as dvc:  # a fresh Repo: the previous stage's commit changed dvc.lock
         dvc.commit(stage.name, force=True)  # hashes deps/outs/params into dvc.lock and the cache, as `dvc repro` does
     return True
 

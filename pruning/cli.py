@@ -131,14 +131,19 @@ def serve() -> None:
 def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent run of a pipeline run.")],
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Register a run's INT8 model; move 'champion' only if every gate passed and it beats the champion."""
+    from pruning.stages.common import params_errors
     from pruning.tracking import promote as register
 
-    result = _stage(params, lambda cfg: register(run_id, cfg), "promote")
+    def promote_run(cfg: Any) -> Any:
+        with params_errors("registry"):
+            return register(run_id, cfg)
+
+    result = _stage(params, promote_run, "promote")
     out.print(f"registry: {result.model_name} v{result.version} -> {result.alias or 'no alias'} ({result.reason})",
               highlight=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context,
           name: Annotated[str, typer.Argument(help="criteria | sparse | latency | overhead | int8_width | ort_profile")],
           ) -> None:

@@ -55,8 +55,28 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
                  ratio_dict: dict[nn.Module, float] | None = None) -> tp.pruner.BasePruner:
     """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer.
 
-    ``ratio_dict`` (group root -> ratio, from latency allocation) overrides ``ratio`` for those groups.
+    ``ratio_dict`` (group root -> ratio, from latency allocation) overrides ``ratio`` for those groups. With a uniform
+    ``ratio`` and ``round_to``, a group too narrow to keep even ``round_to`` channels (a squeeze-excitation layer of 4)
+    stays dense, with a warning naming it; a ratio that leaves a layer nothing, or a ``round_to`` no group can keep,
+    is an error naming the layer.
     """
+    pruner = _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio, ignored,
+                     scheduler, ratio_dict)
+    if scope == "uniform" and not ratio_dict:
+        narrow = _too_narrow(model, pruner, ratio, round_to)
+        if narrow:
+            names = {m: n for n, m in model.named_modules()}
+            log.warning("kept dense (fewer than round_to=%s channels would remain): %s", round_to,
+                        ", ".join(names.get(m, type(m).__name__) for m in narrow))
+            pruner = _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio,
+                             [*ignored, *narrow], scheduler, ratio_dict)
+    return pruner
+
+
+def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, ratio: float,
+            scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float, ignored: list[nn.Module],
+            scheduler: Callable[[float, int], list[float]] | None,
+            ratio_dict: dict[nn.Module, float] | None) -> tp.pruner.BasePruner:
     entered: list[str] = []  # the layers whose forward started during tracing, to name the one that failed
     hooks = [m.register_forward_pre_hook(lambda *_, n=name: entered.append(n)) for name, m in model.named_modules()]
     try:
@@ -77,33 +97,37 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
             hook.remove()
     for w in caught:  # e.g. unwrapped parameters or unknown ops: the user must know, they change what is removed
         log.warning("torch-pruning: %s", w.message)
-    if scope == "uniform" and not ratio_dict:
-        _check_keeps_channels(model, pruner, ratio, round_to)
     return pruner
 
 
-def _check_keeps_channels(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, round_to: int | None) -> None:
-    """GraphTraceError naming the layer whose channels ``ratio`` (after rounding) would all remove.
+def _too_narrow(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, round_to: int | None) -> list[nn.Module]:
+    """Group roots that ``round_to`` would empty (to be kept dense); GraphTraceError naming the layer when ``ratio``
+    alone empties one, or when ``round_to`` would empty every group.
 
-    torch-pruning silently skips such a group, so without this check the layer would stay dense unannounced.
+    Left alone, torch-pruning would remove every channel of such a group.
     """
     dg = pruner.DG
     names = {m: n for n, m in model.named_modules()}
+    narrow, groups = [], 0
     for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
         module = group[0].dep.target.module
         channels = dg.get_out_channels(module)
         if not channels:
             continue
+        groups += 1
         keep = int(channels * (1 - ratio))
-        if round_to:
-            keep -= keep % round_to
+        name = names.get(module, type(module).__name__)
         if keep <= 0:
-            name = names.get(module, type(module).__name__)
-            if round_to:
-                raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: round_to {round_to} "
-                                      f"exceeds the {int(channels * (1 - ratio))} channels left", field="round_to")
             raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: ratio {ratio} leaves none "
                                   f"of its {channels} channels", field="ratio")
+        if round_to and keep < round_to:
+            narrow.append(module)
+    if groups and len(narrow) == groups:
+        name = names.get(narrow[0], type(narrow[0]).__name__)
+        raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: round_to {round_to} exceeds the "
+                              f"{int(dg.get_out_channels(narrow[0]) * (1 - ratio))} channels left, and of every other "
+                              "layer", field="round_to")
+    return narrow
 
 
 def check_layers_not_empty(model: nn.Module) -> None:

@@ -119,6 +119,18 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients (no BatchNorm statistic moves), every module's mode restored afterwards."""
+    training = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            yield model.eval()
+    finally:
+        for m, mode in training.items():
+            m.training = mode
+
+
 def _inputs(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tuple]:
     """The positional inputs each module receives in one forward pass (its first call), for shape propagation."""
     seen: dict[nn.Module, tuple] = {}
@@ -128,15 +140,11 @@ def _inputs(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tup
             seen[module] = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
 
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
-    training = {m: m.training for m in model.modules()}
     try:
-        with torch.no_grad():
-            model.eval()(torch.randn(1, *input_shape))
+        model(torch.randn(1, *input_shape))
     finally:
         for h in handles:
             h.remove()
-        for m, mode in training.items():
-            m.training = mode
     return seen
 
 
@@ -144,8 +152,13 @@ def find(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Residual]:
     """Every residual block of ``model``, by name, in module order (then graph order within a module).
 
     A block is named by its owner module when the owner holds one residual add (``layers.3``), by its branch when
-    that is one module (``block2`` for ``x + self.block2(x)``), else ``owner[k]``.
+    that is one module (``block2`` for ``x + self.block2(x)``), else ``owner[k]``. The model is left as it was.
     """
+    with _evaluating(model):
+        return _find(model, input_shape)
+
+
+def _find(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Residual]:
     inputs = _inputs(model, input_shape)
     blocks: dict[str, Residual] = {}
     for owner, module in model.named_modules():
@@ -153,8 +166,7 @@ def find(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Residual]:
         if gm is None:
             continue
         try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(*inputs[module])
+            ShapeProp(gm).propagate(*inputs[module])
         except Exception as exc:  # noqa: BLE001 - a graph that does not run as traced is not analysable
             log.debug("residual: shape propagation failed in %r (%s)", owner, exc)
             continue
@@ -175,7 +187,21 @@ def _qual(owner: str, target: str) -> str:
 Replace = Callable[[fx.GraphModule, fx.Node, fx.Node, fx.Node], fx.Node]  # (gm, add, shortcut, branch) -> new node
 
 
+def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` writes into its input (``nn.ReLU(inplace=True)``, ``x.relu_()``, ``x += y``)."""
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    return node.op == "call_function" and (node.target is operator.iadd or bool(node.kwargs.get("inplace")))
+
+
 def _shortcut_only(gm: fx.GraphModule, add: fx.Node, s: fx.Node, f: fx.Node) -> fx.Node:
+    # The add made a fresh tensor, so what follows may work in place (a basic block's ReLU(inplace=True)). The
+    # shortcut may be a tensor the rest of the network still needs (the block's input): then hand on a copy (an ONNX
+    # Identity, which ONNX Runtime removes).
+    if any(_in_place(gm, user) for user in add.users):
+        return gm.graph.call_method("clone", (s,))
     return s
 
 

@@ -4,8 +4,9 @@ One pipeline run = one parent run (all params flattened, final metrics under the
 latency.json, gates.json, the per-layer channel table, the accuracy-vs-MACs plot) + one nested run per row of
 :data:`pruning.stages.STAGES`, logged the same way for every stage: the params keys it reads, the numbers of the
 JSON reports it writes as metrics (lists of per-epoch / per-step records as curves), those reports as artifacts, and
-the artifacts and ONNX models the row names (models with signature and input example). The stages' files are the record, so a parent run
-is complete even when DVC reused some stages from its cache (their nested runs then carry the cached figures).
+the other artifacts and ONNX models the row names (models with signature and input example). The stages' files are
+the record, so a parent run is complete even when DVC reused some stages from its cache (their nested runs then carry
+the cached figures).
 """
 
 from __future__ import annotations
@@ -302,7 +303,7 @@ def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
     gates = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gates.json")
     value = run.data.metrics.get(metric)
     if value is None:
-        raise PruningError(f'registry.primary_metric "{metric}" was not logged in run {run_id}')
+        raise PruningError(f'the primary metric "{metric}" was not logged in run {run_id}', field="primary_metric")
 
     existing = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("run_id") == run_id] \
         if client.search_registered_models(f"name='{name}'") else []

@@ -19,12 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY: dict[str, Any] = {
     "seed": 0,
+    "device": "cpu",  # every key dvc.yaml tracks must be in params.yaml (DVC refuses a missing one)
     "data": {"source": "digits"},
     "model": {"arch": "resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},
     "train": {"epochs": 4, "batch_size": 64, "lr": 0.05},
     "prune": {"criterion": "l2", "ratio": 0.5, "iterative_steps": 2, "step_finetune_epochs": 1, "round_to": None},
     "finetune": {"epochs": 2, "distill": {"enabled": True}},
-    "export": {"parity_samples": 64},
+    "export": {"parity_samples": 64, "opset": 17},
     "quantize": {"mode": "static", "calibration_samples": 64},
     "evaluate": {"batch_size": 16, "warmup": 1, "repeats": 3, "rounds": 1},
     "gates": {
@@ -38,10 +39,12 @@ TINY: dict[str, Any] = {
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``over`` into a copy of ``base`` (a value of None in ``over`` sets None)."""
+    """Deep-merge ``over`` into a copy of ``base`` (a value of None in ``over`` sets None; a section naming another
+    ``method`` replaces the whole section, since its keys are that method's; builder ``kwargs`` are replaced whole)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and value and key != "kwargs" and \
+                value.get("method", out[key].get("method")) == out[key].get("method"):
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -74,30 +77,47 @@ def tiny_cfg(in_tmp: Path):
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory where prepare + train already ran on the tiny config (shared, read-only for tests)."""
     from pruning.config import load_config
-    from pruning.stages.prepare import run_prepare
-    from pruning.stages.train import run_train
+    from pruning.stages import BY_NAME
 
     root = tmp_path_factory.mktemp("trained")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cfg = load_config(write_params(root))
-        run_prepare(cfg)
-        run_train(cfg)
-    finally:
-        os.chdir(cwd)
+    cfg = load_config(write_params(root))
+    BY_NAME["prepare"].fn(cfg, root)  # stage functions take the workspace root: no chdir
+    BY_NAME["train"].fn(cfg, root)
     return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    for sub in ("data", "models", "reports"):
+        shutil.copytree(src / sub, dst / sub)
+    shutil.copy(src / "params.yaml", dst / "params.yaml")
+    return dst
 
 
 @pytest.fixture
 def trained_copy(trained: Path, in_tmp: Path) -> Path:
     """A private copy of ``trained`` as the working directory."""
-    import shutil
+    return _copy(trained, in_tmp)
 
-    for sub in ("data", "models", "reports"):
-        shutil.copytree(trained / sub, in_tmp / sub)
-    shutil.copy(trained / "params.yaml", in_tmp / "params.yaml")
-    return in_tmp
+
+@pytest.fixture(scope="session")
+def finished(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory where every stage already ran on the tiny config (shared, read-only for tests)."""
+    from pruning.config import load_config
+    from pruning.stages import STAGES
+
+    root = _copy(trained, tmp_path_factory.mktemp("finished"))
+    cfg = load_config(root / "params.yaml")
+    for stage in STAGES[2:]:
+        stage.fn(cfg, root)
+    return root
+
+
+@pytest.fixture
+def finished_copy(finished: Path, in_tmp: Path) -> Path:
+    """A private copy of ``finished`` as the working directory."""
+    return _copy(finished, in_tmp)
 
 
 @pytest.fixture

@@ -24,9 +24,11 @@ def _type_checking_blocks(tree: ast.AST) -> set[int]:
     return skip
 
 
-def direct_imports(name: str, path: Path, modules: dict[str, Path], package: str) -> set[str]:
+def direct_imports(name: str, path: Path, modules: dict[str, Path], package: str,
+                   type_checking: bool = False) -> set[str]:
+    """The modules of ``package`` that ``name`` imports (``type_checking``: also those under TYPE_CHECKING)."""
     tree = ast.parse(path.read_text())
-    skip = _type_checking_blocks(tree)
+    skip = set() if type_checking else _type_checking_blocks(tree)
     is_pkg = path.name == "__init__.py"
     out: set[str] = set()
     for node in ast.walk(tree):

@@ -4,9 +4,10 @@ import sys
 
 import pytest
 
+from pruning.stages import STAGES
 from tests.conftest import write_params
 
-VERBS = ["prepare", "train", "prune", "finetune", "quantize", "export", "evaluate"]
+VERBS = [s.name for s in STAGES]
 
 
 def _cli(*args, cwd):
@@ -14,11 +15,13 @@ def _cli(*args, cwd):
                           env={**os.environ, "COLUMNS": "200"})
 
 
-def test_help_lists_one_verb_per_stage(tmp_path):
+def test_help_lists_one_verb_per_stage_with_its_line_from_the_table(tmp_path):
     out = _cli("--help", cwd=tmp_path)
     assert out.returncode == 0
-    for verb in VERBS:
-        assert verb in out.stdout
+    for stage in STAGES:
+        assert f"│ {stage.name} " in out.stdout and stage.help[:40] in out.stdout
+    assert "--strict" in _cli("evaluate", "--help", cwd=tmp_path).stdout
+    assert "--strict" not in _cli("train", "--help", cwd=tmp_path).stdout
 
 
 @pytest.mark.parametrize(
@@ -28,6 +31,7 @@ def test_help_lists_one_verb_per_stage(tmp_path):
         ({"prune": {"ratoi": 0.5}}, 'Unknown key "prune.ratoi" in params.yaml'),
         ({"data": {"source": "npz", "path": "nowhere.npz"}}, 'Invalid "data.path" in params.yaml'),
         ({"model": {"arch": "not_a_module:make"}}, 'Invalid "model.arch" in params.yaml'),
+        ({"prune": {"method": "lottery", "ratio": 0.5}}, 'Unknown key "prune.ratio" in params.yaml'),
     ],
 )
 def test_every_verb_exits_2_with_one_line_and_writes_nothing_when_params_are_bad(tmp_path, override, needle):
@@ -52,3 +56,19 @@ def test_a_stage_names_the_missing_input_when_run_out_of_order(tmp_path):
 def test_a_missing_params_file_is_a_one_line_error(tmp_path):
     out = _cli("train", "--params", "nope.yaml", cwd=tmp_path)
     assert out.returncode == 2 and "Parameters file nope.yaml not found" in out.stderr
+
+
+def test_a_library_error_is_reported_with_the_params_key_it_comes_from(trained_copy):
+    write_params(trained_copy, {"prune": {"ignored_layers": ["layers.99"]}})
+    out = _cli("prune", cwd=trained_copy)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert 'Invalid "prune.ignored_layers": no layer named \'layers.99\' in the model' in out.stderr
+
+
+def test_bench_runs_a_benchmark_of_bench_and_names_an_unknown_one(tmp_path):
+    out = _cli("bench", "nothing_here", cwd=tmp_path)
+    assert out.returncode == 2 and "no benchmark 'nothing_here'" in out.stderr
+    from tests.conftest import REPO
+
+    out = _cli("bench", "criteria", "--help", cwd=REPO)
+    assert out.returncode == 0 and "--quick" in out.stdout

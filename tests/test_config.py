@@ -24,7 +24,14 @@ def test_load_config_accepts_the_shipped_params_yaml():
         ({"prune": {"ratio": 0.0}}, 'Invalid "prune.ratio"'),
         ({"train": {"epochs": "many"}}, 'Invalid "train.epochs" in params.yaml'),
         ({"prune": {"criterion": "magic"}}, 'Invalid "prune.criterion"'),
-        ({"prune": {"target_macs_reduction": 2.0}}, "set exactly one of prune.ratio and prune.target_macs_reduction"),
+        ({"prune": {"target_macs_reduction": 2.0}},
+         'Invalid "prune" in params.yaml: set exactly one of ratio and target_macs_reduction'),
+        ({"prune": {"method": "pixie"}}, 'Invalid "prune.method" in params.yaml: \'pixie\' (unknown method (valid: '
+                                         'channel, depth, unstructured, lottery))'),
+        ({"prune": {"method": "unstructured", "sparsity": 1.5}}, 'Invalid "prune.sparsity" in params.yaml: 1.5'),
+        ({"prune": {"method": "lottery", "rounds": 2, "epochs": 2, "rewind_epoch": 2}},
+         'Invalid "prune" in params.yaml: rewind_epoch 2 must be below epochs (2)'),
+        ({"device": "tpu"}, 'Invalid "device" in params.yaml: \'tpu\''),
         ({"gates": {"g": {"metric": "nope", "op": "<=", "threshold": 1}}}, "unknown metric 'nope'"),
         ({"surprise": 1}, 'Unknown key "surprise"'),
     ],
@@ -47,7 +54,7 @@ def test_parse_config_rejects_npz_source_when_the_file_is_missing(tmp_path):
 
 
 def test_parse_config_rejects_a_user_model_when_it_cannot_be_imported():
-    with pytest.raises(ConfigError, match=r'"model.arch".*cannot import module \'no_such_module_xyz\''):
+    with pytest.raises(ConfigError, match=r'Invalid "model.arch" in params.yaml: cannot import module \'no_such_module_xyz\''):
         parse_config(merge(TINY, {"model": {"arch": "no_such_module_xyz:build"}}))
 
 
@@ -74,3 +81,21 @@ def test_params_yaml_and_schema_defaults_name_the_same_sections():
     from pruning.config import Config
 
     assert set(shipped) == set(Config.model_fields)
+
+
+# what params.yaml ships on purpose instead of the schema's neutral default (a default kwargs only fits one arch; the
+# gates and the registry name belong to this pipeline)
+SHIPPED_CHOICES = {"model.kwargs", "gates", "registry.model_name", "bench", "paths"}
+
+
+def test_the_schema_defaults_are_the_values_params_yaml_ships():
+    """One source of defaults: the config models' defaults are params.yaml's values (and README's table shows them)."""
+    from pruning.config import Config
+    from pruning.tracking import flatten
+
+    shipped = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    defaults = flatten(Config.model_construct().model_dump(mode="json", exclude={"paths"}) | {
+        "prune": Config.model_fields["prune"].default_factory().model_dump(mode="json")})
+    differ = {k for k in shipped.keys() | defaults.keys()
+              if not any(k == c or k.startswith(c + ".") for c in SHIPPED_CHOICES) and shipped.get(k) != defaults.get(k)}
+    assert not differ, {k: (shipped.get(k), defaults.get(k)) for k in sorted(differ)}

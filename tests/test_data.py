@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
-from pruning.config import DataConfig
-from pruning.data import load_split, read_arrays, save_arrays
+from pruning.data import DataConfig, Split, calibration_batches, calibration_sample, load_split, read_arrays, save_arrays
 from pruning.errors import DataError
 
 
@@ -53,3 +53,19 @@ def test_save_arrays_round_trips_without_pickles(tmp_path):
     save_arrays(tmp_path / "d" / "s.npz", x, y)
     x2, y2 = read_arrays(tmp_path / "d" / "s.npz")
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
+
+
+def test_calibration_batches_cycle_through_a_seeded_permutation_when_the_split_is_small():
+    batches = calibration_batches(100, 3, seed=0)
+    assert [len(b) for b in batches] == [64, 36, 64]  # the second batch takes what is left, the third starts again
+    assert sorted(batches[0].tolist() + batches[1].tolist()) == list(range(100))
+    assert all(torch.equal(a, b) for a, b in zip(batches, calibration_batches(100, 3, seed=0), strict=True))
+
+
+def test_calibration_sample_takes_batches_times_64_samples_when_there_are_enough():
+    import torch
+
+    split = Split(torch.arange(1000).float()[:, None], torch.arange(1000))
+    sample = calibration_sample(split, 2, seed=1)
+    assert len(sample.x) == 128 and torch.equal(sample.x[:, 0].long(), sample.y)
+    assert len(calibration_sample(Split(split.x[:50], split.y[:50]), 2, seed=1).x) == 50

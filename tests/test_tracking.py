@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pruning.config import parse_config
-from pruning.export import export_onnx
+from pruning.runtime.export import export_onnx
 from pruning.tracking import INT8_MODEL_TAG, flatten, promote, setup
 from pruning.zoo import build_model
 from tests.conftest import TINY, merge
@@ -77,3 +77,22 @@ def test_promote_minimises_the_metric_when_lower_is_better(store):
 
 def test_flatten_joins_nested_keys_with_dots():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def test_setup_puts_the_default_store_in_the_workspace_root_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ws").mkdir()
+    setup("x", tmp_path / "ws")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
+    assert (tmp_path / "ws" / "mlflow.db").is_file() and not (tmp_path / "mlflow.db").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")  # leave no global state pointing here
+
+
+def test_stage_params_are_the_keys_the_stage_reads():
+    from pruning.tracking import _stage_params
+
+    params = {"seed": 0, "prune": {"method": "channel", "ratio": 0.3}, "export": {"opset": 17, "exporter": "x"},
+              "train": {"lr": 0.1}}
+    assert _stage_params(params, ("seed", "prune", "export.opset")) == {
+        "seed": "0", "prune.method": "channel", "prune.ratio": "0.3", "export.opset": "17"}

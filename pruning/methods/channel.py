@@ -42,8 +42,11 @@ STEP_FINETUNE_BATCH = 64  # batch size of the fine-tuning between iterative step
 
 
 class Config(Section):
-    """``allocation: macs``: exactly one of ``ratio`` and ``target_macs_reduction``. ``allocation: latency``: exactly
-    one of ``target_speedup`` (measured) and ``target_macs_reduction``; ``ratio`` null, ``scope`` uniform."""
+    """Remove channels/filters over torch-pruning's dependency graph: the pruned model is a smaller dense one.
+
+    ``allocation: macs``: exactly one of ``ratio`` and ``target_macs_reduction``. ``allocation: latency``: exactly one
+    of ``target_speedup`` (measured) and ``target_macs_reduction``; ``ratio`` null, ``scope`` uniform.
+    """
 
     method: Literal["channel"] = "channel"
     criterion: criteria.CriterionName = Field("l2", description="which channels go: l1 | l2 (group magnitude) | taylor "

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, write_params
+from tests.conftest import REPO, TINY, merge, write_params
 
 pytestmark = pytest.mark.e2e
 STAGES = ["prepare", "train", "prune", "finetune", "export", "quantize", "evaluate"]
@@ -25,6 +26,20 @@ def _run(*cmd, cwd):
 
 def _ran(log):
     return [s for s in STAGES if f"Running stage '{s}'" in log]
+
+
+# the sparse methods, each with a gate on what they promise (zeros) instead of fewer MACs, which they do not give
+SPARSE = {
+    "unstructured": {"prune": {"method": "unstructured", "sparsity": 0.8}},
+    "lottery": {"prune": {"method": "lottery", "rounds": 2, "prune_per_round": 0.5, "epochs": 2}},
+}
+
+
+def sparse_params(method: str) -> dict:
+    params = merge(TINY, {**SPARSE[method], "tracking": {"enabled": True, "experiment": "dvc-test"}})
+    params["gates"] = {"sparse": {"metric": "pruned.weight_sparsity", "op": ">=", "threshold": 0.7},
+                       "parity": TINY["gates"]["parity"]}
+    return params
 
 
 @pytest.fixture
@@ -90,3 +105,16 @@ def test_dvc_repro_logs_one_parent_run_and_reproduces_metrics_bit_identically(re
     assert first == second
     assert {"accuracy", "macs", "size_bytes"} <= json.loads(first)["quantized"].keys()
     assert "latency_ms_b1" in json.loads((repo / "reports/latency.json").read_text())["quantized"]
+
+
+def test_dvc_repro_runs_unstructured_then_lottery_end_to_end_and_reports_their_zeros(repo):
+    for method in ("unstructured", "lottery"):
+        (repo / "params.yaml").write_text(yaml.safe_dump(sparse_params(method), sort_keys=False))
+        log = _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
+        assert _ran(log) == (STAGES if method == "unstructured" else STAGES[2:])  # prepare, train: up to date
+        metrics = json.loads((repo / "reports/metrics.json").read_text())
+        assert metrics["pruned"]["weight_sparsity"] >= 0.7 and metrics["pruned"]["csr_bytes"] < \
+            metrics["pruned"]["dense_bytes"]
+        assert metrics["macs_reduction"] == 1.0  # honest: dense kernels multiply the zeros
+        assert json.loads((repo / "reports/gates.json").read_text())["passed"] is True
+        assert json.loads((repo / "reports/prune.json").read_text())["method"] == method

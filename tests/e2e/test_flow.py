@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pruning.export import predict, session
+from pruning.runtime.session import predict, session
+from pruning.stages import STAGES as TABLE
 from tests.conftest import REPO, write_params
+from tests.e2e.test_dvc import sparse_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("prefect")]
-STAGES = {"prepare", "train", "prune", "finetune", "export", "quantize", "evaluate"}
+STAGES = {s.name for s in TABLE}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +51,13 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.chdir(tmp_path)  # the flow chdirs into the repo; this restores the cwd afterwards
     return tmp_path
 
 
 def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(harness, repo):
     from flows.pipeline import pipeline
 
-    first = pipeline(repo=str(repo))
+    first = pipeline(repo=str(repo))  # the flow works in the repository it is given, wherever it runs from
     assert set(first["ran"]) == STAGES and all(first["ran"].values())
     assert first["gates"]["passed"] is True
     name = "tiny-int8"
@@ -160,3 +161,20 @@ def test_ephemeral_server_is_left_to_prefect_when_prefect_api_url_is_set(harness
     before = os.environ.get("PREFECT_API_URL")
     assert server.launch() is None  # the harness's server is a "real" one here
     assert os.environ.get("PREFECT_API_URL") == before
+
+
+def test_pipeline_flow_runs_unstructured_then_lottery_and_promotes_on_their_own_gates(harness, repo):
+    from flows.pipeline import pipeline
+
+    for method in ("unstructured", "lottery"):
+        params = sparse_params(method)
+        params["tracking"]["experiment"] = "flow-test"
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        result = pipeline(repo=str(repo))
+        ran = [s for s, did in result["ran"].items() if did]
+        assert ran == [s.name for s in TABLE][(0 if method == "unstructured" else 2):]
+        assert result["gates"]["passed"] is True and result["metrics"]["pruned"]["weight_sparsity"] >= 0.7
+        assert result["promotion"]["alias"] in ("champion", "challenger")
+    client = mlflow.MlflowClient()
+    prune_runs = client.search_runs([client.get_experiment_by_name("flow-test").experiment_id], "tags.stage = 'prune'")
+    assert {r.data.params["prune.method"] for r in prune_runs} == {"unstructured", "lottery"}

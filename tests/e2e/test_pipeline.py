@@ -11,15 +11,19 @@ import pytest
 import torch
 import yaml
 
+from pruning import checkpoint
+from pruning.acceptance.metrics import merged
+from pruning.checkpoint import load_model
 from pruning.config import load_config
+from pruning.counting import count_macs
 from pruning.errors import ConfigError
-from pruning.export import predict, session
-from pruning.stages.evaluate import read_metrics, run_evaluate
-from pruning.stages.export import run_export
-from pruning.stages.finetune import run_finetune
-from pruning.stages.prune import run_prune
-from pruning.stages.quantize import run_quantize
-from pruning.surgery import count_macs, load_model
+from pruning.runtime.session import predict, session
+from pruning.stages.evaluate import read_results
+from pruning.stages.evaluate import run as run_evaluate
+from pruning.stages.export import run as run_export
+from pruning.stages.finetune import run as run_finetune
+from pruning.stages.prune import run as run_prune
+from pruning.stages.quantize import run as run_quantize
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +42,8 @@ def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_cop
     run_quantize(cfg)
     result = run_evaluate(cfg)
 
-    metrics = read_metrics(cfg)  # metrics.json (deterministic) + latency.json (measured), as the stage measured them
-    assert metrics == json.loads(json.dumps(result.metrics))
+    metrics = merged(*read_results(cfg)[:2])  # metrics.json (deterministic) + latency.json (measured), as one dict
+    assert metrics == json.loads(json.dumps(merged(result.metrics, result.latency)))
     timed = json.loads(Path(cfg.paths.latency_metrics).read_text())
     assert {"speedup_b1", "int8_speedup_b1", "threads"} <= timed.keys() and "latency_ms_b1" in timed["pruned"]
     assert not any("latency" in k or "speedup" in k for k in json.loads(Path(cfg.paths.metrics).read_text()))
@@ -57,7 +61,7 @@ def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_cop
     assert metrics["pruned"]["size_bytes"] < 0.5 * metrics["dense"]["size_bytes"]
     assert metrics["quantized"]["size_bytes"] < metrics["dense"]["size_bytes"]
     assert 0 <= metrics["parity_max_abs"] <= 1e-4
-    assert record["history"] and record["meta"]["stage"] == "finetune"
+    assert [e["kind"] for e in record["edits"]] == ["channels"] and record["meta"]["stage"] == "finetune"
     # the INT8 model really is quantized and keeps the output shape
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(cfg.paths.quantized_onnx).graph.node}
     x = np.load(cfg.paths.test_data)["x"][:5]
@@ -107,19 +111,19 @@ def test_prune_removes_blocks_then_channels_and_the_file_reloads(trained_copy):
     result = run_prune(cfg)
     assert result.macs_reduction >= 2.5  # relative to the dense model, blocks included
     model, record = load_model(cfg.paths.pruned_model)
-    assert len(record["removed_blocks"]) == 1
-    removed = dict(model.named_modules())[record["removed_blocks"][0]]
-    assert isinstance(removed, torch.nn.Identity | torch.nn.Sequential)  # the block became its shortcut
+    blocks = checkpoint.removed_blocks(record)
+    assert len(blocks) == 1
+    assert not hasattr(model.get_submodule(blocks[0]), "conv1")  # the block became its shortcut
     assert count_macs(model, (1, 8, 8))[0] == pytest.approx(result.pruned_macs)
     steps = json.loads(Path(cfg.paths.prune_steps).read_text())
     assert [s["step"] for s in steps] == [0, 1, 2] and steps[0]["macs"] > steps[1]["macs"] > steps[2]["macs"]
     run_finetune(cfg)  # the block removal survives the fine-tune's save/load round trip
-    assert load_model(cfg.paths.finetuned_model)[1]["removed_blocks"] == record["removed_blocks"]
+    assert checkpoint.removed_blocks(load_model(cfg.paths.finetuned_model)[1]) == blocks
 
 
 def test_prune_names_the_key_when_too_many_blocks_are_asked(trained_copy):
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["prune"]["depth_blocks"] = 9
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ConfigError, match='Invalid "prune.depth_blocks": 9'):
+    with pytest.raises(ConfigError, match='Invalid "prune.depth_blocks": cannot remove 9 blocks'):
         run_prune(load_config("params.yaml"))

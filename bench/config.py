@@ -1,0 +1,85 @@
+"""The benchmarks' section of params.yaml (``bench:``), validated here when a benchmark runs: the pipeline's own
+configuration (pruning/config.py) carries it untouched, since no stage reads it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from rich.console import Console
+
+from pruning.config import Config, load_config
+from pruning.criteria import CriterionName
+from pruning.errors import ConfigError, PruningError
+from pruning.schema import Section
+
+
+class BenchMethod(Section):
+    """One pruning configuration compared by the criteria benchmark."""
+
+    criterion: CriterionName
+    scope: Literal["uniform", "global"] = "uniform"
+    bn_recalibration: bool = True
+    distill: bool = False  # knowledge distillation from the base model during the fine-tuning epochs
+    max_layer_ratio: float = Field(0.9, gt=0, le=1)
+
+
+class BenchConfig(Section):
+    """mnist1d (generated offline), one base model per seed, every method at equal MACs; plus the latency and sparse
+    benchmarks' budgets."""
+
+    arch: str = "resnet1d"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    samples: int = Field(5000, ge=200)  # mnist1d samples (80 % train / 20 % test, stratified)
+    base_epochs: int = Field(40, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.1, gt=0)
+    finetune_lr: float = Field(0.01, gt=0)
+    seeds: int = Field(5, ge=1)
+    targets: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
+    short_epochs: int = Field(3, ge=1)  # the equal fine-tuning budget of the "ft" and "gradual" regimes
+    long_epochs: int = Field(20, ge=1)  # the long regime ...
+    long_max_target: float = Field(2.0, gt=1)  # ... run only up to this MACs target (time)
+    calibration_samples: int = Field(256, ge=16)  # gradients, BatchNorm recalibration, the oracle
+    methods: dict[str, BenchMethod] = Field(default_factory=dict)
+    quick_targets: list[float] = Field(default_factory=lambda: [2.0, 8.0])
+    # bench latency: ImageNet-shape models are slow, so fewer runs than evaluate.* (still alternated)
+    latency_warmup: int = Field(2, ge=0)
+    latency_repeats: int = Field(5, ge=3)
+    latency_rounds: int = Field(5, ge=1)
+    # bench sparse: unstructured magnitude pruning and lottery tickets on the same base model
+    unstructured_sparsity: float = Field(0.9, gt=0, lt=1)
+    lottery_rounds: int = Field(8, ge=1)  # sparsity after r rounds: 1 - (1 - per_round)^r (8 x 0.2 -> 83 %)
+    lottery_prune_per_round: float = Field(0.2, gt=0, lt=1)
+    lottery_epochs: int = Field(10, ge=1)
+    lottery_rewind_epoch: int = Field(1, ge=0)  # 0 = original init (Frankle & Carbin), k = weights after k epochs
+
+
+def bench_config(cfg: Config, file: str = "params.yaml") -> BenchConfig:
+    """The validated ``bench`` section (ConfigError naming the key, as for the pipeline's own sections)."""
+    try:
+        return BenchConfig.model_validate(cfg.bench)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        key = ".".join(["bench", *(str(p) for p in e["loc"])])
+        if e["type"] == "extra_forbidden":
+            raise ConfigError(f'Unknown key "{key}" in {file}: remove it or fix its spelling') from None
+        raise ConfigError(f'Invalid "{key}" in {file}: {e.get("input")!r} ({e["msg"]})') from None
+
+
+def main(fn: Callable[[Config, BenchConfig, Path], Any], params: str | Path = "params.yaml") -> int:
+    """Load params.yaml and the bench section, run ``fn(cfg, bench, out_dir)``; a PruningError is one line, exit 2."""
+    try:
+        cfg = load_config(params)
+        fn(cfg, bench_config(cfg, str(params)), Path(cfg.paths.bench_dir))
+    except PruningError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a module, not a benchmark
+    sys.exit("run python -m bench.<name>")

@@ -1,0 +1,111 @@
+import json
+
+import pytest
+
+from bench.config import bench_config
+from bench.criteria import README_END, README_START, _ci95, run_criteria
+from pruning.config import parse_config
+from pruning.errors import ConfigError
+from tests.conftest import TINY, merge
+
+BENCH = {"samples": 300, "base_epochs": 2, "seeds": 1, "quick_targets": [2.0], "short_epochs": 2,
+         "calibration_samples": 64, "batch_size": 64,
+         "kwargs": {"widths": [8, 16], "blocks": [1, 1]},
+         "methods": {"plain_tp": {"criterion": "l2", "bn_recalibration": False}, "taylor": {"criterion": "taylor"}}}
+
+
+def test_ci95_matches_student_t():
+    mean, half = _ci95([0.8, 0.9, 1.0])
+    assert mean == pytest.approx(0.9)
+    assert half == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-5)  # t(0.975, 2) * s / sqrt(n)
+    assert _ci95([0.5]) == (0.5, 0.0)
+
+
+def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme_table(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = parse_config(merge(TINY, {"bench": BENCH, "paths": {"bench_dir": str(tmp_path / "bench")},
+                                    "tracking": {"enabled": True, "experiment": "c"}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_START}\nold\n{README_END}\ntail\n")
+    result = run_criteria(cfg, bench_config(cfg), quick=True, out_dir=tmp_path / "bench", readme=readme)
+
+    records = result["records"]
+    assert {(r["method"], r["regime"]) for r in records} == {(m, g) for m in ("plain_tp", "taylor")
+                                                             for g in ("recal", "ft", "gradual")}
+    for r in records:
+        assert r["achieved"] >= 2.0  # every method reaches the same MACs target
+    same_ratio = {r["ratio"] for r in records if r["regime"] == "ft"}
+    assert len(same_ratio) == 1  # uniform scope: one searched ratio shared by all criteria
+    corr = result["summary"]["oracle_correlation"]
+    assert corr["loss_change"]["spearman"] == pytest.approx(1.0) and -1 <= corr["l2"]["spearman"] <= 1
+    saved = json.loads((tmp_path / "bench" / "criteria.json").read_text())
+    assert len(saved["records"]) == len(records) == 6
+    assert (tmp_path / "bench" / "criteria.png").stat().st_size > 5000
+    text = readme.read_text()
+    assert "old" not in text and "| plain_tp |" in text and text.endswith("tail\n")
+    runs = mlflow.search_runs(experiment_names=["c-bench"], output_format="list")  # a parent + one run per pruning
+    assert len(runs) == 1 + len(records)
+    assert {r.data.params.get("method") for r in runs} >= {"plain_tp", "taylor"}
+
+
+def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monkeypatch):
+    from bench.sparse import README_END as END
+    from bench.sparse import README_START as START
+    from bench.sparse import run_sparse
+
+    bench = {**BENCH, "unstructured_sparsity": 0.9, "lottery_rounds": 2, "lottery_epochs": 2, "lottery_rewind_epoch": 1}
+    cfg = parse_config(merge(TINY, {"bench": bench, "evaluate": {"batch_size": 16, "repeats": 3, "rounds": 1, "warmup": 1},
+                                    "tracking": {"enabled": True, "experiment": "t"}}))
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\nold\n{END}\n")
+    result = run_sparse(cfg, bench_config(cfg), tmp_path / "bench", readme)
+    un, lt = result["unstructured"], result["lottery"]
+    assert un["sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert un["csr_bytes"] < un["dense_bytes"] and un["csr_vs_dense"] == pytest.approx(un["csr_bytes"] / un["dense_bytes"])
+    assert un["latency_ms_bN_dense"] > 0 and un["latency_ms_bN_unstructured"] > 0
+    assert [r["round"] for r in lt["rounds"]] == [1, 2]
+    assert lt["final_sparsity"] == pytest.approx(1 - 0.8**2, abs=0.01)
+    assert lt["gap_pt"] == pytest.approx(100 * (lt["dense_accuracy"] - lt["final_accuracy"]))
+    assert "Lottery ticket" in readme.read_text() and (tmp_path / "bench" / "sparse.json").is_file()
+    run = mlflow.search_runs(experiment_names=["t-bench"], output_format="list")[0]  # tracked like every run
+    assert run.data.metrics["unstructured.csr_bytes"] == un["csr_bytes"]
+    assert run.data.metrics["lottery.final_accuracy"] == pytest.approx(lt["final_accuracy"])
+
+
+def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, monkeypatch):
+    import bench.latency as bl
+
+    monkeypatch.chdir(tmp_path)  # paths.latency_table is relative
+    monkeypatch.setattr(bl, "SHAPE", (3, 32, 32))  # the ImageNet nets at a small resolution: same graph, seconds
+    cfg = parse_config(merge(TINY, {"bench": {"latency_repeats": 3, "latency_rounds": 1, "latency_warmup": 1}}))
+    report = bl.run_latency(cfg, bench_config(cfg), ["mobilenetv2"], [1, 4], 2.0, [None, 8], tmp_path, step=8)
+    rows = report["archs"]["mobilenetv2"]
+    assert set(rows) == {"dense", "dense, ORT basic optimisation", "dense + INT8",
+                         "pruned, MACs allocation, round_to None", "pruned, MACs allocation, round_to 8",
+                         "pruned, latency allocation, 2x MACs", "pruned, latency allocation, 2x speedup target",
+                         "pruned, latency allocation, 2x speedup target + INT8"}
+    for name, r in rows.items():
+        assert r["efficiency_b4"] == pytest.approx(r["speedup_b4"] / r["macs_reduction"])
+        if "MACs" in name:
+            assert r["macs_reduction"] >= 2.0
+    assert rows["dense"]["speedup_b1"] == pytest.approx(1.0)
+    assert rows["dense, ORT basic optimisation"]["macs"] == rows["dense"]["macs"]
+    speed = rows["pruned, latency allocation, 2x speedup target"]["allocation"]
+    assert speed["rounds"] and "reached" in speed  # measured rounds of the search are reported
+    assert (tmp_path / "models/latency_table.json").is_file()  # the table is kept for the next run
+    assert "| dense |" in (tmp_path / "latency.md").read_text()
+
+
+def test_bench_config_names_the_key_of_a_bad_bench_value():
+    cfg = parse_config(merge(TINY, {"bench": {"seeds": 0}}))  # the pipeline carries the section untouched
+    with pytest.raises(ConfigError, match='Invalid "bench.seeds" in params.yaml: 0'):
+        bench_config(cfg)
+    with pytest.raises(ConfigError, match='Unknown key "bench.seedz"'):
+        bench_config(parse_config(merge(TINY, {"bench": {"seedz": 1}})))
