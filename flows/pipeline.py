@@ -7,7 +7,7 @@ and a plain ``dvc repro`` can never disagree, and a rerun with unchanged inputs 
 
 Why in this process and not ``dvc repro --single-item`` per task: each of those is two fresh interpreters (DVC, then the
 stage's ``python -m pruning``, which imports torch), ~3 s x 7 stages — more than the stages' own work on the default run
-(benchmarks/overhead.py). The stage functions are the very ones the dvc.yaml commands call. If the repository's pruning/
+(bench/overhead.py). The stage functions are the very ones the dvc.yaml commands call. If the repository's pruning/
 is not byte-identical to the package this process imported, the flow falls back to ``dvc repro --single-item``, so it
 never runs other code than DVC would.
 
@@ -106,7 +106,7 @@ def _stage(stage: Stage, repo: Path) -> bool:
 
 
 def _describe(changes: dict[str, Any]) -> str:
-    """DVC's status entry for one stage as a short phrase ('changed deps: pruning/train.py', 'new')."""
+    """DVC's status entry for one stage as a short phrase ('changed deps: pruning/training.py', 'new')."""
     parts: list[str] = []
     for entry in next(iter(changes.values()), []):
         if isinstance(entry, str):

@@ -47,7 +47,7 @@ def mask_edit(layers: Sequence[str]) -> Edit:
 
 REPLAY: dict[str, Callable[[nn.Module, Edit, tuple[int, ...]], nn.Module]] = {
     "blocks": lambda model, e, shape: residual.remove(model, e["names"], shape),
-    "channels": lambda model, e, shape: (dependency.replay(model, shape, e["history"]), model)[1],
+    "channels": lambda model, e, shape: dependency.replay(model, shape, e["history"]),
     "mask": lambda model, e, shape: model,
 }
 

@@ -155,7 +155,8 @@ def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module) -> None:
     check_layers_not_empty(model)
 
 
-def replay(model: nn.Module, input_shape: Sequence[int], history: History) -> None:
-    """Remove the channels of a recorded ``pruner.pruning_history()`` from a freshly built model, in place."""
+def replay(model: nn.Module, input_shape: Sequence[int], history: History) -> nn.Module:
+    """Remove the channels of a recorded ``pruner.pruning_history()`` from a freshly built model, in place; returns it."""
     dg = tp.DependencyGraph().build_dependency(model, example_input(input_shape))
     dg.load_pruning_history([(n, out, idxs) for n, out, idxs in history])
+    return model

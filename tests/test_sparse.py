@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pruning.methods.unstructured import magnitude_prune, make_permanent, weight_sparsity
 from pruning.sparse import dense_size_bytes, from_sparse, load_sparse, save_sparse, sparse_size_bytes, storage, to_sparse
-from pruning.zoo import build_model
-
-
-def tiny_resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model("resnet", {"widths": [4, 8, 8]}, (1, 8, 8), 10)
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+from tests.methods.test_unstructured import mlp, tiny_resnet
 
 
 def pruned_state(sparsity: float) -> dict[str, torch.Tensor]:

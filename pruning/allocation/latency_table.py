@@ -9,6 +9,7 @@ candidate allocation gives (the search's yardstick).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -255,8 +256,6 @@ def kernel_ms(model: bytes, threads: int, runs: int = 15) -> float:
 def pruned_copy(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
                 ignored_names: list[str]) -> nn.Module:
     """A copy of ``model`` pruned with ``ratios`` (keys: modules of ``model``); l1 picks the channels."""
-    import copy
-
     trial = copy.deepcopy(model)
     if not ratios:
         return trial
