@@ -28,7 +28,7 @@ import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # The stage functions log to the "pruning" logger; send those records to the Prefect run's logs too.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pruning")
@@ -40,8 +40,10 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 import pruning  # noqa: E402
 from flows import server  # noqa: E402
 from pruning.cli import SUMMARY_BY_FLOW, record_timing  # noqa: E402
-from pruning.config import Config, load_config  # noqa: E402
 from pruning.stages import STAGES, Stage  # noqa: E402
+
+if TYPE_CHECKING:
+    from pruning.config import Config
 
 PARAMS = "params.yaml"  # dvc.yaml reads params.yaml next to it: the repository root is the workspace
 
@@ -88,6 +90,8 @@ def _stage(stage: Stage, repo: Path) -> bool:
         return _repro(stage.name, repo)
     from dvc.repo import Repo
 
+    from pruning.config import load_config
+
     logger = get_run_logger()
     # DVC's Python API resolves its outputs against the working directory (an output "is_in_repo" check asserts
     # otherwise): its calls run from the repository; the stage function itself takes the root.
@@ -132,6 +136,7 @@ TASKS = [_task(stage) for stage in STAGES]
 
 @task(name="promote", retries=3, retry_delay_seconds=[2, 10, 30])  # registry I/O only
 def promote(run_id: str, repo: str) -> dict[str, Any]:
+    from pruning.config import load_config
     from pruning.tracking import promote as register
 
     return register(run_id, load_config(Path(repo) / PARAMS), repo).__dict__
@@ -145,6 +150,7 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
     """
     from pruning.acceptance.metrics import merged
     from pruning.acceptance.report import summary_markdown
+    from pruning.config import load_config
     from pruning.stages.common import paths, read_json
     from pruning.stages.evaluate import read_results
 
@@ -162,14 +168,13 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
             "run_id": run_id}
 
 
-def _warm_up(cfg: Config) -> AbstractContextManager[Any]:
-    """Launch Prefect's ephemeral server (flows/server.py) while this process imports the stages, open the MLflow store
-    in the background, and return the settings to run the flow under.
+def _warm_up(cfg: Config, process: subprocess.Popen[bytes] | None) -> AbstractContextManager[Any]:
+    """While Prefect's ephemeral server (launched by :func:`main` before anything heavy is imported) comes up, import
+    the stages, open the MLflow store in the background, and return the settings to run the flow under.
 
     The MLflow store is first needed at the end of the evaluate stage, so importing mlflow and opening the store (~2 s,
     more for a new store) runs in a thread next to the first stages instead of in front of them.
     """
-    process = server.launch()
     for stage in STAGES:
         stage.fn  # noqa: B018 - imports the stage's code now, while the server starts
     if cfg.tracking.enabled:
@@ -205,8 +210,11 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 2 when a gate fails")
     args = parser.parse_args()
     err = Console(stderr=True)
+    process = server.launch()  # first: it comes up on the other core while this process imports torch and the stages
     try:
-        with _warm_up(load_config(PARAMS)):
+        from pruning.config import load_config  # imports every method, hence torch: after the launch
+
+        with _warm_up(load_config(PARAMS), process):
             # Everything imported so far lives until exit: keep it out of the collector's full passes (CPython docs,
             # gc.freeze), which otherwise rescan ~1 M objects during the run and again at interpreter shutdown (2.5 s).
             gc.freeze()
