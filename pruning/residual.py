@@ -268,14 +268,16 @@ def check_names(blocks: dict[str, Residual], names: Sequence[str]) -> None:
         seen.add(name)
 
 
-def remove(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> nn.Module:
+def remove(model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
+           blocks: dict[str, Residual] | None = None) -> nn.Module:
     """Replace the named blocks by their shortcuts. Returns the model (a new object only if the model's own forward
-    held one of the adds). Every name is checked before anything changes.
+    held one of the adds). Every name is checked before anything changes. ``blocks``: :func:`find`'s result for this
+    model, if the caller has it.
 
     Raises:
         ValueError: a name is unknown or repeated; the message lists the removable blocks.
     """
-    blocks = find(model, input_shape)
+    blocks = find(model, input_shape) if blocks is None else blocks
     check_names(blocks, names)
     for owner, nodes in group_by_owner([blocks[n] for n in names]).items():
         module = model.get_submodule(owner)

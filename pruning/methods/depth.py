@@ -124,14 +124,17 @@ CRITERIA: dict[str, Callable[[nn.Module, dict[str, residual.Residual], Split], d
 
 @torch.no_grad()
 def block_scores(model: nn.Module, sample: Split, criterion: str = "loss_change",
-                 input_shape: tuple[int, ...] | None = None) -> dict[str, float]:
+                 input_shape: tuple[int, ...] | None = None,
+                 blocks: dict[str, residual.Residual] | None = None) -> dict[str, float]:
     """Score every residual block; lower = more removable. The model is left exactly as it was (mode included).
 
-    Returns ``{block name: score}`` for every block :func:`pruning.residual.find` sees.
+    Returns ``{block name: score}`` for every block :func:`pruning.residual.find` sees (``blocks``, if the caller has
+    them already).
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown depth criterion {criterion!r} (valid: {', '.join(CRITERIA)})")
-    blocks = residual.find(model, input_shape or tuple(sample.x.shape[1:]))
+    if blocks is None:
+        blocks = residual.find(model, input_shape or tuple(sample.x.shape[1:]))
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -159,10 +162,10 @@ def prune_blocks(model: nn.Module, sample: Split, n_blocks: int, criterion: str 
                          f"({', '.join(blocks) or 'none'}); choose 0..{len(blocks)}")
     if n_blocks == 0:
         return model, []
-    scores = block_scores(model, sample, criterion, shape)
+    scores = block_scores(model, sample, criterion, shape, blocks)
     rank = {name: i for i, name in enumerate(blocks)}  # ties keep forward order, so the choice is deterministic
     names = sorted(blocks, key=lambda n: (scores[n], rank[n]))[:n_blocks]
-    model = residual.remove(model, names, shape)
+    model = residual.remove(model, names, shape, blocks)
     log.info("depth pruning (%s): removed %s (scores %s)", criterion, names, ", ".join(f"{scores[n]:.4g}" for n in names))
     return model, names
 
