@@ -37,6 +37,8 @@ class ModelConfig(Section):
                                    "in_channels and num_classes)")
     input_shape: list[int] | None = Field(None, description="per-sample shape your model expects; checked against "
                                           "the data")
+    weights: str | None = Field(None, description="your trained weights for arch: a state dict (.pt/.pth, or a "
+                                "checkpoint dict holding one) or .safetensors, inside paths.weights_dir (DVC tracks it)")
 
 
 class _Optimizer(Section):
@@ -48,7 +50,9 @@ class _Optimizer(Section):
 
 
 class TrainConfig(_Optimizer):
-    """Dense baseline training."""
+    """Dense baseline training (or, with ``epochs: 0``, the given ``model.weights`` as they are)."""
+
+    epochs: int = Field(12, ge=0, description="epochs (0: no training: model.weights is the dense baseline)")
 
 
 class DistillConfig(Section):
@@ -165,6 +169,7 @@ class PathsConfig(Section):
     mlflow_run: str
     bench_dir: str  # the benchmarks (bench/) write their json / md / png here
     latency_table: str  # latency allocation: per-layer ORT latencies, kept across runs (DVC persist)
+    weights_dir: str  # model.weights lives here: the train stage's DVC dependency (a changed file reruns train)
 
     def under(self, root: str | Path) -> PathsConfig:
         """The same paths, resolved against the workspace ``root``."""
@@ -257,3 +262,31 @@ def _check_references(cfg: Config, file: str) -> None:
             resolve_callable(cfg.model.arch)
         except PruningError as exc:
             raise ConfigError(f'Invalid "model.{exc.field}" in {file}: {exc}') from None
+    _check_weights(cfg, file)
+
+
+def _check_weights(cfg: Config, file: str) -> None:
+    """model.weights: a file inside paths.weights_dir (a directory DVC cannot be told about is a dependency DVC
+    cannot see), and train.epochs 0 only with weights to start from."""
+    weights = cfg.model.weights
+    if weights is None:
+        if cfg.train.epochs == 0:
+            raise ConfigError(f'Invalid "train.epochs" in {file}: 0 (no training) needs the trained weights in '
+                              '"model.weights"')
+        return
+    from pruning.weights import SUFFIXES
+
+    where = Path(cfg.paths.weights_dir)
+    if where.is_absolute() or ".." in where.parts:
+        raise ConfigError(f'Invalid "paths.weights_dir" in {file}: {str(where)!r} must be a directory inside the '
+                          "workspace (a relative path without ..)")
+    path = Path(weights)
+    if path.is_absolute() or ".." in path.parts or path.parts[:len(where.parts)] != where.parts:
+        raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not inside paths.weights_dir '
+                          f"({where}/): put the file there (copy, link or dvc add it) so DVC reruns train when it "
+                          "changes")
+    if path.suffix not in SUFFIXES:
+        raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not a weights file '
+                          f"({' | '.join(SUFFIXES)})")
+    if not path.is_file():
+        raise ConfigError(f'Invalid "model.weights" in {file}: weights file {weights} not found')

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from pruning.config import load_config, parse_config
 from pruning.errors import ConfigError
-from tests.conftest import REPO, TINY, merge
+from tests.conftest import REPO, TINY, merge, write_params
 
 
 def test_load_config_accepts_the_shipped_params_yaml():
@@ -99,3 +99,19 @@ def test_the_schema_defaults_are_the_values_params_yaml_ships():
     differ = {k for k in shipped.keys() | defaults.keys()
               if not any(k == c or k.startswith(c + ".") for c in SHIPPED_CHOICES) and shipped.get(k) != defaults.get(k)}
     assert not differ, {k: (shipped.get(k), defaults.get(k)) for k in sorted(differ)}
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"train": {"epochs": 0}}, r'Invalid "train.epochs" in .*: 0 \(no training\) needs the trained weights in '
+                               r'"model.weights"'),
+    ({"model": {"weights": "elsewhere/w.pt"}}, r'Invalid "model.weights" in .*: \'elsewhere/w.pt\' is not inside '
+                                               r"paths.weights_dir \(weights/\)"),
+    ({"model": {"weights": "weights/../../w.pt"}}, r'Invalid "model.weights"'),
+    ({"model": {"weights": "weights/w.txt"}}, r"is not a weights file"),
+    ({"model": {"weights": "weights/absent.pt"}}, r"weights file weights/absent.pt not found"),
+])
+def test_model_weights_must_be_a_file_inside_the_tracked_weights_directory(in_tmp, over, match):
+    (in_tmp / "weights").mkdir()
+    (in_tmp / "weights" / "w.txt").write_text("x")
+    with pytest.raises(ConfigError, match=match):
+        load_config(write_params(in_tmp, over))

@@ -41,8 +41,8 @@ _DATA = ("train_data", "test_data", "data_meta")
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "Load data.source, split it by seed, write the splits (data/).",
           params=("seed", "data"), reads=(), writes=_DATA, reports=("data_meta",)),
-    Stage("train", "Train the dense baseline from the zoo or model.arch = module:callable.",
-          params=("seed", "device", "model", "train"), reads=_DATA, writes=("dense_model", "train_report"),
+    Stage("train", "Train the dense baseline (model.arch), or load model.weights (train.epochs 0: as they are).",
+          params=("seed", "device", "model", "train"), reads=(*_DATA, "weights_dir"), writes=("dense_model", "train_report"),
           reports=("train_report",)),
     Stage("prune", "Prune the dense model with the method params.yaml names in prune.method.",
           params=("seed", "device", "prune", "export.opset"), reads=(*_DATA, "dense_model"),

@@ -1,4 +1,6 @@
-"""train: the dense baseline from the zoo (or a user ``module:callable``) -> models/dense.pt."""
+"""train: the dense baseline -> models/dense.pt: the architecture of ``model.arch`` (zoo or a user ``module:callable``),
+trained from its initialisation, or from ``model.weights`` (a user's trained model), or — ``train.epochs: 0`` — those
+weights as they are, evaluated and recorded as the baseline every later stage compares with."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pruning.counting import count_macs, example_input
 from pruning.errors import ModelError
 from pruning.stages.common import params_errors, paths, prepared_data, provenance, write_json
 from pruning.training import Optim, evaluate, fit
+from pruning.weights import load_weights
 from pruning.zoo import build_model
 
 if TYPE_CHECKING:
@@ -45,13 +48,18 @@ def run(cfg: Config, root: str | Path = ".") -> TrainResult:
     if tuple(out.shape) != (1, data.num_classes):
         raise ModelError(f"model.arch {cfg.model.arch!r} outputs shape {tuple(out.shape)}, expected (batch, "
                          f"{data.num_classes}) logits")
+    if cfg.model.weights is not None:
+        with params_errors("model"):
+            load_weights(model, Path(root) / cfg.model.weights, f"model.arch {cfg.model.arch!r}")
     t = cfg.train
-    history = fit(model, data.train, Optim(t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay), cfg.seed,
-                  "train dense", test=data.test, device=cfg.device)
+    history = []
+    if t.epochs:
+        history = fit(model, data.train, Optim(t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay), cfg.seed,
+                      "train dense", test=data.test, device=cfg.device)
     accuracy, loss = evaluate(model, data.test, device=cfg.device)
     macs, params = count_macs(model, data.input_shape)
     save_model(p.dense_model, model, arch=cfg.model.arch, kwargs=cfg.model.kwargs, input_shape=data.input_shape,
                num_classes=data.num_classes, meta=provenance(cfg, "train", root))
     write_json(p.train_report, {"accuracy": accuracy, "loss": loss, "macs": macs, "params": params,
-                                "epochs": history})
+                                "weights": cfg.model.weights, "epochs": history})
     return TrainResult(accuracy, loss, macs, params)

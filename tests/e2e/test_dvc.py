@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO, TINY, merge, write_params
@@ -45,6 +46,7 @@ def sparse_params(method: str) -> dict:
 @pytest.fixture
 def repo(tmp_path):
     shutil.copytree(REPO / "pruning", tmp_path / "pruning", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "weights", tmp_path / "weights")
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
     write_params(tmp_path, {"tracking": {"enabled": True, "experiment": "dvc-test"}})
@@ -66,6 +68,13 @@ def test_dvc_repro_reruns_only_what_changed(repo):
     second = _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
     assert _ran(second) == []
     assert "Data and pipelines are up to date" in second
+
+    # the user's weights: a file appearing in (or changing in) weights/ makes train, and only train on, out of date
+    torch.save({"w": torch.zeros(2)}, repo / "weights" / "mine.pt")
+    status = _run(sys.executable, "-m", "dvc", "status", "--json", cwd=repo)
+    assert "train" in json.loads(status) and "prepare" not in json.loads(status)
+    (repo / "weights" / "mine.pt").unlink()
+    assert json.loads(_run(sys.executable, "-m", "dvc", "status", "--json", cwd=repo)) == {}
 
     shown = _run(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=repo)
     assert '"macs_reduction"' in shown and "reports/metrics.json" in shown and "reports/latency.json" in shown

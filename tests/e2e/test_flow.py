@@ -39,6 +39,7 @@ def _git(*args, cwd):
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
     shutil.copytree(REPO / "pruning", tmp_path / "pruning", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "weights", tmp_path / "weights")
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, tmp_path / name)
     write_params(tmp_path, {"tracking": {"enabled": True, "experiment": "flow-test"}})
