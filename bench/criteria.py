@@ -85,7 +85,7 @@ def run_one(base: nn.Module, name: str, m: BenchMethod, regime: str, target: flo
                                    target)
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
-    channel.run_schedule(model, data, cfg, ratios[key], seed)
+    _ = channel.run_schedule(model, data, cfg, ratios[key], seed)
     epochs = {"recal": 0, "ft": b.short_epochs, "gradual": 1, "long": b.long_epochs}[regime]
     if epochs:
         distill = Distill(base, temperature=4.0, alpha=0.7) if m.distill else None

@@ -60,7 +60,7 @@ def _macs_allocation(dense: torch.nn.Module, target: float, round_to: int | None
     model = copy.deepcopy(dense)
     ratio = search_ratio(lambda r: channel.macs_after(model, SHAPE, pcfg, r, split, 0), count_macs(model, SHAPE)[0],
                          target)
-    channel.run_schedule(model, Data(split, split.take(torch.arange(4)), SHAPE, 1000), pcfg, ratio, seed=0)
+    _ = channel.run_schedule(model, Data(split, split.take(torch.arange(4)), SHAPE, 1000), pcfg, ratio, seed=0)
     return model
 
 
@@ -77,7 +77,7 @@ def _latency_allocation(dense: torch.nn.Module, table: lt.LatencyTable, step: in
                          profile=lambda r: lt.profile_pruned(dense, SHAPE, r, [], batch, threads, opset))
     model = copy.deepcopy(dense)
     twin = dict(zip(dense.modules(), model.modules(), strict=True))
-    pruner = dependency.build_pruner(model, SHAPE, imp, ratio=0.0, scope="uniform", iterative_steps=1, round_to=None,
+    pruner, _ = dependency.build_pruner(model, SHAPE, imp, ratio=0.0, scope="uniform", iterative_steps=1, round_to=None,
                                      max_layer_ratio=1.0, ignored=dependency.ignored_modules(model, []),
                                      ratio_dict={twin[m]: r for m, r in alloc.ratios.items()})
     dependency.prune_step(pruner, model)

@@ -75,7 +75,7 @@ def main() -> None:
     torch.manual_seed(0)
     dense = build_model(args.arch, {}, SHAPE, 1000).eval()
     pruned = copy.deepcopy(dense)
-    pruner = dependency.build_pruner(pruned, SHAPE, tp.importance.GroupMagnitudeImportance(p=2), ratio=args.ratio,
+    pruner, _ = dependency.build_pruner(pruned, SHAPE, tp.importance.GroupMagnitudeImportance(p=2), ratio=args.ratio,
                                      scope="uniform", iterative_steps=1, round_to=args.round_to, max_layer_ratio=0.9,
                                      ignored=dependency.ignored_modules(pruned, []))
     dependency.prune_step(pruner, pruned)

@@ -208,24 +208,37 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline")
     parser.add_argument("--strict", action="store_true", help="exit 2 when a gate fails")
+    parser.add_argument("--params", "-p", default=PARAMS, help="the workspace's params.yaml (its directory, with "
+                        "dvc.yaml, is where the pipeline runs)")
     args = parser.parse_args()
     err = Console(stderr=True)
+    params = Path(args.params)
+    if params.name != PARAMS:  # DVC reads params.yaml next to dvc.yaml: another name would be a second truth
+        err.print(f"[red]error:[/] --params {params}: the flow runs DVC, which reads the params.yaml next to dvc.yaml; "
+                  f"put the file in a workspace directory as params.yaml (with dvc.yaml) and pass that path",
+                  highlight=False, soft_wrap=True)
+        return 2
+    repo = params.parent.absolute()
+    if not (repo / "dvc.yaml").is_file():
+        err.print(f"[red]error:[/] --params {params}: no dvc.yaml in {repo} (the workspace the pipeline runs in)",
+                  highlight=False, soft_wrap=True)
+        return 2
     process = server.launch()  # first: it comes up on the other core while this process imports torch and the stages
     try:
         from pruning.config import load_config  # imports every method, hence torch: after the launch
 
-        with _warm_up(load_config(PARAMS), process):
+        with _warm_up(load_config(params), process):
             # Everything imported so far lives until exit: keep it out of the collector's full passes (CPython docs,
             # gc.freeze), which otherwise rescan ~1 M objects during the run and again at interpreter shutdown (2.5 s).
             gc.freeze()
-            result = pipeline(repo=os.getcwd())
+            result = pipeline(repo=str(repo))
     except (PruningError, StageFailed, server.ServerFailed) as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         return 2
     from pruning.acceptance.report import print_report
     from pruning.stages.evaluate import read_results
 
-    print_report(*read_results(load_config(PARAMS)))
+    print_report(*read_results(load_config(params), repo))
     if result["promotion"]:
         p = result["promotion"]
         Console().print(f"registry: {p['model_name']} v{p['version']} -> {p['alias'] or 'no alias'} ({p['reason']})",

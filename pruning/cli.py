@@ -116,9 +116,10 @@ def _flows(module: str, *args: str) -> None:
 
 
 @app.command()
-def run(strict: StrictOpt = False) -> None:
-    """Run the whole pipeline as the Prefect flow (each task a DVC stage: only stale ones rerun), then promote."""
-    _flows("flows.pipeline", *(["--strict"] if strict else []))
+def run(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False) -> None:
+    """Run the whole pipeline as the Prefect flow (each task a DVC stage: only stale ones rerun), then promote.
+    --params names the params.yaml of another workspace (a directory with dvc.yaml): the flow runs there."""
+    _flows("flows.pipeline", "--params", str(params), *(["--strict"] if strict else []))
 
 
 @app.command()

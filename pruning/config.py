@@ -77,8 +77,10 @@ class ExportConfig(Section):
     exporter: Literal["torchscript", "dynamo"] = Field("torchscript", description="torchscript (fast, default) | "
                                                        "dynamo (torch.export based)")
     opset: int = Field(17, ge=13, le=20, description="ONNX opset")
-    parity_tolerance: float = Field(1e-4, gt=0, description="max |torch - ONNX Runtime| on real test samples, or the "
-                                    "stage fails and publishes nothing")
+    parity_atol: float = Field(1e-4, ge=0, description="parity on real test samples: |ONNX Runtime - torch| <= atol + "
+                               "rtol * |torch| for every output (numpy.allclose), or the stage fails and publishes "
+                               "nothing")
+    parity_rtol: float = Field(1e-5, ge=0, description="the relative part (fp32 rounding grows with the values)")
     parity_samples: int = Field(256, ge=1, description="test samples of the parity check")
 
 

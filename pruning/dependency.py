@@ -7,9 +7,13 @@ replays a recorded pruning history on a freshly built model (``DG.load_pruning_h
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch_pruning as tp
 from torch import nn
@@ -35,13 +39,25 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 
 def modules_named(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
-    """The modules named in ``names`` (GraphTraceError naming an unknown one, ``field="ignored_layers"``)."""
+    """The modules named in ``names``: exact module names, or glob patterns (``*.se.*``, ``features.?.conv``: any of
+    ``*?[`` makes a pattern, matched with fnmatch against every module name). GraphTraceError (``field=
+    "ignored_layers"``) naming an unknown name or a pattern that matches nothing."""
     modules = dict(model.named_modules())
+    found: list[nn.Module] = []
     for name in names:
-        if name not in modules:
+        if any(c in name for c in "*?["):
+            matched = [m for n, m in modules.items() if n and fnmatch.fnmatchcase(n, name)]
+            if not matched:
+                some = ", ".join(n for n in list(modules)[1:12] if n)
+                raise GraphTraceError(f"pattern {name!r} matches no layer of the model (e.g. {some})",
+                                      field="ignored_layers")
+            found += matched
+        elif name not in modules:
             some = ", ".join(n for n in list(modules)[1:12] if n)
             raise GraphTraceError(f"no layer named {name!r} in the model (e.g. {some})", field="ignored_layers")
-    return [modules[name] for name in names]
+        else:
+            found.append(modules[name])
+    return list(dict.fromkeys(found))  # each once, in order
 
 
 def ignored_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
@@ -49,28 +65,47 @@ def ignored_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
     return [classifier_of(model), *modules_named(model, names)]
 
 
+@dataclass
+class Plan:
+    """Channels kept per pruning group under a uniform ratio with ``round_to``: what :func:`build_pruner` asked of
+    torch-pruning, and why a group kept more (or less) than the ratio says."""
+
+    ratio: float  # asked
+    round_to: int
+    rows: list[dict[str, Any]]  # per group: layer, channels, keep, groups (channel groups), note
+    ratios: dict[nn.Module, float] = field(default_factory=dict)  # torch-pruning's pruning_ratio_dict
+
+    @property
+    def achieved(self) -> float:
+        """Share of the prunable groups' channels removed (what ``ratio`` asked for, after rounding)."""
+        total = sum(r["channels"] for r in self.rows)
+        return 1 - sum(r["keep"] for r in self.rows) / total if total else 0.0
+
+    def notes(self) -> list[str]:
+        return [f"{r['layer']} ({r['channels']} -> {r['keep']}): {r['note']}" for r in self.rows if r["note"]]
+
+
 def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, *,
                  ratio: float, scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float,
                  ignored: list[nn.Module], scheduler: Callable[[float, int], list[float]] | None = None,
-                 ratio_dict: dict[nn.Module, float] | None = None) -> tp.pruner.BasePruner:
+                 ratio_dict: dict[nn.Module, float] | None = None) -> tuple[tp.pruner.BasePruner, Plan | None]:
     """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer.
 
     ``ratio_dict`` (group root -> ratio, from latency allocation) overrides ``ratio`` for those groups. With a uniform
-    ``ratio`` and ``round_to``, a group too narrow to keep even ``round_to`` channels (a squeeze-excitation layer of 4)
-    stays dense, with a warning naming it; a ratio that leaves a layer nothing, or a ``round_to`` no group can keep,
-    is an error naming the layer.
+    ``ratio`` (``round_to`` None counts as 1), the channel counts are planned here (:func:`plan_uniform`: the nearest multiple of
+    ``round_to`` that keeps the overall ratio closest to the asked one, grouped convolutions respected, groups too
+    narrow to round kept dense) and handed to torch-pruning as exact per-group ratios; the plan is returned with the
+    pruner (None otherwise). A ratio that leaves a layer nothing is an error naming the layer.
     """
-    pruner = _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio, ignored,
-                     scheduler, ratio_dict)
-    if scope == "uniform" and not ratio_dict:
-        narrow = _too_narrow(model, pruner, ratio, round_to)
-        if narrow:
-            names = {m: n for n, m in model.named_modules()}
-            log.warning("kept dense (fewer than round_to=%s channels would remain): %s", round_to,
-                        ", ".join(names.get(m, type(m).__name__) for m in narrow))
-            pruner = _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio,
-                             [*ignored, *narrow], scheduler, ratio_dict)
-    return pruner
+    if scope != "uniform" or ratio_dict or ratio <= 0:
+        return _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio,
+                       ignored, scheduler, ratio_dict), None
+    probe = _pruner(model, input_shape, importance, 0.0, scope, 1, None, 1.0, ignored, None, None)
+    plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio)
+    # every count is final: torch-pruning's own rounding (always down, and blind to channel groups) stays off
+    pruner = _pruner(model, input_shape, importance, 0.0, scope, iterative_steps, None, 1.0, ignored, scheduler,
+                     plan.ratios)
+    return pruner, plan
 
 
 def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, ratio: float,
@@ -100,34 +135,72 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
     return pruner
 
 
-def _too_narrow(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, round_to: int | None) -> list[nn.Module]:
-    """Group roots that ``round_to`` would empty (to be kept dense); GraphTraceError naming the layer when ``ratio``
-    alone empties one, or when ``round_to`` would empty every group.
+def _channel_groups(pruner: tp.pruner.BasePruner, group: Any) -> int:
+    # torch-pruning's own count of the group's channel groups (grouped convolutions, GroupNorm; depthwise excluded):
+    # the kept count must be a multiple of it, since every group of a grouped convolution loses the same channels
+    return int(pruner._get_channel_groups(group))
 
-    Left alone, torch-pruning would remove every channel of such a group.
+
+def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, round_to: int,
+                 max_layer_ratio: float) -> Plan:
+    """Channels kept per group for a uniform ``ratio`` on the ``round_to`` grid.
+
+    Per group of C channels with g channel groups, the allowed counts are multiples of lcm(round_to, g) (multiples of
+    g alone when that would leave no choice below C: noted), never below ``max_layer_ratio`` allows, and C itself. A
+    group narrower than the grid (a squeeze-excitation bottleneck of 4) stays dense (noted). Between the two allowed
+    counts around C * (1 - ratio), groups are rounded up in the order of their remainders while that brings the total
+    closer to the asked share (largest-remainder rounding): the achieved ratio is the asked one to within a grid step,
+    instead of torch-pruning's always-down rounding (ratio 0.35 took 16 -> 8 and 32 -> 16, 50 %).
+
+    GraphTraceError (``field="ratio"``) naming the layer when the ratio alone leaves a group nothing.
     """
     dg = pruner.DG
     names = {m: n for n, m in model.named_modules()}
-    narrow, groups = [], 0
+    rows, spans = [], []
     for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
-        module = group[0].dep.target.module
-        channels = dg.get_out_channels(module)
+        root = group[0].dep.target.module
+        channels = dg.get_out_channels(root)
         if not channels:
             continue
-        groups += 1
-        keep = int(channels * (1 - ratio))
-        name = names.get(module, type(module).__name__)
-        if keep <= 0:
+        name = names.get(root, type(root).__name__)
+        target = channels * (1 - ratio)
+        if target < 1:
             raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: ratio {ratio} leaves none "
                                   f"of its {channels} channels", field="ratio")
-        if round_to and keep < round_to:
-            narrow.append(module)
-    if groups and len(narrow) == groups:
-        name = names.get(narrow[0], type(narrow[0]).__name__)
-        raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: round_to {round_to} exceeds the "
-                              f"{int(dg.get_out_channels(narrow[0]) * (1 - ratio))} channels left, and of every other "
-                              "layer", field="round_to")
-    return narrow
+        g = _channel_groups(pruner, group)
+        grid, note = math.lcm(round_to, g), ""
+        if g > 1 and grid >= channels:
+            grid, note = g, f"multiples of its {g} channel groups (round_to {round_to} would leave no choice)"
+        floor = max(grid, math.ceil(channels * (1 - max_layer_ratio) / grid) * grid)
+        if floor >= channels:
+            rows.append({"layer": name, "channels": channels, "keep": channels, "groups": g,
+                         "note": f"kept dense: narrower than round_to {round_to}" if channels <= round_to else
+                         f"kept dense: no multiple of {grid} below {channels} within max_layer_ratio"})
+            continue
+        low = min(max(floor, int(target // grid) * grid), channels)
+        high = min(low + grid, channels)
+        rows.append({"layer": name, "channels": channels, "keep": low, "groups": g, "note": note, "root": root})
+        if high > low:
+            spans.append((min(1.0, max(0.0, (target - low) / (high - low))), len(rows) - 1, high))
+    if rows and not spans and all(r["keep"] == r["channels"] for r in rows):
+        widest = max(rows, key=lambda r: r["channels"])
+        raise GraphTraceError(f"pruning would remove every channel of layer {widest['layer']!r}: round_to {round_to} "
+                              f"exceeds the {int(widest['channels'] * (1 - ratio))} channels left, and no other layer "
+                              "can be rounded either", field="round_to")
+    wanted = sum(r["channels"] for r in rows) * (1 - ratio)
+    kept = sum(r["keep"] for r in rows)
+    for _, i, high in sorted(spans, key=lambda s: -s[0]):
+        up = high - rows[i]["keep"]
+        if abs(kept + up - wanted) < abs(kept - wanted):
+            rows[i]["keep"], kept = high, kept + up
+    ratios = {}
+    for r in rows:
+        root = r.pop("root", None)
+        if root is not None and r["keep"] < r["channels"]:
+            # torch-pruning keeps int(channels * (1 - ratio)) (per channel group): half a channel of slack makes that
+            # exactly ``keep``
+            ratios[root] = (r["channels"] - r["keep"] - 0.5) / r["channels"]
+    return Plan(ratio, round_to, rows, ratios)
 
 
 def check_layers_not_empty(model: nn.Module) -> None:
@@ -145,13 +218,42 @@ def check_layers_not_empty(model: nn.Module) -> None:
                                   "max_layer_ratio or round_to")
 
 
+# torch-pruning's graph nodes for operations that are not layers, by what a user would call them in their forward
+_OPS = {"_ReshapeOp": "a reshape (view / flatten / transpose: e.g. a channel shuffle)", "_ConcatOp": "a concat",
+        "_SplitOp": "a split / chunk", "_UnbindOp": "an unbind", "_ExpandOp": "an expand"}
+
+
+def _failing_group(exc: BaseException, model: nn.Module) -> str | None:
+    """Where inside torch-pruning's step ``exc`` came from, in the user's words: the group being handled when it
+    failed (its root layer) and the operations its channels pass through. None when the traceback holds no group."""
+    groups = []
+    tb = exc.__traceback__
+    while tb is not None:
+        group = tb.tb_frame.f_locals.get("group")
+        if isinstance(group, tp.dependency.Group):
+            groups.append(group)
+        tb = tb.tb_next
+    if not groups:
+        return None
+    group = groups[-1]
+    names = {m: n for n, m in model.named_modules()}
+    root = names.get(group[0].dep.target.module, type(group[0].dep.target.module).__name__)
+    ops = sorted({_OPS[type(node.module).__name__] for dep, _ in group for node in (dep.source, dep.target)
+                  if type(node.module).__name__ in _OPS})
+    through = f", which pass through {' and '.join(ops)}" if ops else ""
+    return f"the channels of layer {root!r}{through}; add {root!r} to ignored_layers to keep them"
+
+
 def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module) -> None:
     """One ``pruner.step()``, with errors that name the layer instead of a torch-pruning traceback."""
     try:
         pruner.step()
-    except (RuntimeError, IndexError, ValueError) as exc:
+    except (RuntimeError, IndexError, ValueError, ZeroDivisionError) as exc:
         check_layers_not_empty(model)
-        raise GraphTraceError(f"torch-pruning failed while removing channels: {type(exc).__name__}: {exc}") from None
+        where = _failing_group(exc, model)
+        raise GraphTraceError(f"torch-pruning cannot remove {where or 'channels'}: {type(exc).__name__}: {exc}"
+                              if where else
+                              f"torch-pruning failed while removing channels: {type(exc).__name__}: {exc}") from None
     check_layers_not_empty(model)
 
 

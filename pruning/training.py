@@ -178,7 +178,8 @@ def fit(model: nn.Module, train: Split, opt: Optim, seed: int, desc: str, *, dis
             history.append(record)
             status = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
             bar.update(task, advance=1, status=status)
-            log.debug("%s epoch %d: %s", desc, epoch + 1, status)
+            # INFO: with output redirected (CI, nohup, Prefect logs) the progress bar draws nothing until it ends
+            log.info("%s epoch %d/%d: %s", desc, epoch + 1, opt.epochs, status)
     model.to(home)
     if distill is not None:
         distill.teacher.to(home)

@@ -21,7 +21,7 @@ def _pruned() -> tuple[nn.Module, list[str], list]:
     torch.manual_seed(0)
     model = build_model("resnet", KWARGS, SHAPE, 10)
     model = residual.remove(model, ["layers.1"], SHAPE)
-    pruner = dependency.build_pruner(model, SHAPE, criteria.make("l2"), ratio=0.5, scope="uniform", iterative_steps=1,
+    pruner, _ = dependency.build_pruner(model, SHAPE, criteria.make("l2"), ratio=0.5, scope="uniform", iterative_steps=1,
                                      round_to=None, max_layer_ratio=0.9, ignored=dependency.ignored_modules(model, []))
     dependency.prune_step(pruner, model)
     return model, ["layers.1"], pruner.pruning_history()

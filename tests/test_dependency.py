@@ -11,7 +11,7 @@ from pruning.zoo import build_model
 def _pruned(arch: str, shape: tuple[int, ...], ratio: float, round_to: int | None = None) -> tuple[nn.Module, list]:
     torch.manual_seed(0)
     model = build_model(arch, {}, shape, 10)
-    pruner = dependency.build_pruner(model, shape, criteria.make("l2"), ratio=ratio, scope="uniform", iterative_steps=1,
+    pruner, _ = dependency.build_pruner(model, shape, criteria.make("l2"), ratio=ratio, scope="uniform", iterative_steps=1,
                                      round_to=round_to, max_layer_ratio=0.9, ignored=dependency.ignored_modules(model, []))
     dependency.prune_step(pruner, model)
     return model, pruner.pruning_history()
@@ -92,7 +92,7 @@ def test_ignored_modules_names_the_layer_when_it_does_not_exist():
 def test_ignored_layers_keep_their_channels():
     torch.manual_seed(0)
     model = build_model("resnet", {}, (1, 8, 8), 10)
-    pruner = dependency.build_pruner(model, (1, 8, 8), criteria.make("l2"), ratio=0.5, scope="uniform",
+    pruner, _ = dependency.build_pruner(model, (1, 8, 8), criteria.make("l2"), ratio=0.5, scope="uniform",
                                      iterative_steps=1, round_to=None, max_layer_ratio=0.9,
                                      ignored=dependency.ignored_modules(model, ["stem.0"]))
     dependency.prune_step(pruner, model)

@@ -109,3 +109,16 @@ def test_recalibrate_batchnorm_replaces_stale_statistics():
         expected = model[0](x).mean(dim=(0, 2, 3))
     assert torch.allclose(model[1].running_mean, expected, atol=1e-4)
     assert model[1].momentum == 0.1 and not model.training
+
+
+def test_fit_logs_one_info_line_per_epoch_for_output_that_is_not_a_terminal(caplog):
+    """A redirected run (CI, nohup, Prefect's log) sees no progress bar: the epochs must reach the log."""
+    import logging
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    split = Split(torch.randn(32, 1, 4), torch.randint(0, 2, (32,)))
+    with caplog.at_level(logging.INFO, logger="pruning.training"):
+        fit(model, split, Optim(3, 8, 0.1), seed=0, desc="train dense")
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert [line.split(":")[0] for line in lines] == [f"train dense epoch {e}/3" for e in (1, 2, 3)]
+    assert all("loss=" in line and "train_accuracy=" in line for line in lines)

@@ -53,14 +53,17 @@ class Metrics(_Record):
     accuracy_drop: float  # dense - pruned fp32
     quantized_accuracy_drop: float  # dense - INT8
     parity_max_abs: float  # max |torch - ORT| over both exports
+    parity_score: float  # max |torch - ORT| / (atol + rtol |torch|) over both exports: <= 1 passed the export check
 
     @classmethod
-    def derive(cls, dense: ModelMetrics, pruned: ModelMetrics, quantized: ModelMetrics, parity_max_abs: float) -> Metrics:
+    def derive(cls, dense: ModelMetrics, pruned: ModelMetrics, quantized: ModelMetrics, parity_max_abs: float,
+               parity_score: float) -> Metrics:
         return cls(dense=dense, pruned=pruned, quantized=quantized,
                    macs_reduction=_ratio(dense.macs, pruned.macs), params_reduction=_ratio(dense.params, pruned.params),
                    size_reduction=_ratio(dense.size_bytes, quantized.size_bytes),
                    accuracy_drop=dense.accuracy - pruned.accuracy,
-                   quantized_accuracy_drop=dense.accuracy - quantized.accuracy, parity_max_abs=parity_max_abs)
+                   quantized_accuracy_drop=dense.accuracy - quantized.accuracy, parity_max_abs=parity_max_abs,
+                   parity_score=parity_score)
 
 
 class ModelLatency(_Record):

@@ -261,7 +261,7 @@ def pruned_copy(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.
         return trial
     by_name = dict(model.named_modules())
     twin = {by_name[n]: m for n, m in trial.named_modules() if n in by_name}
-    pruner = dependency.build_pruner(trial, input_shape, tp.importance.GroupMagnitudeImportance(p=1), ratio=0.0,
+    pruner, _ = dependency.build_pruner(trial, input_shape, tp.importance.GroupMagnitudeImportance(p=1), ratio=0.0,
                                      scope="uniform", iterative_steps=1, round_to=None, max_layer_ratio=1.0,
                                      ignored=dependency.ignored_modules(trial, ignored_names),
                                      ratio_dict={twin[m]: r for m, r in ratios.items()})

@@ -22,6 +22,7 @@ import torch
 import torch_pruning as tp
 from pydantic import Field, model_validator
 from torch import nn
+from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
 from pruning import criteria, dependency
 from pruning.allocation.latency import Allocation, allocate
@@ -114,15 +115,15 @@ def cubic_scheduler(pruning_ratio: float, steps: int) -> list[float]:
 
 def _pruner(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float, steps: int,
             criterion: str | None = None, ratio_dict: dict[nn.Module, float] | None = None
-            ) -> tuple[tp.pruner.BasePruner, tp.importance.Importance]:
+            ) -> tuple[tp.pruner.BasePruner, tp.importance.Importance, dependency.Plan | None]:
     imp = criteria.make(criterion or cfg.criterion, cfg.limits)
-    pruner = dependency.build_pruner(
+    pruner, plan = dependency.build_pruner(
         model, shape, imp, ratio=0.0 if ratio_dict else ratio, scope=cfg.scope, iterative_steps=steps,
         # an allocation's counts are final (already multiples of round_to): rounding again could only move them
         round_to=None if ratio_dict else cfg.round_to, max_layer_ratio=1.0 if ratio_dict else cfg.max_layer_ratio,
         ignored=dependency.ignored_modules(model, cfg.ignored_layers),
         scheduler=cubic_scheduler if cfg.schedule == "cubic" else None, ratio_dict=ratio_dict)
-    return pruner, imp
+    return pruner, imp, plan
 
 
 def macs_after(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float, train: Split, seed: int) -> int:
@@ -133,7 +134,7 @@ def macs_after(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: flo
     """
     trial = copy.deepcopy(model)
     criterion = "l1" if cfg.scope == "uniform" else cfg.criterion
-    pruner, imp = _pruner(trial, shape, cfg, ratio, 1, criterion=criterion)
+    pruner, imp, _ = _pruner(trial, shape, cfg, ratio, 1, criterion=criterion)
     torch.manual_seed(seed)
     criteria.prepare(criterion, imp, trial, train, cfg.calibration_batches, seed)
     dependency.prune_step(pruner, trial)
@@ -141,8 +142,10 @@ def macs_after(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: flo
 
 
 def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: int, device: str = "cpu",
-                 ratio_dict: dict[nn.Module, float] | None = None) -> tuple[dependency.History, list[dict[str, Any]]]:
-    """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps; (history, steps).
+                 ratio_dict: dict[nn.Module, float] | None = None
+                 ) -> tuple[dependency.History, list[dict[str, Any]], dependency.Plan | None]:
+    """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps; (history, steps, the
+    channel plan of a uniform ratio with round_to, else None).
 
     The scheduler spreads the ratio: with ``linear`` step i removes up to ``i / N * ratio`` of the original channels,
     with ``cubic`` (gradual pruning) most of it in the first steps. ``ratio_dict`` (a latency allocation's per-group
@@ -151,8 +154,9 @@ def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: 
     """
     torch.manual_seed(seed)
     n = cfg.iterative_steps
-    pruner, imp = _pruner(model, data.input_shape, cfg, ratio, n, ratio_dict=ratio_dict)
+    pruner, imp, plan = _pruner(model, data.input_shape, cfg, ratio, n, ratio_dict=ratio_dict)
     steps = [step_record(0, 0.0, model, data, device)]
+    scheduled = (cubic_scheduler if cfg.schedule == "cubic" else linear_scheduler)(ratio, n)
     for step in range(1, n + 1):
         criteria.prepare(cfg.criterion, imp, model, data.train, cfg.calibration_batches, seed + step)
         dependency.prune_step(pruner, model)
@@ -162,10 +166,9 @@ def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: 
         if cfg.step_finetune_epochs and step < n:
             fit(model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr), seed + step,
                 f"prune step {step} fine-tune", device=device)
-        step_ratio = ratio * step / n if ratio_dict else pruner.per_step_pruning_ratio[step]
-        steps.append(step_record(step, step_ratio, model, data, device))
+        steps.append(step_record(step, scheduled[step], model, data, device))
         log.info("prune step %d/%d: %s", step, n, steps[-1])
-    return pruner.pruning_history(), steps
+    return pruner.pruning_history(), steps, plan
 
 
 def _allocate_by_latency(model: nn.Module, cfg: Config, ctx: Context, dense_macs: int) -> Allocation:
@@ -201,6 +204,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """Depth pruning (if asked), then an allocation, then the schedule."""
     data, shape = ctx.data, ctx.data.input_shape
     dense_macs, _ = count_macs(model, shape)
+    widths = _widths(model)
     dense_step = step_record(0, 0.0, model, data, ctx.device) if cfg.depth_blocks else None
     removed: list[str] = []
     if cfg.depth_blocks:
@@ -218,12 +222,30 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     else:
         ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.train, ctx.seed), dense_macs,
                              cfg.target_macs_reduction)
-    history, steps = run_schedule(model, data, cfg, ratio, ctx.seed, ctx.device,
-                                  ratio_dict=allocation.ratios if allocation else None)
+    history, steps, plan = run_schedule(model, data, cfg, ratio, ctx.seed, ctx.device,
+                                        ratio_dict=allocation.ratios if allocation else None)
+    # the share of channels actually removed: the plan's (over its groups) or, without one, over the layers' outputs
+    achieved = plan.achieved if plan else _removed_share(widths, _widths(model))
+    notes = plan.notes() if plan else []
+    log.info("channel ratio: asked %.3f, achieved %.3f%s", ratio, achieved, "".join(f"; {n}" for n in notes))
     if dense_step is not None:  # the schedule's step 0 is the depth-pruned model: put the dense one before it
         steps = [dense_step] + [{**s, "step": s["step"] + 1} for s in steps]
     edits = ([blocks_edit(removed)] if removed else []) + [channels_edit(history)]
-    report = {"ratio": ratio, "criterion": cfg.criterion, "scope": cfg.scope, "iterative_steps": cfg.iterative_steps,
+    report = {"ratio": ratio, "achieved_ratio": achieved, "channel_plan": plan.rows if plan else None,
+              "plan_notes": notes, "criterion": cfg.criterion, "scope": cfg.scope, "iterative_steps": cfg.iterative_steps,
               "removed_blocks": removed, "allocation": cfg.allocation,
               "latency_allocation": allocation.report if allocation else None}
     return Outcome(model, edits, steps, report)
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution and linear layer but the classifier (whose outputs are never pruned)."""
+    head = dependency.classifier_of(model)
+    return {name: m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+            for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and m is not head}
+
+
+def _removed_share(before: dict[str, int], after: dict[str, int]) -> float:
+    """Share of ``before``'s output channels gone in ``after`` (layers of removed blocks count as gone)."""
+    total = sum(before.values())
+    return 1 - sum(after.get(n, 0) for n in before) / total if total else 0.0

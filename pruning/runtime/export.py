@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +50,31 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path, 
         raise ModelError(f"ONNX export of {path} failed: {type(exc).__name__}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Parity:
+    """How far ONNX Runtime's outputs are from torch's on the same real samples."""
+
+    max_abs: float  # max |torch - ORT|
+    score: float  # max |torch - ORT| / (atol + rtol * |torch|): <= 1 is numpy.allclose(ORT, torch, rtol, atol)
+
+
 @torch.no_grad()
-def parity(model: nn.Module, onnx_path: str | Path, x: np.ndarray, tolerance: float) -> float:
-    """Max |torch logits - ORT logits| on real samples ``x``; ParityError if above ``tolerance``."""
+def parity(model: nn.Module, onnx_path: str | Path, x: np.ndarray, atol: float, rtol: float,
+           name: str = "exported") -> Parity:
+    """Compare torch and ORT outputs on real samples ``x`` with numpy.allclose's rule, |ORT - torch| <= atol + rtol *
+    |torch| elementwise (a relative part, so large logits are held to fp32 precision, not to an absolute 1e-4).
+
+    ParityError naming ``name`` (dense / pruned: the file is a temporary one) when any element is outside.
+    """
     model.eval()
     expected = model(torch.from_numpy(x)).numpy()
     got = predict(session(onnx_path), x)
-    max_abs = float(np.max(np.abs(expected - got)))
-    if not max_abs <= tolerance:  # also catches NaN
-        raise ParityError(f"{onnx_path}: max |torch - onnxruntime| = {max_abs:.3g} exceeds the parity tolerance "
-                          f"{tolerance:g}", field="parity_tolerance")
-    return max_abs
+    diff = np.abs(expected - got)
+    result = Parity(float(np.max(diff)), float(np.max(diff / (atol + rtol * np.abs(expected)))))
+    if not result.score <= 1.0:  # also catches NaN
+        worst = np.unravel_index(int(np.nanargmax(diff / (atol + rtol * np.abs(expected)))), diff.shape)
+        raise ParityError(f"the {name} model's ONNX export differs from torch beyond atol {atol:g} + rtol {rtol:g} "
+                          f"x |torch|: {diff[worst]:.3g} at output {tuple(int(i) for i in worst)} (torch "
+                          f"{expected[worst]:.6g}, onnxruntime {got[worst]:.6g}); max |difference| {result.max_abs:.3g}",
+                          field="parity_atol")
+    return result

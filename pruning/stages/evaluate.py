@@ -67,8 +67,9 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
                                     size_bytes=size_bytes(onnx_paths[name]),
                                     structural_sparsity=0.0 if name == "dense" else removed,
                                     **(zeros if name == "pruned" else {}))
-    metrics = Metrics.derive(models["dense"], models["pruned"], models["quantized"],
-                             read_json(p.export_report, "export")["parity_max_abs"])
+    exported = read_json(p.export_report, "export")
+    metrics = Metrics.derive(models["dense"], models["pruned"], models["quantized"], exported["parity_max_abs"],
+                             exported["parity_score"])
     timings = latency(onnx_paths, x_test, {"b1": 1, "bN": e.batch_size}, e.threads,
                       Protocol(e.warmup, e.repeats, e.rounds))
     timed = Latency.derive(timings, e.batch_size, e.threads)

@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ExportResult:
-    dense_parity: float
+    dense_parity: float  # max |torch - ORT|
     pruned_parity: float
     parity_max_abs: float
+    parity_score: float  # max |torch - ORT| / (atol + rtol |torch|): <= 1 passed
 
 
 def run(cfg: Config, root: str | Path = ".") -> ExportResult:
-    """Export both models; ParityError (and nothing written) if either differs from torch beyond the tolerance."""
+    """Export both models; ParityError (and nothing written) if either differs from torch beyond atol + rtol."""
     p = paths(cfg, root)
     data = prepared_data(p)
     x = data.test.x[: cfg.export.parity_samples].numpy()
@@ -36,11 +37,13 @@ def run(cfg: Config, root: str | Path = ".") -> ExportResult:
             staged = Path(tmp) / f"{name}.onnx"
             export_onnx(model, record["input_shape"], staged, cfg.export.opset, cfg.export.exporter)
             with params_errors("export"):
-                parities[name] = parity(model, staged, x, cfg.export.parity_tolerance)
+                parities[name] = parity(model, staged, x, cfg.export.parity_atol, cfg.export.parity_rtol, name)
         for name, (_, dst) in jobs.items():  # publish only once both passed
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / f"{name}.onnx", dst)
-    result = ExportResult(parities["dense"], parities["pruned"], max(parities.values()))
+    result = ExportResult(parities["dense"].max_abs, parities["pruned"].max_abs,
+                          max(q.max_abs for q in parities.values()), max(q.score for q in parities.values()))
     write_json(p.export_report, {**result.__dict__, "exporter": cfg.export.exporter, "opset": cfg.export.opset,
-                                 "parity_samples": len(x), "tolerance": cfg.export.parity_tolerance})
+                                 "parity_samples": len(x), "atol": cfg.export.parity_atol,
+                                 "rtol": cfg.export.parity_rtol})
     return result

@@ -21,7 +21,7 @@ def _latency() -> Latency:
 
 
 def test_derive_computes_reductions_and_drops_from_the_three_models():
-    m = Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.975, 400, 500), 1e-5)
+    m = Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.975, 400, 500), 1e-5, 0.1)
     assert m.macs_reduction == 2.5 and m.size_reduction == 8.0
     assert math.isclose(m.accuracy_drop, 0.01) and math.isclose(m.quantized_accuracy_drop, 0.015)
     t = _latency()
@@ -30,10 +30,10 @@ def test_derive_computes_reductions_and_drops_from_the_three_models():
 
 def test_dump_keeps_the_schema_order_and_leaves_out_what_does_not_apply():
     m = Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 1000, 4000, weight_sparsity=0.9, csr_bytes=900,
-                                                        dense_bytes=4000), _model(0.98, 1000, 1000), 0.0)
+                                                        dense_bytes=4000), _model(0.98, 1000, 1000), 0.0, 0.0)
     doc = dump(m)
     assert list(doc) == ["dense", "pruned", "quantized", "macs_reduction", "params_reduction", "size_reduction",
-                         "accuracy_drop", "quantized_accuracy_drop", "parity_max_abs"]
+                         "accuracy_drop", "quantized_accuracy_drop", "parity_max_abs", "parity_score"]
     assert list(doc["dense"]) == ["accuracy", "loss", "macs", "params", "size_bytes", "structural_sparsity"]
     assert doc["pruned"]["csr_bytes"] == 900 and "weight_sparsity" not in doc["quantized"]
     assert Metrics.model_validate(json.loads(json.dumps(doc))) == m  # the file reads back into the same record
@@ -43,20 +43,20 @@ def test_known_metrics_cover_both_files_but_not_the_measurement_settings():
     assert {"accuracy_drop", "int8_speedup_b1", "quantized.accuracy", "pruned.latency_ms_bN",
             "pruned.weight_sparsity"} <= KNOWN_METRICS
     assert not {"threads", "batch_size_N", "dense"} & KNOWN_METRICS
-    both = merged(Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.98, 400, 500), 0.0),
+    both = merged(Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.98, 400, 500), 0.0, 0.1),
                   _latency())
     assert both["pruned"]["macs"] == 400 and both["pruned"]["latency_ms_b1"] == 1.0 and both["speedup_bN"] == 2.0
 
 
 def test_the_report_says_honestly_what_a_masked_model_s_zeros_buy():
     sparse = _model(0.98, 1000, 4000, weight_sparsity=0.9, csr_bytes=900 * 1024, dense_bytes=4000 * 1024)
-    m = Metrics.derive(_model(0.99, 1000, 4000), sparse, _model(0.98, 1000, 1000), 0.0)
+    m = Metrics.derive(_model(0.99, 1000, 4000), sparse, _model(0.98, 1000, 1000), 0.0, 0.1)
     console = Console(record=True, width=200)
     print_report(m, _latency(), {"passed": True, "checks": []}, console)
     text = " ".join(console.export_text().split())  # the caption wraps at the table's width
     assert "90.0% of the pruned model's Conv/Linear weights are zero" in text and "900.0 KiB against 4000.0 KiB" in text
     assert "multiply the zeros" in summary_markdown(m, _latency(), {"passed": True, "checks": []}, None, {})
-    dense_only = Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.98, 400, 500), 0.0)
+    dense_only = Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.98, 400, 500), 0.0, 0.1)
     console = Console(record=True, width=200)
     print_report(dense_only, _latency(), {"passed": True, "checks": []}, console)
     assert "zero" not in console.export_text()

@@ -71,7 +71,7 @@ def test_allocation_reaches_the_macs_target_on_the_channel_grid(net):
     # torch-pruning, given the ratio map, keeps exactly the allocated counts
     model = copy.deepcopy(net)
     twin = dict(zip(net.modules(), model.modules(), strict=True))
-    pruner = dependency.build_pruner(model, SHAPE, tp.importance.GroupMagnitudeImportance(p=2), ratio=0.0,
+    pruner, _ = dependency.build_pruner(model, SHAPE, tp.importance.GroupMagnitudeImportance(p=2), ratio=0.0,
                                   scope="uniform", iterative_steps=1, round_to=None, max_layer_ratio=1.0,
                                   ignored=dependency.ignored_modules(model, []),
                                   ratio_dict={twin[m]: r for m, r in alloc.ratios.items()})

@@ -139,13 +139,14 @@ def test_flow_runs_stages_in_process_only_with_the_repository_s_own_code(tmp_pat
 
 def test_run_command_launches_its_own_ephemeral_server_and_stops_it(repo, tmp_path_factory):
     """`python -m pruning run` with no PREFECT_API_URL: the flow runs on the server flows/server.py launched ahead of
-    the imports, prints the summary, promotes, and leaves no server behind."""
+    the imports, prints the summary, promotes, and leaves no server behind. Started elsewhere, with --params naming
+    the workspace's params.yaml, like every stage verb."""
     import httpx
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-run"))
-    out = subprocess.run([sys.executable, "-m", "pruning", "run"], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-m", "pruning", "run", "--params", str(repo / "params.yaml")],
+                         cwd=tmp_path_factory.mktemp("elsewhere"), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Gates: PASSED" in out.stdout and "registry: tiny-int8 v1 -> champion" in out.stdout
     assert "Traceback" not in out.stderr
@@ -154,6 +155,16 @@ def test_run_command_launches_its_own_ephemeral_server_and_stops_it(repo, tmp_pa
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port.group(1)}/api/health", timeout=5)
     assert json.loads((repo / "reports/metrics.json").read_text())["macs_reduction"] >= 2.0
+
+
+@pytest.mark.parametrize("name, message", [("other.yaml", "the flow runs DVC, which reads the params.yaml next to "
+                                                           "dvc.yaml"),
+                                           ("params.yaml", "no dvc.yaml in")])
+def test_run_refuses_a_params_file_dvc_would_not_read_in_one_line(tmp_path, name, message):
+    (tmp_path / name).write_text((REPO / "params.yaml").read_text())
+    out = subprocess.run([sys.executable, "-m", "pruning", "run", "--params", str(tmp_path / name)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_ephemeral_server_is_left_to_prefect_when_prefect_api_url_is_set(harness):

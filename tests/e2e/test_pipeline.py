@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 METRIC_KEYS = {"accuracy", "macs", "params", "size_bytes", "latency_ms_b1", "latency_ms_bN"}
 TOP_KEYS = {"macs_reduction", "params_reduction", "speedup_b1", "speedup_bN", "accuracy_drop",
-            "quantized_accuracy_drop", "parity_max_abs"}
+            "quantized_accuracy_drop", "parity_max_abs", "parity_score"}
 
 
 def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_copy):
@@ -38,7 +38,7 @@ def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_cop
     assert pruned.macs_reduction >= 2.0
     run_finetune(cfg)
     exported = run_export(cfg)
-    assert exported.parity_max_abs <= cfg.export.parity_tolerance
+    assert exported.parity_score <= 1.0 and exported.parity_max_abs <= 1e-3
     run_quantize(cfg)
     result = run_evaluate(cfg)
 
@@ -60,7 +60,7 @@ def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_cop
     # (on a model this tiny, INT8 scales and zero points can outweigh the saved weight bytes, so no INT8 < fp32 here)
     assert metrics["pruned"]["size_bytes"] < 0.5 * metrics["dense"]["size_bytes"]
     assert metrics["quantized"]["size_bytes"] < metrics["dense"]["size_bytes"]
-    assert 0 <= metrics["parity_max_abs"] <= 1e-4
+    assert 0 <= metrics["parity_max_abs"] <= 1e-4 and 0 <= metrics["parity_score"] <= 1.0
     assert [e["kind"] for e in record["edits"]] == ["channels"] and record["meta"]["stage"] == "finetune"
     # the INT8 model really is quantized and keeps the output shape
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(cfg.paths.quantized_onnx).graph.node}
