@@ -65,7 +65,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path} holds a dict without a state dict of tensors under any of "
                          f"{', '.join(CHECKPOINT_KEYS)} (its keys: {found})", field="weights")
     raise ModelError(f"{path} holds a {type(obj).__name__}, not a state dict (save it with "
-                     "torch.save(model.state_dict(), path))", field="weights")
+                     "torch.save(net.state_dict(), path))", field="weights")
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
