@@ -60,7 +60,7 @@ def _macs_allocation(dense: torch.nn.Module, target: float, round_to: int | None
     model = copy.deepcopy(dense)
     ratio = search_ratio(lambda r: channel.macs_after(model, SHAPE, pcfg, r, split, 0), count_macs(model, SHAPE)[0],
                          target)
-    _ = channel.run_schedule(model, Data(split, split.take(torch.arange(4)), SHAPE, 1000), pcfg, ratio, seed=0)
+    _ = channel.run_schedule(model, Data(split, Split(split.x[:4], split.y[:4]), SHAPE, 1000), pcfg, ratio, seed=0)
     return model
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pruning import dependency, residual
+from pruning.data import map_inputs
 from pruning.errors import ModelError
 from pruning.training import Callback
 from pruning.zoo import build_model
@@ -45,7 +46,7 @@ def mask_edit(layers: Sequence[str]) -> Edit:
     return {"kind": "mask", "layers": [str(n) for n in layers]}
 
 
-REPLAY: dict[str, Callable[[nn.Module, Edit, tuple[int, ...]], nn.Module]] = {
+REPLAY: dict[str, Callable[[nn.Module, Edit, Any], nn.Module]] = {  # (model, edit, shape or example input)
     "blocks": lambda model, e, shape: residual.remove(model, e["names"], shape),
     "channels": lambda model, e, shape: dependency.replay(model, shape, e["history"]),
     "mask": lambda model, e, shape: model,
@@ -70,14 +71,22 @@ CONSTRAINTS: dict[str, Callable[[nn.Module, Edit], Callback]] = {
 }
 
 
-def save_model(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict[str, Any], input_shape: Sequence[int],
-               num_classes: int, edits: Sequence[Edit] = (), meta: dict[str, Any] | None = None) -> None:
-    """Write a self-describing model file (temp file + rename: a kill never leaves half a file)."""
+def save_model(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict[str, Any],
+               input_shape: Sequence[int] | None, num_classes: int, edits: Sequence[Edit] = (),
+               meta: dict[str, Any] | None = None, example: Any = None) -> None:
+    """Write a self-describing model file (temp file + rename: a kill never leaves half a file).
+
+    A model without a single float input (``input_shape`` None: several inputs, token ids) records ``example``, an
+    input of its structure, shapes and dtypes filled with zeros (no data travels in a model file), to retrace it.
+    """
+    if input_shape is None and example is None:
+        raise ValueError("a model without an input_shape needs an example input")
     record = {
         "format": FORMAT_VERSION,
         "arch": arch,
         "kwargs": dict(kwargs),
-        "input_shape": [int(s) for s in input_shape],
+        "input_shape": [int(s) for s in input_shape] if input_shape is not None else None,
+        "example": None if input_shape is not None else map_inputs(torch.zeros_like, example),
         "num_classes": int(num_classes),
         "edits": list(edits),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -93,7 +102,7 @@ def save_model(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict[st
 def save_like(path: str | Path, model: nn.Module, record: dict[str, Any], meta: dict[str, Any]) -> None:
     """Save ``model`` with the architecture and edits of ``record`` (a stage that only changed the weights)."""
     save_model(path, model, arch=record["arch"], kwargs=record["kwargs"], input_shape=record["input_shape"],
-               num_classes=record["num_classes"], edits=record["edits"], meta=meta)
+               num_classes=record["num_classes"], edits=record["edits"], meta=meta, example=record.get("example"))
 
 
 def _from_v1(record: dict[str, Any]) -> dict[str, Any]:
@@ -129,15 +138,20 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     are loaded strictly.
     """
     record = load_record(path)
-    shape = tuple(record["input_shape"])
+    shape = tuple(record["input_shape"]) if record["input_shape"] is not None else None
     model = build_model(record["arch"], record["kwargs"], shape, record["num_classes"])
     for edit in record["edits"]:
-        model = REPLAY[edit["kind"]](model, edit, shape)
+        model = REPLAY[edit["kind"]](model, edit, spec(record))
     try:
         model.load_state_dict(record["state_dict"])
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit the rebuilt architecture: {exc}") from None
     return model.eval(), record
+
+
+def spec(record: dict[str, Any]) -> Any:
+    """What tracing the recorded model takes (:mod:`pruning.counting`): its input shape, else its example input."""
+    return tuple(record["input_shape"]) if record["input_shape"] is not None else record["example"]
 
 
 def constraints(model: nn.Module, record: dict[str, Any]) -> list[Callback]:

@@ -23,6 +23,7 @@ from pruning.data import DataConfig
 from pruning.errors import ConfigError, PruningError
 from pruning.methods import METHODS, MethodConfig, default_config
 from pruning.schema import Section
+from pruning.task import TaskConfig
 from pruning.zoo import resolve_callable
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -122,9 +123,9 @@ class RegistryConfig(Section):
     """MLflow model registry: where the INT8 model goes and how a new version can become ``champion``."""
 
     model_name: str = Field("pruned-int8", min_length=1, description="registered model of the INT8 ONNX versions")
-    primary_metric: str = Field("quantized.accuracy", description="a metric a new version must beat to become "
-                                "champion")
-    greater_is_better: bool = Field(True, description="direction of primary_metric")
+    primary_metric: str = Field("quantized.metric", description="a metric a new version must beat to become "
+                                "champion (quantized.metric: the INT8 model's task.metric)")
+    greater_is_better: bool | None = Field(None, description="direction of primary_metric (null: the task metric's)")
 
     @model_validator(mode="after")
     def _known_metric(self) -> RegistryConfig:
@@ -186,6 +187,7 @@ class Config(Section):
                                                    "available) | cpu | cuda")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     prune: MethodConfig = Field(default_factory=default_config)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -232,7 +234,7 @@ def parse_config(raw: Any, file: str = "params.yaml") -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0], file)) from None
-    _check_references(cfg, file)
+    _check_references(cfg, file, Path(file).parent)
     return cfg
 
 
@@ -250,24 +252,63 @@ def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
     return parse_config(raw, str(path))
 
 
-def _check_references(cfg: Config, file: str) -> None:
-    """Check what the schema cannot: files that must exist and callables that must import."""
-    if cfg.data.source == "npz":
-        if not cfg.data.path:
+def _check_references(cfg: Config, file: str, root: Path) -> None:
+    """Check what the schema cannot: files that must exist (relative to ``root``, the directory of params.yaml: the
+    workspace) and callables that must import."""
+    d = cfg.data
+    if d.source == "npz":
+        if not d.path:
             raise ConfigError(f'Missing "data.path" in {file}: data.source "npz" needs the path of an .npz file')
-        if not Path(cfg.data.path).is_file():
-            raise ConfigError(f'Invalid "data.path" in {file}: data file {cfg.data.path} not found')
-    elif cfg.data.path is not None:
-        raise ConfigError(f'Invalid "data.path" in {file}: only data.source "npz" reads a file (set it to null)')
+        if not (root / d.path).is_file():
+            raise ConfigError(f'Invalid "data.path" in {file}: data file {d.path} not found')
+    elif d.source == "imagefolder":
+        if not d.path:
+            raise ConfigError(f'Missing "data.path" in {file}: data.source "imagefolder" needs the folder of '
+                              "class folders")
+        if not (root / d.path).is_dir():
+            raise ConfigError(f'Invalid "data.path" in {file}: image folder {d.path} not found')
+    elif ":" in d.source:
+        if d.path is not None and not (root / d.path).exists():
+            raise ConfigError(f'Invalid "data.path" in {file}: {d.path} not found')
+        try:
+            resolve_callable(d.source)
+        except PruningError as exc:
+            raise ConfigError(f'Invalid "data.source" in {file}: {exc}') from None
+    elif d.path is not None:
+        raise ConfigError(f'Invalid "data.path" in {file}: data.source {d.source!r} reads no file (set it to null)')
+    if d.source not in ("imagefolder",) and (d.image_size or d.mean or d.std):
+        raise ConfigError(f'Invalid "data" in {file}: image_size, mean and std apply to data.source imagefolder only')
+    if ":" not in d.source and d.kwargs:
+        raise ConfigError(f'Invalid "data.kwargs" in {file}: only a module:callable source takes arguments')
     if ":" in cfg.model.arch:
         try:
             resolve_callable(cfg.model.arch)
         except PruningError as exc:
             raise ConfigError(f'Invalid "model.{exc.field}" in {file}: {exc}') from None
-    _check_weights(cfg, file)
+    _check_weights(cfg, file, root)
+    _check_metric_names(cfg, file)
+    for key in ("loss", "metric"):
+        spec = getattr(cfg.task, key)
+        if ":" in spec:
+            try:
+                resolve_callable(spec)
+            except PruningError as exc:
+                raise ConfigError(f'Invalid "task.{key}" in {file}: {exc}') from None
 
 
-def _check_weights(cfg: Config, file: str) -> None:
+def _check_metric_names(cfg: Config, file: str) -> None:
+    """Gates and the registry may name accuracy only while the task's metric is accuracy."""
+    if cfg.task.metric == "accuracy":
+        return
+    named = [(f"gates.{name}.metric", g.metric) for name, g in cfg.gates.items()]
+    named.append(("registry.primary_metric", cfg.registry.primary_metric))
+    for key, metric in named:
+        if metric.rpartition(".")[2] in ("accuracy", "accuracy_drop", "quantized_accuracy_drop"):
+            raise ConfigError(f'Invalid "{key}" in {file}: {metric!r}, but task.metric is {cfg.task.metric!r}: use '
+                              "metric_drop, quantized_metric_drop or <variant>.metric (the task's metric)")
+
+
+def _check_weights(cfg: Config, file: str, root: Path) -> None:
     """model.weights: a file inside paths.weights_dir (a directory DVC cannot be told about is a dependency DVC
     cannot see), and train.epochs 0 only with weights to start from."""
     weights = cfg.model.weights
@@ -290,5 +331,5 @@ def _check_weights(cfg: Config, file: str) -> None:
     if path.suffix not in SUFFIXES:
         raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not a weights file '
                           f"({' | '.join(SUFFIXES)})")
-    if not path.is_file():
+    if not (root / path).is_file():
         raise ConfigError(f'Invalid "model.weights" in {file}: weights file {weights} not found')

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+# What tracing, MACs counting and export are given: a per-sample shape (a random batch of one is made from it), or an
+# example input itself — a tensor, a tuple of tensors (model(*x)) or a dict of tensors (model(**x)), batch of one.
+Spec = Any
 
-def example_input(input_shape: Sequence[int]) -> torch.Tensor:
-    """A batch-of-one random input used for graph tracing and MACs counting."""
-    return torch.randn(1, *input_shape)
+
+def is_example(spec: Spec) -> bool:
+    """True when ``spec`` is already an input (tensors), False when it is a shape."""
+    if isinstance(spec, torch.Tensor | dict):
+        return True
+    return isinstance(spec, tuple | list) and bool(spec) and all(isinstance(t, torch.Tensor) for t in spec)
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
-    """(MACs, params) for one sample, from torch-pruning's counter."""
-    macs, params = tp.utils.count_ops_and_params(model, example_input(input_shape))
+def example_input(spec: Spec) -> Any:
+    """A batch-of-one input for graph tracing and MACs counting: the example itself, or a random one of the shape."""
+    if is_example(spec):
+        return tuple(spec) if isinstance(spec, list) else spec
+    return torch.randn(1, *spec)
+
+
+def count_macs(model: nn.Module, spec: Spec) -> tuple[int, int]:
+    """(MACs, params) for one sample, from torch-pruning's counter (``spec``: a shape or an example input)."""
+    macs, params = tp.utils.count_ops_and_params(model, example_input(spec))
     return int(macs), int(params)
 
 

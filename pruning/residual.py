@@ -33,6 +33,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from pruning.counting import example_input
+from pruning.data import forward
+
 log = logging.getLogger(__name__)
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
@@ -141,7 +144,7 @@ def _inputs(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, tup
 
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
     try:
-        model(torch.randn(1, *input_shape))
+        forward(model, example_input(input_shape))  # a shape, or an example input (pruning.counting)
     finally:
         for h in handles:
             h.remove()

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from pruning.stages import STAGES, Stage
 
 if TYPE_CHECKING:
@@ -48,7 +46,7 @@ class PipelineRecord:
     metrics: dict[str, Any]
     gates: dict[str, Any]
     tags: dict[str, str]
-    example: np.ndarray
+    example: Any  # a few real test inputs: an array, or a model's inputs (tuple / dict) when it has several
 
 
 def setup(experiment: str, root: str | Path = ".") -> str:
@@ -135,14 +133,17 @@ def _accuracy_vs_macs_figure(steps: list[dict[str, Any]]):
     return fig
 
 
-def _log_onnx(path: str, name: str, example: np.ndarray):
+def _log_onnx(path: str, name: str, example: Any):
     import mlflow
     import onnx
     from mlflow.models import infer_signature
 
-    from pruning.runtime.session import predict, session
+    from pruning.runtime.session import feeds, run, session
 
-    output = predict(session(path), example)
+    sess = session(path)
+    feed = feeds(sess, example)
+    output = run(sess, example)
+    example = next(iter(feed.values())) if len(feed) == 1 else feed  # several inputs: a dict by input name
     # An ONNX model needs onnx + onnxruntime and nothing else to be served: say so, instead of letting MLflow infer
     # requirements by importing the model in a subprocess (1.7 s per model, most of the MLflow time of a run).
     return mlflow.onnx.log_model(onnx.load(path), name=name, signature=infer_signature(example, output),
@@ -328,7 +329,12 @@ def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
         champion = None
     if champion is not None:
         old = float(champion.tags.get(metric, "nan"))
-        if not _beats(value, old, cfg.registry.greater_is_better):
+        better = cfg.registry.greater_is_better
+        if better is None:  # the task metric's own direction
+            from pruning.task import build_task
+
+            better = build_task(cfg.task).greater_is_better
+        if not _beats(value, old, better):
             client.set_registered_model_alias(name, "challenger", mv.version)
             return Promotion(name, str(mv.version), "challenger",
                              f"{metric} {value:.4g} does not beat champion v{champion.version} ({old:.4g})")

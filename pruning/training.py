@@ -10,7 +10,9 @@ pruning steps, lottery-ticket retraining, and training-time methods. It takes
   decay); by default one group with every parameter;
 - **a device**: ``cpu``, ``cuda`` or ``auto`` (cuda when available). The model comes back on the device it came from.
 
-Plain loops over in-memory tensors, seeded so a rerun gives the same weights. Rich progress bars show the epochs.
+Loops over :func:`pruning.data.batches` (slices of in-memory tensors, or a DataLoader over a streamed dataset), seeded
+so a rerun gives the same weights; the loss and the reported metric are the task's (:mod:`pruning.task`: cross-entropy
+and accuracy by default). Rich progress bars show the epochs, and every epoch is logged at INFO.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
+from torch.utils.data import Dataset
 
-from pruning.data import Split, calibration_batches
+from pruning.data import EVAL_BATCH, Batch, batches, calibration_batches, forward, take
+from pruning.task import CLASSIFICATION, Task
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class Callback:
     def before_batch(self, model: nn.Module, step: int) -> None:
         """Before the forward pass of the batch that becomes optimizer step ``step``."""
 
-    def extra_loss(self, model: nn.Module, batch: Split, logits: torch.Tensor) -> torch.Tensor | None:
+    def extra_loss(self, model: nn.Module, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
         """A term added to the batch loss (a regulariser), or None."""
         return None
 
@@ -89,72 +93,78 @@ def _progress() -> Progress:
 
 
 def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,
-                      temperature: float, alpha: float) -> torch.Tensor:
-    """Soft-target KL (scaled by T^2 so its gradient keeps its size) blended with hard-label cross-entropy."""
-    t = temperature
-    soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
-    return alpha * soft + (1 - alpha) * F.cross_entropy(logits, targets)
+                      temperature: float, alpha: float, task: Task = CLASSIFICATION) -> torch.Tensor:
+    """Soft-target KL (scaled by T^2 so its gradient keeps its size) blended with the task's loss on the targets.
+    For a task that is not classification the soft term is the mean squared distance to the teacher's outputs."""
+    if task.classification:
+        t = temperature
+        soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                        reduction="batchmean", log_target=True) * (t * t)
+    else:
+        soft = F.mse_loss(logits, teacher_logits)
+    return alpha * soft + (1 - alpha) * task.loss(logits, targets)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 512, device: str = "cpu") -> tuple[float, float]:
-    """Returns (accuracy, mean cross-entropy) of ``model`` in eval mode."""
+def evaluate(model: nn.Module, split: Dataset, batch_size: int = EVAL_BATCH, device: str = "cpu",
+             task: Task = CLASSIFICATION) -> tuple[float, float]:
+    """Returns (the task's metric, its mean loss) of ``model`` in eval mode over ``split`` (sample-weighted means of
+    the batches; accuracy and cross-entropy by default)."""
     dev, home = resolve_device(device), _home(model)
     model.to(dev).eval()
-    correct, loss = 0, 0.0
-    x, y = split.x, split.y
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        logits = model(xb)
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
+    metric, loss, seen = 0.0, 0.0, 0
+    for batch in batches(split, batch_size):
+        batch = batch.to(dev)
+        out = forward(model, batch.x)
+        metric += float(task.metric(out, batch.y)) * len(batch)
+        loss += float(task.loss(out, batch.y)) * len(batch)
+        seen += len(batch)
     model.to(home)
-    return correct / len(x), loss / len(x)
+    return metric / max(seen, 1), loss / max(seen, 1)
 
 
-def fit(model: nn.Module, train: Split, opt: Optim, seed: int, desc: str, *, distill: Distill | None = None,
-        test: Split | None = None, callbacks: Sequence[Callback] = (), param_groups: list[dict[str, Any]] | None = None,
-        device: str = "cpu") -> list[dict[str, float]]:
-    """Train ``model`` in place. Returns one record per epoch: loss, train_accuracy (and test_* when ``test`` is given).
+def fit(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, distill: Distill | None = None,
+        test: Dataset | None = None, callbacks: Sequence[Callback] = (),
+        param_groups: list[dict[str, Any]] | None = None, device: str = "cpu",
+        task: Task = CLASSIFICATION) -> list[dict[str, float]]:
+    """Train ``model`` in place. Returns one record per epoch: loss, train_<metric> (and test_<metric>, test_loss when
+    ``test`` is given; the metric is the task's, accuracy by default).
 
     The test split is only reported, never used to pick anything. ``param_groups`` are torch.optim parameter groups
     (each may set its own ``lr`` / ``weight_decay``); by default every parameter in one group with ``opt``'s values.
     """
     dev, home = resolve_device(device), _home(model)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # one stream of epoch orders: a rerun sees the same batches
     torch.manual_seed(seed)
     model.to(dev)
     optimizer = torch.optim.SGD(param_groups if param_groups is not None else model.parameters(), lr=opt.lr,
                                 momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.momentum > 0)
-    x, y = train.x, train.y
-    steps_per_epoch = math.ceil(len(x) / opt.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.epochs * steps_per_epoch)
+    per_epoch = math.ceil(len(train) / opt.batch_size)  # type: ignore[arg-type]
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.epochs * per_epoch)
+    name = task.metric_name
     if distill is not None:
         distill.teacher.to(dev).eval()
     history: list[dict[str, float]] = []
     step = 0
     with _progress() as bar:
-        task = bar.add_task(desc, total=opt.epochs, status="")
+        bar_id = bar.add_task(desc, total=opt.epochs, status="")
         for epoch in range(opt.epochs):
             model.train()
-            order = torch.randperm(len(x), generator=gen)
-            total, correct, seen = 0.0, 0, 0
-            for i in range(0, len(x), opt.batch_size):
-                idx = order[i:i + opt.batch_size]
-                if len(idx) < 2:  # BatchNorm cannot train on a single sample
+            total, metric, seen = 0.0, 0.0, 0
+            for batch in batches(train, opt.batch_size, shuffle=True, generator=gen):
+                if len(batch) < 2:  # BatchNorm cannot train on a single sample
                     continue
                 step += 1
-                batch = Split(x[idx].to(dev), y[idx].to(dev))
+                batch = batch.to(dev)
                 for cb in callbacks:
                     cb.before_batch(model, step)
-                logits = model(batch.x)
+                logits = forward(model, batch.x)
                 if distill is None:
-                    loss = F.cross_entropy(logits, batch.y)
+                    loss = task.loss(logits, batch.y)
                 else:
                     with torch.no_grad():
-                        teacher_logits = distill.teacher(batch.x)
-                    loss = distillation_loss(logits, batch.y, teacher_logits, distill.temperature, distill.alpha)
+                        teacher_logits = forward(distill.teacher, batch.x)
+                    loss = distillation_loss(logits, batch.y, teacher_logits, distill.temperature, distill.alpha, task)
                 for cb in callbacks:
                     extra = cb.extra_loss(model, batch, logits)
                     if extra is not None:
@@ -167,17 +177,18 @@ def fit(model: nn.Module, train: Split, opt: Optim, seed: int, desc: str, *, dis
                 schedule.step()
                 for cb in callbacks:
                     cb.on_step(model, step)
-                total += loss.item() * len(idx)
-                correct += (logits.argmax(1) == batch.y).sum().item()
-                seen += len(idx)
-            record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+                total += loss.item() * len(batch)
+                with torch.no_grad():
+                    metric += float(task.metric(logits, batch.y)) * len(batch)
+                seen += len(batch)
+            record = {"epoch": epoch + 1, "loss": total / max(seen, 1), f"train_{name}": metric / max(seen, 1)}
             if test is not None:
-                record["test_accuracy"], record["test_loss"] = evaluate(model, test, device=device)
+                record[f"test_{name}"], record["test_loss"] = evaluate(model, test, device=device, task=task)
             for cb in callbacks:
                 cb.on_epoch(model, record)
             history.append(record)
             status = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-            bar.update(task, advance=1, status=status)
+            bar.update(bar_id, advance=1, status=status)
             # INFO: with output redirected (CI, nohup, Prefect logs) the progress bar draws nothing until it ends
             log.info("%s epoch %d/%d: %s", desc, epoch + 1, opt.epochs, status)
     model.to(home)
@@ -192,7 +203,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batches: int, seed: int, device: str = "cpu") -> None:
+def recalibrate_batchnorm(model: nn.Module, split: Dataset, n_batches: int, seed: int, device: str = "cpu") -> None:
     """Re-estimate BatchNorm running statistics after pruning, with no gradient step.
 
     Removing channels shifts the statistics the next layers see; refreshing them alone recovers much of the accuracy
@@ -207,9 +218,9 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batches: int, seed:
         m.reset_running_stats()
         m.momentum = None
     model.to(dev).train()
-    for idx in calibration_batches(len(x), batches, seed):
+    for idx in calibration_batches(len(split), n_batches, seed):  # type: ignore[arg-type]
         if len(idx) >= 2:
-            model(x[idx].to(dev))
+            forward(model, take(split, idx).to(dev).x)
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
     model.to(home).eval()

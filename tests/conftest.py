@@ -21,6 +21,7 @@ TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",  # every key dvc.yaml tracks must be in params.yaml (DVC refuses a missing one)
     "data": {"source": "digits"},
+    "task": {"loss": "cross_entropy", "metric": "accuracy"},
     "model": {"arch": "resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},
     "train": {"epochs": 4, "batch_size": 64, "lr": 0.05},
     "prune": {"criterion": "l2", "ratio": 0.5, "iterative_steps": 2, "step_finetune_epochs": 1, "round_to": None},

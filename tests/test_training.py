@@ -104,7 +104,7 @@ def test_recalibrate_batchnorm_replaces_stale_statistics():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
     model[1].running_mean.fill_(100.0)
     x = torch.randn(128, 1, 8, 8) * 2 + 3
-    recalibrate_batchnorm(model, x, batches=2, seed=0)
+    recalibrate_batchnorm(model, Split(x, torch.zeros(128, dtype=torch.long)), n_batches=2, seed=0)
     with torch.no_grad():
         expected = model[0](x).mean(dim=(0, 2, 3))
     assert torch.allclose(model[1].running_mean, expected, atol=1e-4)

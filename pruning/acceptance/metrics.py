@@ -25,10 +25,15 @@ class _Record(BaseModel):
 
 
 class ModelMetrics(_Record):
-    """Deterministic facts of one model: accuracy and loss through ONNX Runtime on the test split, MACs and params
-    (torch-pruning's counter), ONNX file size, the share of the dense parameters channel removal took away."""
+    """Deterministic facts of one model: the task's metric and loss through ONNX Runtime on the test split, MACs and
+    params (torch-pruning's counter), ONNX file size, the share of the dense parameters channel removal took away.
 
-    accuracy: float
+    ``metric`` is the task's metric whatever it is (``task.metric``); when it is top-1 accuracy (the default) it is
+    also under ``accuracy``.
+    """
+
+    metric: float
+    accuracy: float | None = None
     loss: float
     macs: int
     params: int
@@ -50,20 +55,28 @@ class Metrics(_Record):
     macs_reduction: float  # dense MACs / pruned MACs
     params_reduction: float
     size_reduction: float  # dense ONNX bytes / INT8 ONNX bytes
-    accuracy_drop: float  # dense - pruned fp32
-    quantized_accuracy_drop: float  # dense - INT8
+    metric_name: str  # the task's metric (accuracy, top5_accuracy, mse, your callable's name)
+    greater_is_better: bool
+    metric_drop: float  # how much worse pruned fp32 is than dense, in the metric's units (> 0: worse), either direction
+    quantized_metric_drop: float  # the same for INT8
     parity_max_abs: float  # max |torch - ORT| over both exports
     parity_score: float  # max |torch - ORT| / (atol + rtol |torch|) over both exports: <= 1 passed the export check
+    accuracy_drop: float | None = None  # dense - pruned fp32, when the metric is accuracy
+    quantized_accuracy_drop: float | None = None  # dense - INT8, when the metric is accuracy
 
     @classmethod
     def derive(cls, dense: ModelMetrics, pruned: ModelMetrics, quantized: ModelMetrics, parity_max_abs: float,
-               parity_score: float) -> Metrics:
+               parity_score: float, metric_name: str = "accuracy", greater_is_better: bool = True) -> Metrics:
+        sign = 1.0 if greater_is_better else -1.0
+        accuracy = metric_name == "accuracy"
         return cls(dense=dense, pruned=pruned, quantized=quantized,
                    macs_reduction=_ratio(dense.macs, pruned.macs), params_reduction=_ratio(dense.params, pruned.params),
-                   size_reduction=_ratio(dense.size_bytes, quantized.size_bytes),
-                   accuracy_drop=dense.accuracy - pruned.accuracy,
-                   quantized_accuracy_drop=dense.accuracy - quantized.accuracy, parity_max_abs=parity_max_abs,
-                   parity_score=parity_score)
+                   size_reduction=_ratio(dense.size_bytes, quantized.size_bytes), metric_name=metric_name,
+                   greater_is_better=greater_is_better, metric_drop=sign * (dense.metric - pruned.metric),
+                   quantized_metric_drop=sign * (dense.metric - quantized.metric), parity_max_abs=parity_max_abs,
+                   parity_score=parity_score,
+                   accuracy_drop=dense.metric - pruned.metric if accuracy else None,
+                   quantized_accuracy_drop=dense.metric - quantized.metric if accuracy else None)
 
 
 class ModelLatency(_Record):

@@ -12,7 +12,7 @@ from pruning.acceptance.metrics import Latency, Metrics, ModelLatency, ModelMetr
 
 Row = tuple[str, Callable[[ModelMetrics, ModelLatency], float], Callable[[float], str]]
 _ROWS: list[Row] = [
-    ("accuracy", lambda m, _: m.accuracy, lambda v: f"{v:.2%}"),
+    ("metric", lambda m, _: m.metric, lambda v: f"{v:.4g}"),  # label and format: the task's (_cells)
     ("MACs", lambda m, _: m.macs, lambda v: f"{v / 1e6:.2f} M"),
     ("params", lambda m, _: m.params, lambda v: f"{v / 1e3:.1f} k"),
     ("size on disk", lambda m, _: m.size_bytes, lambda v: f"{v / 1024:.1f} KiB"),
@@ -24,16 +24,27 @@ _ROWS: list[Row] = [
 def _cells(metrics: Metrics, latency: Latency) -> list[list[str]]:
     models = [(metrics.dense, latency.dense), (metrics.pruned, latency.pruned), (metrics.quantized, latency.quantized)]
     m, t = metrics, latency
+    share = _is_share(m)
+    drop = (lambda v: f"{-v:+.2%}") if share else (lambda v: f"{-v:+.4g}")
     ratios = [
-        (f"{-m.accuracy_drop:+.2%}", f"{-m.quantized_accuracy_drop:+.2%}"),
+        (drop(m.metric_drop), drop(m.quantized_metric_drop)),  # > 0: better than dense, either direction
         (f"÷{m.macs_reduction:.2f}", f"÷{m.macs_reduction:.2f}"),
         (f"÷{m.params_reduction:.2f}", f"÷{m.params_reduction:.2f}"),
         (f"÷{m.dense.size_bytes / m.pruned.size_bytes:.2f}", f"÷{m.size_reduction:.2f}"),
         (f"×{t.speedup_b1:.2f} faster", f"×{t.quantized_speedup_b1:.2f} faster"),
         (f"×{t.speedup_bN:.2f} faster", f"×{t.quantized_speedup_bN:.2f} faster"),
     ]
-    return [[label, *(fmt(get(a, b)) for a, b in models), *ratio] for (label, get, fmt), ratio in zip(_ROWS, ratios,
-                                                                                                    strict=True)]
+    cells = [[label, *(fmt(get(a, b)) for a, b in models), *ratio] for (label, get, fmt), ratio in zip(_ROWS, ratios,
+                                                                                                     strict=True)]
+    cells[0][0] = m.metric_name
+    if share:
+        cells[0][1:4] = [f"{x.metric:.2%}" for x, _ in models]
+    return cells
+
+
+def _is_share(m: Metrics) -> bool:
+    """Accuracy-like metrics print as percentages; the others as numbers."""
+    return m.metric_name in ("accuracy", "top5_accuracy")
 
 
 def sparsity_note(metrics: Metrics) -> str | None:
@@ -93,8 +104,8 @@ def summary_markdown(metrics: Metrics, latency: Latency, verdict: dict[str, Any]
     note = sparsity_note(metrics)
     lines = ["# Pruning pipeline", "",
              f"MACs ÷{metrics.macs_reduction:.2f}, speedup batch N ×{latency.speedup_bN:.2f} (INT8 "
-             f"×{latency.quantized_speedup_bN:.2f}), accuracy drop {metrics.accuracy_drop:.2%} (INT8 "
-             f"{metrics.quantized_accuracy_drop:.2%}).", "", *rows, *(["", note] if note else []), "",
+             f"×{latency.quantized_speedup_bN:.2f}), {metrics.metric_name} drop {metrics.metric_drop:.4g} (INT8 "
+             f"{metrics.quantized_metric_drop:.4g}).", "", *rows, *(["", note] if note else []), "",
              f"## Gates: {'PASSED' if verdict['passed'] else 'FAILED'}", "", *gates, "", f"Stages: {stages}."]
     if promotion:
         lines += ["", f"Registry: `{promotion['model_name']}` v{promotion['version']} -> "

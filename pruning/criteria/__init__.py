@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
+from torch.utils.data import Dataset
 
 from pruning.criteria.oracle import LossChangeImportance
-from pruning.data import Split, calibration_batches, calibration_sample
+from pruning.data import calibration_batches, calibration_sample, forward, take
+from pruning.task import CLASSIFICATION, Task
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Limits:
     max_seconds: float = 600.0
 
 
-Prepare = Callable[[tp.importance.Importance, nn.Module, Split, int, int], None]  # (imp, model, train, batches, seed)
+# (imp, model, train, batches, seed, task)
+Prepare = Callable[[tp.importance.Importance, nn.Module, Dataset, int, int, Task], None]
 
 
 @dataclass(frozen=True)
@@ -38,30 +40,37 @@ class Criterion:
     prepare: Prepare | None = None  # None: scores from the weights alone
 
 
-def _gradients(imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
+def _gradients(imp: tp.importance.Importance, model: nn.Module, train: Dataset, batches: int, seed: int,
+               task: Task) -> None:
     """Summed loss gradients over the calibration batches, left in ``param.grad`` (Taylor reads them)."""
     model.eval()  # gradients of the deployed (eval-mode) function; BatchNorm statistics stay as trained
     model.zero_grad(set_to_none=True)
-    for idx in calibration_batches(len(train.x), batches, seed):
-        F.cross_entropy(model(train.x[idx]), train.y[idx]).backward()
+    device = next((p.device for p in model.parameters()), None)
+    for idx in calibration_batches(len(train), batches, seed):  # type: ignore[arg-type]
+        batch = take(train, idx).to(device or "cpu")
+        task.loss(forward(model, batch.x), batch.y).backward()
 
 
-def _per_sample_gradients(imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
+def _per_sample_gradients(imp: tp.importance.Importance, model: nn.Module, train: Dataset, batches: int, seed: int,
+                          task: Task) -> None:
     """Squared per-sample gradients accumulated in the importance (OBD's diagonal Hessian approximation)."""
     model.eval()
     model.zero_grad(set_to_none=True)
     imp.zero_grad()
-    for idx in calibration_batches(len(train.x), batches, seed):
-        losses = F.cross_entropy(model(train.x[idx]), train.y[idx], reduction="none")
-        for i, sample_loss in enumerate(losses):
+    device = next((p.device for p in model.parameters()), None)
+    for idx in calibration_batches(len(train), batches, seed):  # type: ignore[arg-type]
+        batch = take(train, idx).to(device or "cpu")
+        out = forward(model, batch.x)  # one forward; each sample's loss from its own row
+        for i in range(len(batch)):
             model.zero_grad(set_to_none=True)
-            sample_loss.backward(retain_graph=i < len(losses) - 1)
+            task.loss(out[i:i + 1], batch.y[i:i + 1]).backward(retain_graph=i < len(batch) - 1)
             imp.accumulate_grad(model)
 
 
-def _bind(imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
+def _bind(imp: tp.importance.Importance, model: nn.Module, train: Dataset, batches: int, seed: int,
+          task: Task) -> None:
     sample = calibration_sample(train, batches, seed)
-    imp.bind(model, sample.x, sample.y)
+    imp.bind(model, sample.x, sample.y, task.loss)
 
 
 CRITERIA: dict[str, Criterion] = {
@@ -91,8 +100,10 @@ def make(name: str, limits: Limits = Limits()) -> tp.importance.Importance:
     return CRITERIA[name].build(limits)
 
 
-def prepare(name: str, imp: tp.importance.Importance, model: nn.Module, train: Split, batches: int, seed: int) -> None:
-    """Compute what criterion ``name`` reads, on ``batches`` calibration batches of ``train``; no-op if it reads none."""
+def prepare(name: str, imp: tp.importance.Importance, model: nn.Module, train: Dataset, batches: int, seed: int,
+            task: Task = CLASSIFICATION) -> None:
+    """Compute what criterion ``name`` reads, on ``batches`` calibration batches of ``train`` with the task's loss;
+    no-op if it reads none."""
     step = CRITERIA[name].prepare
     if step is not None:
-        step(imp, model, train, batches, seed)
+        step(imp, model, train, batches, seed, task)

@@ -13,6 +13,7 @@ channel's output is exactly 0, which is what removing it does to the layers down
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning._helpers import to_plain_idxs
 
+from pruning.counting import example_input
+from pruning.data import forward
 from pruning.errors import PruningError
 
 # producers (rows of weight and bias; BatchNorm's affine) and consumers (input columns of weight)
@@ -41,9 +44,10 @@ class LossChangeImportance(tp.importance.Importance):
         self._evaluated = 0
         self._spent = 0.0
 
-    def bind(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Measure on ``(x, y)`` with ``model`` (the model being pruned); resets the budget."""
-        self._model, self._batch = model, (x, y)
+    def bind(self, model: nn.Module, x: Any, y: torch.Tensor, loss: Callable[..., torch.Tensor] = F.cross_entropy
+             ) -> None:
+        """Measure ``loss`` on ``(x, y)`` with ``model`` (the model being pruned); resets the budget."""
+        self._model, self._batch, self._loss_fn = model, (x, y), loss
         self._base = self._loss()
         self._evaluated, self._spent = 0, 0.0
 
@@ -52,7 +56,7 @@ class LossChangeImportance(tp.importance.Importance):
         assert self._model is not None and self._batch is not None, "bind() the model and a batch first"
         self._model.eval()
         x, y = self._batch
-        return F.cross_entropy(self._model(x), y).item()
+        return self._loss_fn(forward(self._model, x), y).item()
 
     def _charge(self, channels: int) -> None:
         self._evaluated += channels
@@ -112,7 +116,7 @@ def oracle_correlation(model: nn.Module, input_shape: tuple[int, ...], criterion
 
     The criterion must be prepared already (gradients for taylor/hessian) and the oracle bound to a batch.
     """
-    dg = tp.DependencyGraph().build_dependency(model, torch.randn(1, *input_shape))
+    dg = tp.DependencyGraph().build_dependency(model, example_input(input_shape))
     names = {m: n for n, m in model.named_modules()}
     out = {}
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):

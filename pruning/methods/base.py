@@ -12,6 +12,7 @@ from torch import nn
 from pruning.checkpoint import Edit
 from pruning.counting import count_macs
 from pruning.data import Data
+from pruning.task import CLASSIFICATION, Task
 from pruning.training import evaluate
 
 
@@ -25,6 +26,7 @@ class Context:
     build: Callable[[], nn.Module]  # a fresh dense model, initialised exactly as the train stage initialised it
     latency_table: Path  # where latency measurements are kept between runs
     opset: int  # ONNX opset of the export stage (latency allocation times exported candidates)
+    task: Task = CLASSIFICATION  # the loss criteria and fine-tuning use, the metric the step records report
 
 
 @dataclass
@@ -37,9 +39,10 @@ class Outcome:
     report: dict[str, Any] = field(default_factory=dict)  # the method's own facts
 
 
-def step_record(step: int, ratio: float, model: nn.Module, data: Data, device: str = "cpu") -> dict[str, Any]:
+def step_record(step: int, ratio: float, model: nn.Module, data: Data, device: str = "cpu",
+                task: Task = CLASSIFICATION) -> dict[str, Any]:
     """One point of the pruning curve: what was removed so far (``ratio``, the method's own measure), MACs, params,
-    test accuracy and loss."""
-    macs, params = count_macs(model, data.input_shape)
-    accuracy, loss = evaluate(model, data.test, device=device)
+    the task's metric on the test split (under ``accuracy``, the curve's fixed column) and loss."""
+    macs, params = count_macs(model, data.spec)
+    accuracy, loss = evaluate(model, data.test, device=device, task=task)
     return {"step": step, "ratio": ratio, "macs": macs, "params": params, "accuracy": accuracy, "loss": loss}

@@ -22,6 +22,7 @@ import torch
 import torch_pruning as tp
 from pydantic import Field, model_validator
 from torch import nn
+from torch.utils.data import Dataset
 from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
 from pruning import criteria, dependency
@@ -30,11 +31,12 @@ from pruning.allocation.latency_table import LatencyTable, measure_pruned, profi
 from pruning.allocation.uniform import search_ratio
 from pruning.checkpoint import blocks_edit, channels_edit
 from pruning.counting import count_macs
-from pruning.data import Data, Split, calibration_sample
+from pruning.data import Data, calibration_sample
 from pruning.errors import PruningError
 from pruning.methods import depth
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.schema import Section
+from pruning.task import CLASSIFICATION, Task
 from pruning.training import Optim, fit, recalibrate_batchnorm
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def _pruner(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float,
     return pruner, imp, plan
 
 
-def macs_after(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float, train: Split, seed: int) -> int:
+def macs_after(model: nn.Module, shape: Any, cfg: Config, ratio: float, train: Dataset, seed: int) -> int:
     """MACs of a one-shot pruned copy of ``model`` at channel ratio ``ratio`` (the model is untouched).
 
     With uniform scope every layer keeps the same count whatever the criterion, so the trial uses cheap l1 (the
@@ -142,7 +144,7 @@ def macs_after(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: flo
 
 
 def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: int, device: str = "cpu",
-                 ratio_dict: dict[nn.Module, float] | None = None
+                 ratio_dict: dict[nn.Module, float] | None = None, task: Task = CLASSIFICATION
                  ) -> tuple[dependency.History, list[dict[str, Any]], dependency.Plan | None]:
     """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps; (history, steps, the
     channel plan of a uniform ratio with round_to, else None).
@@ -154,19 +156,19 @@ def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: 
     """
     torch.manual_seed(seed)
     n = cfg.iterative_steps
-    pruner, imp, plan = _pruner(model, data.input_shape, cfg, ratio, n, ratio_dict=ratio_dict)
-    steps = [step_record(0, 0.0, model, data, device)]
+    pruner, imp, plan = _pruner(model, data.spec, cfg, ratio, n, ratio_dict=ratio_dict)
+    steps = [step_record(0, 0.0, model, data, device, task)]
     scheduled = (cubic_scheduler if cfg.schedule == "cubic" else linear_scheduler)(ratio, n)
     for step in range(1, n + 1):
-        criteria.prepare(cfg.criterion, imp, model, data.train, cfg.calibration_batches, seed + step)
+        criteria.prepare(cfg.criterion, imp, model, data.calibration_split, cfg.calibration_batches, seed + step, task)
         dependency.prune_step(pruner, model)
         model.zero_grad(set_to_none=True)  # stale gradients would have the pre-pruning shapes
         if cfg.bn_recalibration:
-            recalibrate_batchnorm(model, data.train.x, cfg.calibration_batches, seed + step, device)
+            recalibrate_batchnorm(model, data.calibration_split, cfg.calibration_batches, seed + step, device)
         if cfg.step_finetune_epochs and step < n:
             fit(model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr), seed + step,
-                f"prune step {step} fine-tune", device=device)
-        steps.append(step_record(step, scheduled[step], model, data, device))
+                f"prune step {step} fine-tune", device=device, task=task)
+        steps.append(step_record(step, scheduled[step], model, data, device, task))
         log.info("prune step %d/%d: %s", step, n, steps[-1])
     return pruner.pruning_history(), steps, plan
 
@@ -174,9 +176,13 @@ def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: 
 def _allocate_by_latency(model: nn.Module, cfg: Config, ctx: Context, dense_macs: int) -> Allocation:
     """Channels per group by measured ORT latency, with the table kept in ``ctx.latency_table``."""
     shape, batch, threads = ctx.data.input_shape, cfg.latency_batch_size, cfg.latency_threads
+    if shape is None:
+        raise PruningError("latency allocation times single-input models (it exports candidates from an input "
+                           "shape); this model takes several inputs: use allocation macs", field="allocation")
     table = LatencyTable.load(ctx.latency_table, batch, threads)
     imp = criteria.make(cfg.criterion, cfg.limits)
-    criteria.prepare(cfg.criterion, imp, model, ctx.data.train, cfg.calibration_batches, ctx.seed)
+    criteria.prepare(cfg.criterion, imp, model, ctx.data.calibration_split, cfg.calibration_batches, ctx.seed,
+                     ctx.task)
     ignored = dependency.ignored_modules(model, cfg.ignored_layers)
     # the MACs target is the dense model's, also after depth pruning (as search_ratio's reference)
     target_macs = None if cfg.target_macs_reduction is None else \
@@ -202,15 +208,16 @@ def _allocate_by_latency(model: nn.Module, cfg: Config, ctx: Context, dense_macs
 
 def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """Depth pruning (if asked), then an allocation, then the schedule."""
-    data, shape = ctx.data, ctx.data.input_shape
+    data, shape = ctx.data, ctx.data.spec
     dense_macs, _ = count_macs(model, shape)
     widths = _widths(model)
-    dense_step = step_record(0, 0.0, model, data, ctx.device) if cfg.depth_blocks else None
+    dense_step = step_record(0, 0.0, model, data, ctx.device, ctx.task) if cfg.depth_blocks else None
     removed: list[str] = []
     if cfg.depth_blocks:
-        sample = calibration_sample(data.train, cfg.calibration_batches, ctx.seed)
+        sample = calibration_sample(data.calibration_split, cfg.calibration_batches, ctx.seed)
         try:
-            model, removed = depth.prune_blocks(model, sample, cfg.depth_blocks, cfg.depth_criterion, shape)
+            model, removed = depth.prune_blocks(model, sample, cfg.depth_blocks, cfg.depth_criterion, shape,
+                                                ctx.task.loss)
         except ValueError as exc:  # too many blocks, or none in this architecture
             raise PruningError(str(exc), field="depth_blocks") from None
     allocation = None
@@ -220,10 +227,10 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     elif cfg.ratio is not None:
         ratio = cfg.ratio
     else:
-        ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.train, ctx.seed), dense_macs,
-                             cfg.target_macs_reduction)
+        ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.calibration_split, ctx.seed),
+                             dense_macs, cfg.target_macs_reduction)
     history, steps, plan = run_schedule(model, data, cfg, ratio, ctx.seed, ctx.device,
-                                        ratio_dict=allocation.ratios if allocation else None)
+                                        ratio_dict=allocation.ratios if allocation else None, task=ctx.task)
     # the share of channels actually removed: the plan's (over its groups) or, without one, over the layers' outputs
     achieved = plan.achieved if plan else _removed_share(widths, _widths(model))
     notes = plan.notes() if plan else []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,13 @@ from torch import fx, nn
 
 from pruning import residual
 from pruning.checkpoint import blocks_edit
-from pruning.data import Split, calibration_sample
+from pruning.data import Batch, calibration_sample, forward
 from pruning.errors import PruningError
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.schema import Section
 from pruning.training import recalibrate_batchnorm
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +50,25 @@ class Config(Section):
     bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after the removal")
 
 
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+def _mean_loss(model: nn.Module, sample: Batch, loss: Loss, batch_size: int = 512) -> float:
     total = 0.0
-    for i in range(0, len(x), batch_size):
-        total += F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum").item()
-    return total / len(x)
+    for i in range(0, len(sample), batch_size):
+        part = sample.take(slice(i, i + batch_size))
+        total += loss(forward(model, part.x), part.y).item() * len(part)
+    return total / len(sample)
 
 
-def _loss_change(model: nn.Module, blocks: dict[str, residual.Residual], sample: Split) -> dict[str, float]:
+def _loss_change(model: nn.Module, blocks: dict[str, residual.Residual], sample: Batch, loss: Loss) -> dict[str, float]:
     """Loss with the block alone removed minus the dense loss: a lesion study per block (Veit et al. 2016, §5).
 
     Exact for what removal does to the loss, at the cost of one evaluation of the sample per block.
     """
-    base = _cross_entropy(model, sample.x, sample.y)
+    base = _mean_loss(model, sample, loss)
     scores = {}
     for name, b in blocks.items():
         owner = model.get_submodule(b.owner)
         with residual.swapped(model, {b.owner: residual.rewritten(owner, {b.node})}) as lesioned:
-            scores[name] = _cross_entropy(lesioned.eval(), sample.x, sample.y) - base
+            scores[name] = _mean_loss(lesioned.eval(), sample, loss) - base
     return scores
 
 
@@ -92,7 +95,7 @@ def _probed(probes: dict[str, _Probe], name: str) -> Callable[[fx.GraphModule, f
     return replace
 
 
-def _norm_ratio(model: nn.Module, blocks: dict[str, residual.Residual], sample: Split,
+def _norm_ratio(model: nn.Module, blocks: dict[str, residual.Residual], sample: Batch, loss: Loss,
                 batch_size: int = 512) -> dict[str, float]:
     """Mean over samples of ||F(x)|| / ||S(x)||: how much the block changes its input's representation.
 
@@ -111,21 +114,21 @@ def _norm_ratio(model: nn.Module, blocks: dict[str, residual.Residual], sample: 
 
         owners[owner] = residual.rewritten(module, nodes, replace)
     with residual.swapped(model, owners) as probed:
-        for i in range(0, len(sample.x), batch_size):
-            probed.eval()(sample.x[i:i + batch_size])
+        for i in range(0, len(sample), batch_size):
+            forward(probed.eval(), sample.take(slice(i, i + batch_size)).x)
     return {name: (torch.cat(p.branch) / (torch.cat(p.shortcut) + _EPS)).mean().item() for name, p in probes.items()}
 
 
-CRITERIA: dict[str, Callable[[nn.Module, dict[str, residual.Residual], Split], dict[str, float]]] = {
+CRITERIA: dict[str, Callable[[nn.Module, dict[str, residual.Residual], Batch, Loss], dict[str, float]]] = {
     "loss_change": _loss_change,
     "norm": _norm_ratio,
 }
 
 
 @torch.no_grad()
-def block_scores(model: nn.Module, sample: Split, criterion: str = "loss_change",
-                 input_shape: tuple[int, ...] | None = None,
-                 blocks: dict[str, residual.Residual] | None = None) -> dict[str, float]:
+def block_scores(model: nn.Module, sample: Batch, criterion: str = "loss_change", input_shape: Any = None,
+                 blocks: dict[str, residual.Residual] | None = None, loss: Loss = F.cross_entropy
+                 ) -> dict[str, float]:
     """Score every residual block; lower = more removable. The model is left exactly as it was (mode included).
 
     Returns ``{block name: score}`` for every block :func:`pruning.residual.find` sees (``blocks``, if the caller has
@@ -134,18 +137,18 @@ def block_scores(model: nn.Module, sample: Split, criterion: str = "loss_change"
     if criterion not in CRITERIA:
         raise ValueError(f"unknown depth criterion {criterion!r} (valid: {', '.join(CRITERIA)})")
     if blocks is None:
-        blocks = residual.find(model, input_shape or tuple(sample.x.shape[1:]))
+        blocks = residual.find(model, input_shape if input_shape is not None else sample.take(slice(0, 1)).x)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        return CRITERIA[criterion](model, blocks, sample)
+        return CRITERIA[criterion](model, blocks, sample, loss)
     finally:
         for m, training in modes.items():
             m.training = training
 
 
-def prune_blocks(model: nn.Module, sample: Split, n_blocks: int, criterion: str = "loss_change",
-                 input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, list[str]]:
+def prune_blocks(model: nn.Module, sample: Batch, n_blocks: int, criterion: str = "loss_change",
+                 input_shape: Any = None, loss: Loss = F.cross_entropy) -> tuple[nn.Module, list[str]]:
     """Remove the ``n_blocks`` lowest-scoring blocks. Returns (the model, the removed names lowest score first).
 
     Greedy and one-shot: every block is scored once on the full model and the n lowest go together. Blocks interact
@@ -155,14 +158,14 @@ def prune_blocks(model: nn.Module, sample: Split, n_blocks: int, criterion: str 
     Raises:
         ValueError: ``n_blocks`` is negative or exceeds the blocks the model has, or the criterion is unknown.
     """
-    shape = input_shape or tuple(sample.x.shape[1:])
+    shape = input_shape if input_shape is not None else sample.take(slice(0, 1)).x
     blocks = residual.find(model, shape)
     if not 0 <= n_blocks <= len(blocks):
         raise ValueError(f"cannot remove {n_blocks} blocks: the model has {len(blocks)} removable "
                          f"({', '.join(blocks) or 'none'}); choose 0..{len(blocks)}")
     if n_blocks == 0:
         return model, []
-    scores = block_scores(model, sample, criterion, shape, blocks)
+    scores = block_scores(model, sample, criterion, shape, blocks, loss)
     rank = {name: i for i, name in enumerate(blocks)}  # ties keep forward order, so the choice is deterministic
     names = sorted(blocks, key=lambda n: (scores[n], rank[n]))[:n_blocks]
     model = residual.remove(model, names, shape, blocks)
@@ -174,13 +177,13 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """Remove ``cfg.blocks`` blocks, then (optionally) recalibrate BatchNorm."""
     data = ctx.data
     steps = [step_record(0, 0.0, model, data, ctx.device)]
-    sample = calibration_sample(data.train, cfg.calibration_batches, ctx.seed)
-    total = len(residual.find(model, data.input_shape))
+    sample = calibration_sample(data.calibration_split, cfg.calibration_batches, ctx.seed)
+    total = len(residual.find(model, data.spec))
     try:
-        model, names = prune_blocks(model, sample, cfg.blocks, cfg.criterion, data.input_shape)
+        model, names = prune_blocks(model, sample, cfg.blocks, cfg.criterion, data.spec, ctx.task.loss)
     except ValueError as exc:
         raise PruningError(str(exc), field="blocks") from None
     if cfg.bn_recalibration:
-        recalibrate_batchnorm(model, data.train.x, cfg.calibration_batches, ctx.seed, ctx.device)
+        recalibrate_batchnorm(model, data.calibration_split, cfg.calibration_batches, ctx.seed, ctx.device)
     steps.append(step_record(1, len(names) / total, model, data, ctx.device))  # ratio: share of the blocks
     return Outcome(model, [blocks_edit(names)], steps, {"removed_blocks": names, "criterion": cfg.criterion})

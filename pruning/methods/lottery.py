@@ -27,12 +27,13 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from pruning.checkpoint import mask_edit
-from pruning.data import Split
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.methods.unstructured import magnitude_prune, make_permanent, masked_layers, weight_sparsity
 from pruning.schema import Section
+from pruning.task import CLASSIFICATION, Task
 from pruning.training import Callback, Optim, evaluate, fit, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,8 @@ class _Snapshot(Callback):
             self.state = _snapshot(model)
 
 
-def _dense_run(model: nn.Module, train: Split, opt: Optim, rewind_steps: int, seed: int,
-               device: str) -> dict[str, Tensor]:
+def _dense_run(model: nn.Module, train: Dataset, opt: Optim, rewind_steps: int, seed: int,
+               device: str, task: Task = CLASSIFICATION) -> dict[str, Tensor]:
     """Train the dense model for ``opt.epochs`` and return its state after ``rewind_steps`` SGD steps.
 
     The rewind point lies inside one run with one learning-rate schedule (Frankle et al. 2020), not at the end of a
@@ -106,10 +107,10 @@ def _dense_run(model: nn.Module, train: Split, opt: Optim, rewind_steps: int, se
     """
     if rewind_steps == 0:
         state = _snapshot(model)
-        fit(model, train, opt, seed=seed, desc="lottery dense", device=device)
+        fit(model, train, opt, seed=seed, desc="lottery dense", device=device, task=task)
         return state
     snap = _Snapshot(rewind_steps)
-    fit(model, train, opt, seed=seed, desc="lottery dense", callbacks=[snap], device=device)
+    fit(model, train, opt, seed=seed, desc="lottery dense", callbacks=[snap], device=device, task=task)
     assert snap.state, f"no rewind snapshot (wanted step {rewind_steps})"
     return snap.state
 
@@ -126,8 +127,8 @@ def _load_survivors(model: nn.Module, state: dict[str, Tensor]) -> None:
     model.load_state_dict(renamed)
 
 
-def find_ticket(build: Callable[[], nn.Module], train: Split, test: Split, cfg: Config, seed: int,
-                trained: nn.Module | None = None, device: str = "cpu") -> LotteryResult:
+def find_ticket(build: Callable[[], nn.Module], train: Dataset, test: Dataset, cfg: Config, seed: int,
+                trained: nn.Module | None = None, device: str = "cpu", task: Task = CLASSIFICATION) -> LotteryResult:
     """Iterative magnitude pruning with rewinding; see the module docstring.
 
     Args:
@@ -148,9 +149,9 @@ def find_ticket(build: Callable[[], nn.Module], train: Split, test: Split, cfg: 
         rewind_state = _snapshot(model)
         model = trained
     else:
-        steps = steps_per_epoch(len(train.x), cfg.batch_size)
-        rewind_state = _dense_run(model, train, dense_opt, cfg.rewind_epoch * steps, seed, device)
-    dense_accuracy, dense_loss = evaluate(model, test, device=device)
+        steps = steps_per_epoch(len(train), cfg.batch_size)  # type: ignore[arg-type]
+        rewind_state = _dense_run(model, train, dense_opt, cfg.rewind_epoch * steps, seed, device, task)
+    dense_accuracy, dense_loss = evaluate(model, test, device=device, task=task)
     log.info("lottery dense: accuracy %.4f loss %.4f", dense_accuracy, dense_loss)
 
     # fit() restarts its cosine schedule at opt.lr; starting it at the dense run's learning rate at the rewind step
@@ -167,8 +168,8 @@ def find_ticket(build: Callable[[], nn.Module], train: Split, test: Split, cfg: 
         else:
             start = rewind_state
         _load_survivors(model, start)
-        fit(model, train, retrain, seed=seed, desc=f"lottery round {r}/{cfg.rounds}", device=device)
-        accuracy, loss = evaluate(model, test, device=device)
+        fit(model, train, retrain, seed=seed, desc=f"lottery round {r}/{cfg.rounds}", device=device, task=task)
+        accuracy, loss = evaluate(model, test, device=device, task=task)
         records.append({"round": r, "sparsity": weight_sparsity(model), "accuracy": accuracy, "loss": loss})
         log.info("lottery round %d: sparsity %.4f accuracy %.4f loss %.4f", r, records[-1]["sparsity"], accuracy, loss)
     make_permanent(model)
@@ -178,8 +179,9 @@ def find_ticket(build: Callable[[], nn.Module], train: Split, test: Split, cfg: 
 def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """IMP from the train stage's dense model (see the module docstring); one step record per round."""
     data = ctx.data
-    dense = step_record(0, 0.0, model, data, ctx.device)
-    result = find_ticket(ctx.build, data.train, data.test, cfg, ctx.seed, trained=model, device=ctx.device)
+    dense = step_record(0, 0.0, model, data, ctx.device, ctx.task)
+    result = find_ticket(ctx.build, data.train, data.test, cfg, ctx.seed, trained=model, device=ctx.device,
+                         task=ctx.task)
     ticket = result.model
     # zeros in dense layers: MACs and params (torch-pruning's count) stay the dense model's
     steps = [dense] + [{"step": r["round"], "ratio": r["sparsity"], "macs": dense["macs"], "params": dense["params"],

@@ -8,28 +8,49 @@ hence ``exporter="dynamo"`` switches to the torch.export path without code chang
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from pruning.counting import example_input
+from pruning.data import forward, map_inputs
 from pruning.errors import ModelError, ParityError
-from pruning.runtime.session import INPUT_NAME, OUTPUT_NAME, predict, session
+from pruning.runtime.session import INPUT_NAME, OUTPUT_NAME, run, session
 
 log = logging.getLogger(__name__)
 
 
-def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path, opset: int,
-                exporter: str = "torchscript") -> None:
-    """Export ``model`` (eval mode) to a single ONNX file with a dynamic batch axis, then run onnx.checker."""
+def input_names(model: nn.Module, example: Any) -> list[str]:
+    """The ONNX input names: ``input`` for a single tensor, the dict's keys, or the names of ``forward``'s parameters
+    for a tuple of inputs (``image``, ``extra``: what the model calls them)."""
+    if isinstance(example, torch.Tensor):
+        return [INPUT_NAME]
+    if isinstance(example, dict):
+        return list(example)
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    n = len(example)
+    return [p.name for p in params[:n]] if len(params) >= n else [f"input_{i}" for i in range(n)]
+
+
+def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, exporter: str = "torchscript") -> None:
+    """Export ``model`` (eval mode) to a single ONNX file with a dynamic batch axis on every input and the output,
+    then run onnx.checker. ``spec``: a per-sample shape, or an example input (a tensor, a tuple or a dict of tensors,
+    e.g. image + features, token ids + attention mask), traced at batch 2."""
     model.eval()
-    example = (torch.randn(2, *input_shape),)
+    one = example_input(spec)
+    example = map_inputs(lambda t: t[:1].repeat(2, *([1] * (t.dim() - 1))), one)
+    names = input_names(model, example)
+    args, kwargs = ((), example) if isinstance(example, dict) else \
+        ((example,) if isinstance(example, torch.Tensor) else tuple(example), None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
@@ -38,13 +59,14 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path, 
             warnings.simplefilter("ignore", FutureWarning)
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=65536)
-                torch.onnx.export(model, example, str(path), dynamo=True, external_data=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_shapes=({0: batch},), verbose=False)
+                dims = {n: {0: batch} for n in names} if kwargs is not None else tuple({0: batch} for _ in args)
+                torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=True, external_data=False,
+                                  opset_version=opset, input_names=names, output_names=[OUTPUT_NAME],
+                                  dynamic_shapes=dims, verbose=False)
             else:
-                torch.onnx.export(model, example, str(path), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=False, opset_version=opset,
+                                  input_names=names, output_names=[OUTPUT_NAME],
+                                  dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}})
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # exporter and checker errors come in many types
         raise ModelError(f"ONNX export of {path} failed: {type(exc).__name__}: {exc}") from None
@@ -59,16 +81,19 @@ class Parity:
 
 
 @torch.no_grad()
-def parity(model: nn.Module, onnx_path: str | Path, x: np.ndarray, atol: float, rtol: float,
+def parity(model: nn.Module, onnx_path: str | Path, x: Any, atol: float, rtol: float,
            name: str = "exported") -> Parity:
-    """Compare torch and ORT outputs on real samples ``x`` with numpy.allclose's rule, |ORT - torch| <= atol + rtol *
-    |torch| elementwise (a relative part, so large logits are held to fp32 precision, not to an absolute 1e-4).
+    """Compare torch and ORT outputs on real samples ``x`` (an array, or a model's inputs) with numpy.allclose's
+    rule, |ORT - torch| <= atol + rtol * |torch| elementwise (a relative part, so large logits are held to fp32
+    precision, not to an absolute 1e-4).
 
     ParityError naming ``name`` (dense / pruned: the file is a temporary one) when any element is outside.
     """
     model.eval()
-    expected = model(torch.from_numpy(x)).numpy()
-    got = predict(session(onnx_path), x)
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    expected = forward(model, x).numpy()
+    got = run(session(onnx_path), x)
     diff = np.abs(expected - got)
     result = Parity(float(np.max(diff)), float(np.max(diff / (atol + rtol * np.abs(expected)))))
     if not result.score <= 1.0:  # also catches NaN

@@ -18,7 +18,6 @@ from onnxruntime.quantization import CalibrationDataReader
 from rich.progress import Progress
 
 from pruning.errors import QuantizationError
-from pruning.runtime.session import INPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +25,11 @@ ORT_CALIBRATION_BATCH = 32  # samples per batch fed to ORT's calibrator
 
 
 class _Calibration(CalibrationDataReader):
-    """ORT CalibrationDataReader over in-memory samples, with a progress bar (calibration is the slow part)."""
+    """ORT CalibrationDataReader over calibration feeds (name -> batch), with a progress bar (calibration is the slow
+    part)."""
 
-    def __init__(self, x: np.ndarray, progress: Progress) -> None:
-        self._batches = [x[i:i + ORT_CALIBRATION_BATCH] for i in range(0, len(x), ORT_CALIBRATION_BATCH)]
+    def __init__(self, batches: list[dict[str, np.ndarray]], progress: Progress) -> None:
+        self._batches = batches
         self._progress = progress
         self._task = progress.add_task("INT8 calibration", total=len(self._batches))
         self._i = 0
@@ -40,19 +40,20 @@ class _Calibration(CalibrationDataReader):
         batch = self._batches[self._i]
         self._i += 1
         self._progress.update(self._task, advance=1)
-        return {INPUT_NAME: batch}
+        return batch
 
     def rewind(self) -> None:
         self._i = 0
 
 
-def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarray, per_channel: bool = True,
-             method: str = "minmax", activation_type: str = "uint8") -> None:
+def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarray | list[dict[str, np.ndarray]],
+             per_channel: bool = True, method: str = "minmax", activation_type: str = "uint8") -> None:
     """Quantize ``src`` into ``dst``.
 
     Args:
         mode: ``static`` (QDQ, calibrated on ``calibration``) or ``dynamic``.
-        calibration: training samples, shape (N, *input_shape), float32.
+        calibration: training samples of a single-input model, shape (N, *input_shape), float32; or ORT feeds
+            (input name -> batch), one dict per calibration batch.
         method: static calibration method: minmax, entropy or percentile.
         activation_type: static activations as ``uint8`` or ``int8`` (weights are always int8).
     """
@@ -69,6 +70,12 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
             if mode == "dynamic":
                 quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
                 return
+            if isinstance(calibration, np.ndarray):
+                import onnx
+
+                name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+                calibration = [{name: calibration[i:i + ORT_CALIBRATION_BATCH]}
+                               for i in range(0, len(calibration), ORT_CALIBRATION_BATCH)]
             with Progress(transient=False) as progress:
                 reader = _Calibration(calibration, progress)
                 quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,

@@ -1,13 +1,20 @@
-"""ONNX Runtime sessions with the options every measurement uses, predictions, accuracy, size on disk."""
+"""ONNX Runtime sessions with the options every measurement uses, feeds for every input, predictions, the task's
+metric over a split, size on disk."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-INPUT_NAME = "input"
+from pruning.data import batches, tensors
+from pruning.task import CLASSIFICATION, Task
+
+INPUT_NAME = "input"  # a single-input model's input; a model with several keeps its own names (export.py)
 OUTPUT_NAME = "logits"
 
 
@@ -40,19 +47,60 @@ def session(path: str | Path | bytes, threads: int = 1, level: str = "all"):
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
+def feeds(sess, x: Any) -> dict[str, np.ndarray]:
+    """ORT's input dict for ``x``: one array, a tuple of inputs (in the session's input order) or a dict by name;
+    torch tensors or numpy arrays."""
+    return feeds_for([i.name for i in sess.get_inputs()], x)
+
+
+def feeds_for(names: list[str], x: Any) -> dict[str, np.ndarray]:
+    """ORT's input dict for ``x`` given the model's input ``names`` (in order)."""
+    def arr(t: Any) -> np.ndarray:
+        return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+    if isinstance(x, dict):
+        return {k: arr(v) for k, v in x.items()}
+    parts = [x] if isinstance(x, torch.Tensor | np.ndarray) else list(x)
+    if len(parts) != len(names):
+        raise ValueError(f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), got {len(parts)}")
+    return {n: arr(t) for n, t in zip(names, parts, strict=True)}
+
+
+def run(sess, x: Any) -> np.ndarray:
+    """The (first) output of ``sess`` for one batch ``x``."""
+    return sess.run([sess.get_outputs()[0].name], feeds(sess, x))[0]
+
+
 def predict(sess, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits for ``x`` from an ORT session, in batches."""
-    outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs)
+    """Outputs for the samples ``x`` of a single-input model, in batches."""
+    return np.concatenate([run(sess, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def accuracy_and_loss(onnx_path: str | Path, x: np.ndarray, y: np.ndarray, threads: int) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy of an ONNX model on (x, y)."""
-    logits = predict(session(onnx_path, threads), x).astype(np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = float(-log_probs[np.arange(len(y)), y].mean())
-    return float((logits.argmax(1) == y).mean()), loss
+def score(onnx_path: str | Path, split: Iterable[Any] | Any, threads: int, task: Task = CLASSIFICATION,
+          batch_size: int = 256) -> tuple[float, float]:
+    """The task's metric and mean loss of an ONNX model over a split (a Dataset, read in batches: streamed sources
+    stream), computed by the same functions as for torch models."""
+    sess = session(onnx_path, threads)
+    metric, loss, seen = 0.0, 0.0, 0
+    for batch in batches(split, batch_size):
+        out = torch.from_numpy(run(sess, batch.x))
+        metric += float(task.metric(out, batch.y)) * len(batch)
+        loss += float(task.loss(out, batch.y)) * len(batch)
+        seen += len(batch)
+    return metric / max(seen, 1), loss / max(seen, 1)
+
+
+def tiled(x: Any, n: int) -> Any:
+    """A batch of exactly ``n`` samples made from the samples of ``x`` (repeated as needed), as numpy arrays."""
+    def tile(t: Any) -> np.ndarray:
+        a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        return np.ascontiguousarray(np.resize(a, (n, *a.shape[1:])))
+
+    if isinstance(x, dict):
+        return {k: tile(v) for k, v in x.items()}
+    if isinstance(x, torch.Tensor | np.ndarray):
+        return tile(x)
+    return tuple(tile(t) for t in tensors(x))
 
 
 def size_bytes(path: str | Path) -> int:

@@ -26,9 +26,14 @@ def paths(cfg: Config, root: str | Path) -> PathsConfig:
     return cfg.paths.under(root)
 
 
-def prepared_data(p: PathsConfig) -> Data:
-    """The prepare stage's outputs as tensors."""
-    return load_data(p.train_data, p.test_data, p.data_meta)
+def prepared_data(cfg: Config, root: str | Path) -> Data:
+    """The prepare stage's outputs: tensors, or the streamed source restricted to the prepared split."""
+    p = paths(cfg, root)
+    data = cfg.data
+    if data.path is not None:
+        data = data.model_copy(update={"path": str(Path(root) / data.path)})
+    with params_errors("data"):
+        return load_data(p.train_data, p.test_data, p.data_meta, data)
 
 
 @contextlib.contextmanager

@@ -20,10 +20,12 @@ from pruning.acceptance.gates import evaluate_gates
 from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, dump, merged
 from pruning.checkpoint import load_model
 from pruning.counting import count_macs, structural_sparsity
+from pruning.data import EVAL_BATCH, take
 from pruning.errors import DataError
-from pruning.runtime.session import accuracy_and_loss, size_bytes
+from pruning.runtime.session import score, size_bytes
 from pruning.runtime.timing import Protocol, latency
 from pruning.stages.common import git_commit, params_hash, paths, prepared_data, read_json, write_json
+from pruning.task import build_task
 
 if TYPE_CHECKING:
     from pruning.config import Config, PathsConfig
@@ -45,7 +47,7 @@ def _onnx(p: PathsConfig) -> dict[str, str]:
 def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     """Measure the three models on the test split and check the gates. A failing gate is a verdict, not an error."""
     p, e = paths(cfg, root), cfg.evaluate
-    data = prepared_data(p)
+    data = prepared_data(cfg, root)
     onnx_paths = _onnx(p)
     for name, path in onnx_paths.items():
         if not Path(path).is_file():
@@ -53,24 +55,26 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
             raise DataError(f"{path} not found: run the {stage} stage first (python -m pruning {stage})")
     dense, _ = load_model(p.dense_model)
     pruned, record = load_model(p.finetuned_model)
-    counts = {"dense": count_macs(dense, data.input_shape), "pruned": count_macs(pruned, data.input_shape)}
+    task = build_task(cfg.task)
+    counts = {"dense": count_macs(dense, data.spec), "pruned": count_macs(pruned, data.spec)}
     counts["quantized"] = counts["pruned"]
     removed = structural_sparsity(dense, pruned)
     # a masked model (unstructured, lottery): what its zeros buy, in storage only
     zeros = sparse.storage(pruned.state_dict()) if any(ed["kind"] == "mask" for ed in record["edits"]) else {}
-    x_test, y_test = data.test.x.numpy(), data.test.y.numpy()
     models = {}
     for name in VARIANTS:
-        accuracy, loss = accuracy_and_loss(onnx_paths[name], x_test, y_test, e.threads)
+        accuracy, loss = score(onnx_paths[name], data.test, e.threads, task, EVAL_BATCH)
         macs, params = counts[name]
-        models[name] = ModelMetrics(accuracy=accuracy, loss=loss, macs=macs, params=params,
+        models[name] = ModelMetrics(metric=accuracy, accuracy=accuracy if task.metric_name == "accuracy" else None,
+                                    loss=loss, macs=macs, params=params,
                                     size_bytes=size_bytes(onnx_paths[name]),
                                     structural_sparsity=0.0 if name == "dense" else removed,
                                     **(zeros if name == "pruned" else {}))
     exported = read_json(p.export_report, "export")
     metrics = Metrics.derive(models["dense"], models["pruned"], models["quantized"], exported["parity_max_abs"],
-                             exported["parity_score"])
-    timings = latency(onnx_paths, x_test, {"b1": 1, "bN": e.batch_size}, e.threads,
+                             exported["parity_score"], task.metric_name, task.greater_is_better)
+    timed_samples = take(data.test, range(min(len(data.test), e.batch_size))).x  # tiled when the split is smaller
+    timings = latency(onnx_paths, timed_samples, {"b1": 1, "bN": e.batch_size}, e.threads,
                       Protocol(e.warmup, e.repeats, e.rounds))
     timed = Latency.derive(timings, e.batch_size, e.threads)
     verdict = evaluate_gates(merged(metrics, timed), cfg.gates)
@@ -79,7 +83,8 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     write_json(p.gates, verdict)
     Path(p.mlflow_run).unlink(missing_ok=True)  # the previous run's id is not this run's
     start = time.perf_counter()
-    run_id = _track(cfg, root, p, merged(metrics, timed), verdict, x_test[:4]) if cfg.tracking.enabled else None
+    example = take(data.test, range(min(4, len(data.test)))).x
+    run_id = _track(cfg, root, p, merged(metrics, timed), verdict, example) if cfg.tracking.enabled else None
     tracking_seconds = time.perf_counter() - start
     write_json(p.mlflow_run, {"run_id": run_id, "experiment": cfg.tracking.experiment})
     return EvaluateResult(metrics, timed, verdict, run_id, tracking_seconds)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pruning.checkpoint import load_model
+from pruning.checkpoint import load_model, spec
+from pruning.data import take, tensors
 from pruning.runtime.export import export_onnx, parity
 from pruning.stages.common import params_errors, paths, prepared_data, write_json
 
@@ -27,15 +28,15 @@ class ExportResult:
 def run(cfg: Config, root: str | Path = ".") -> ExportResult:
     """Export both models; ParityError (and nothing written) if either differs from torch beyond atol + rtol."""
     p = paths(cfg, root)
-    data = prepared_data(p)
-    x = data.test.x[: cfg.export.parity_samples].numpy()
+    data = prepared_data(cfg, root)
+    x = take(data.test, range(min(cfg.export.parity_samples, len(data.test)))).x  # real test samples, every input
     jobs = {"dense": (p.dense_model, p.dense_onnx), "pruned": (p.finetuned_model, p.pruned_onnx)}
     parities = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (src, _) in jobs.items():
             model, record = load_model(src)
             staged = Path(tmp) / f"{name}.onnx"
-            export_onnx(model, record["input_shape"], staged, cfg.export.opset, cfg.export.exporter)
+            export_onnx(model, spec(record), staged, cfg.export.opset, cfg.export.exporter)
             with params_errors("export"):
                 parities[name] = parity(model, staged, x, cfg.export.parity_atol, cfg.export.parity_rtol, name)
         for name, (_, dst) in jobs.items():  # publish only once both passed
@@ -44,6 +45,6 @@ def run(cfg: Config, root: str | Path = ".") -> ExportResult:
     result = ExportResult(parities["dense"].max_abs, parities["pruned"].max_abs,
                           max(q.max_abs for q in parities.values()), max(q.score for q in parities.values()))
     write_json(p.export_report, {**result.__dict__, "exporter": cfg.export.exporter, "opset": cfg.export.opset,
-                                 "parity_samples": len(x), "atol": cfg.export.parity_atol,
+                                 "parity_samples": len(tensors(x)[0]), "atol": cfg.export.parity_atol,
                                  "rtol": cfg.export.parity_rtol})
     return result

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pruning.checkpoint import constraints, load_model, save_like
 from pruning.stages.common import paths, prepared_data, provenance, write_json
+from pruning.task import build_task
 from pruning.training import Distill, Optim, evaluate, fit
 
 if TYPE_CHECKING:
@@ -28,20 +29,21 @@ class FinetuneResult:
 def run(cfg: Config, root: str | Path = ".") -> FinetuneResult:
     """Fine-tune ``models/pruned.pt`` for ``finetune.epochs`` (with KD from the dense model if enabled)."""
     p = paths(cfg, root)
-    data = prepared_data(p)
+    data = prepared_data(cfg, root)
     model, record = load_model(p.pruned_model)
     f = cfg.finetune
     distill = None
     if f.distill.enabled:
         teacher, _ = load_model(p.dense_model)
         distill = Distill(teacher, f.distill.temperature, f.distill.alpha)
-    before, _ = evaluate(model, data.test, device=cfg.device)
+    task = build_task(cfg.task)
+    before, _ = evaluate(model, data.test, device=cfg.device, task=task)
     history = []
     if f.epochs:
         history = fit(model, data.train, Optim(f.epochs, f.batch_size, f.lr, f.momentum, f.weight_decay), cfg.seed,
                       "fine-tune pruned", distill=distill, test=data.test, callbacks=constraints(model, record),
-                      device=cfg.device)
-    accuracy, loss = evaluate(model, data.test, device=cfg.device)
+                      device=cfg.device, task=task)
+    accuracy, loss = evaluate(model, data.test, device=cfg.device, task=task)
     save_like(p.finetuned_model, model, record, provenance(cfg, "finetune", root))
     result = FinetuneResult(before, accuracy, loss)
     write_json(p.finetune_report, {**result.__dict__, "distill": f.distill.enabled, "epochs": history})

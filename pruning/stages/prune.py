@@ -17,10 +17,12 @@ from torch import nn
 
 from pruning.allocation.latency_table import LatencyTable
 from pruning.checkpoint import load_model, save_model
-from pruning.counting import count_macs, example_input, layer_changes
+from pruning.counting import count_macs, layer_changes
+from pruning.data import forward
 from pruning.errors import GraphTraceError
 from pruning.methods import METHODS, Context
 from pruning.stages.common import params_errors, paths, prepared_data, provenance, write_json
+from pruning.task import build_task
 from pruning.zoo import build_model
 
 if TYPE_CHECKING:
@@ -39,27 +41,28 @@ class PruneResult:
 def run(cfg: Config, root: str | Path = ".") -> PruneResult:
     """Prune a copy of the dense model with ``prune.method``."""
     p = paths(cfg, root)
-    data = prepared_data(p)
+    data = prepared_data(cfg, root)
     dense, record = load_model(p.dense_model)
-    shape = data.input_shape
+    shape, spec = data.input_shape, data.spec
 
     def build() -> nn.Module:  # the dense architecture, initialised as the train stage initialised it
         torch.manual_seed(cfg.seed)
         return build_model(record["arch"], record["kwargs"], shape, data.num_classes)
 
     ctx = Context(data=data, seed=cfg.seed, device=cfg.device, build=build, latency_table=Path(p.latency_table),
-                  opset=cfg.export.opset)
+                  opset=cfg.export.opset, task=build_task(cfg.task))
     with params_errors("prune"):
         outcome = METHODS[cfg.prune.method].apply(copy.deepcopy(dense), cfg.prune, ctx)
     model = outcome.model
-    x = example_input(shape)
+    x = data.example
     with torch.no_grad():
-        if model.eval()(x).shape != dense.eval()(x).shape:
+        if forward(model.eval(), x).shape != forward(dense.eval(), x).shape:
             raise GraphTraceError("pruning changed the output shape: add the output layer to prune.ignored_layers")
-    dense_macs, _ = count_macs(dense, shape)
-    pruned_macs, pruned_params = count_macs(model, shape)
+    dense_macs, _ = count_macs(dense, spec)
+    pruned_macs, pruned_params = count_macs(model, spec)
     save_model(p.pruned_model, model, arch=record["arch"], kwargs=record["kwargs"], input_shape=shape,
-               num_classes=data.num_classes, edits=outcome.edits, meta=provenance(cfg, "prune", root))
+               num_classes=data.num_classes, edits=outcome.edits, meta=provenance(cfg, "prune", root),
+               example=data.example)
     result = PruneResult(cfg.prune.method, dense_macs, pruned_macs, dense_macs / pruned_macs,
                          outcome.steps[-1]["accuracy"])
     write_json(p.prune_steps, outcome.steps)

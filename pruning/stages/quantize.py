@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
+import torch
 
+from pruning.data import Split, take
 from pruning.errors import DataError
-from pruning.runtime.quantize import quantize
+from pruning.runtime.quantize import ORT_CALIBRATION_BATCH, quantize
+from pruning.runtime.session import feeds_for
 from pruning.stages.common import paths, prepared_data, write_json
 
 if TYPE_CHECKING:
@@ -30,10 +34,17 @@ def run(cfg: Config, root: str | Path = ".") -> QuantizeResult:
     q, p = cfg.quantize, paths(cfg, root)
     if not Path(p.pruned_onnx).is_file():
         raise DataError(f"{p.pruned_onnx} not found: run the export stage first (python -m pruning export)")
-    data = prepared_data(p)
+    data = prepared_data(cfg, root)
+    split = data.calibration_split
     rng = np.random.default_rng(cfg.seed)
-    take = rng.permutation(len(data.train.x))[: q.calibration_samples]
-    calibration = data.train.x.numpy()[np.sort(take)]
+    chosen = np.sort(rng.permutation(len(split))[: q.calibration_samples])
+    calibration: np.ndarray | list[dict[str, np.ndarray]]
+    if isinstance(split, Split) and isinstance(split.x, torch.Tensor):
+        calibration = split.x.numpy()[chosen]
+    else:  # read batch by batch; every input of the model fed by its name
+        names = [i.name for i in onnx.load(p.pruned_onnx, load_external_data=False).graph.input]
+        calibration = [feeds_for(names, take(split, chosen[i:i + ORT_CALIBRATION_BATCH]).x)
+                       for i in range(0, len(chosen), ORT_CALIBRATION_BATCH)]
     dst = Path(p.quantized_onnx)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
@@ -43,7 +54,7 @@ def run(cfg: Config, root: str | Path = ".") -> QuantizeResult:
         else:
             quantize(p.pruned_onnx, staged, q.mode, calibration, q.per_channel, q.calibrate_method, q.activation_type)
         os.replace(staged, dst)
-    result = QuantizeResult(q.mode, 0 if q.mode != "static" else len(calibration))
+    result = QuantizeResult(q.mode, 0 if q.mode != "static" else len(chosen))
     write_json(p.quantize_report, {**result.__dict__, "per_channel": q.per_channel,
                                    "activation_type": q.activation_type, "calibrate_method": q.calibrate_method})
     return result

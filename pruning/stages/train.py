@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from pruning.checkpoint import save_model
-from pruning.counting import count_macs, example_input
+from pruning.counting import count_macs
+from pruning.data import Data, forward
 from pruning.errors import ModelError
 from pruning.stages.common import params_errors, paths, prepared_data, provenance, write_json
+from pruning.task import Task, build_task
 from pruning.training import Optim, evaluate, fit
 from pruning.weights import load_weights
 from pruning.zoo import build_model
@@ -31,23 +34,17 @@ class TrainResult:
 
 
 def run(cfg: Config, root: str | Path = ".") -> TrainResult:
-    """Train the dense model with SGD + cosine schedule, seeded by ``seed``."""
+    """Train the dense model with SGD + cosine schedule, seeded by ``seed`` (or load ``model.weights``)."""
     p = paths(cfg, root)
-    data = prepared_data(p)
+    data = prepared_data(cfg, root)
+    task = build_task(cfg.task)
     if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != data.input_shape:
         raise ModelError(f'Invalid "model.input_shape": {cfg.model.input_shape} but the data samples have shape '
-                         f"{list(data.input_shape)}")
+                         f"{list(data.input_shape) if data.input_shape else 'several inputs'}")
     torch.manual_seed(cfg.seed)
     with params_errors("model"):
         model = build_model(cfg.model.arch, cfg.model.kwargs, data.input_shape, data.num_classes)
-    try:
-        with torch.no_grad():
-            out = model.eval()(example_input(data.input_shape))
-    except Exception as exc:  # any failure of user code on our input shape
-        raise ModelError(f"model.arch {cfg.model.arch!r} fails on input shape {list(data.input_shape)}: {exc}") from None
-    if tuple(out.shape) != (1, data.num_classes):
-        raise ModelError(f"model.arch {cfg.model.arch!r} outputs shape {tuple(out.shape)}, expected (batch, "
-                         f"{data.num_classes}) logits")
+    _check_output(model, data, task, cfg)
     if cfg.model.weights is not None:
         with params_errors("model"):
             load_weights(model, Path(root) / cfg.model.weights, f"model.arch {cfg.model.arch!r}")
@@ -55,11 +52,33 @@ def run(cfg: Config, root: str | Path = ".") -> TrainResult:
     history = []
     if t.epochs:
         history = fit(model, data.train, Optim(t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay), cfg.seed,
-                      "train dense", test=data.test, device=cfg.device)
-    accuracy, loss = evaluate(model, data.test, device=cfg.device)
-    macs, params = count_macs(model, data.input_shape)
+                      "train dense", test=data.test, device=cfg.device, task=task)
+    accuracy, loss = evaluate(model, data.test, device=cfg.device, task=task)
+    macs, params = count_macs(model, data.spec)
     save_model(p.dense_model, model, arch=cfg.model.arch, kwargs=cfg.model.kwargs, input_shape=data.input_shape,
-               num_classes=data.num_classes, meta=provenance(cfg, "train", root))
-    write_json(p.train_report, {"accuracy": accuracy, "loss": loss, "macs": macs, "params": params,
+               num_classes=data.num_classes, meta=provenance(cfg, "train", root), example=data.example)
+    write_json(p.train_report, {task.metric_name: accuracy, "loss": loss, "macs": macs, "params": params,
                                 "weights": cfg.model.weights, "epochs": history})
     return TrainResult(accuracy, loss, macs, params)
+
+
+def _check_output(model: nn.Module, data: Data, task: Task, cfg: Config) -> None:
+    """The model runs on a real sample and gives what the task scores: (batch, classes) logits for the default
+    classification task. ModelError saying what was expected and which keys to change."""
+    example = data.example
+    try:
+        with torch.no_grad():
+            out = forward(model.eval(), example)
+    except Exception as exc:  # any failure of user code on a real sample
+        what = f"input shape {list(data.input_shape)}" if data.input_shape else "a sample of the data"
+        raise ModelError(f"model.arch {cfg.model.arch!r} fails on {what}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model.arch {cfg.model.arch!r} returns {type(out).__name__}: one output tensor (batch, "
+                         "outputs) is expected")
+    if task.classification and tuple(out.shape) != (1, data.num_classes):
+        raise ModelError(f"model.arch {cfg.model.arch!r} outputs shape {tuple(out.shape)}, expected (batch, "
+                         f"{data.num_classes}) logits: the default task (task.loss cross_entropy, task.metric accuracy) "
+                         "scores class logits; for another output set task.loss and task.metric")
+    if out.shape[0] != 1:
+        raise ModelError(f"model.arch {cfg.model.arch!r} outputs shape {tuple(out.shape)} for a batch of one: the "
+                         "first axis must be the batch")

@@ -47,7 +47,7 @@ def resolve_callable(spec: str) -> Any:
     return obj
 
 
-def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...] | None, num_classes: int) -> nn.Module:
     """Build a dense model from the zoo (``arch`` a name) or from user code (``arch`` = ``module:callable``).
 
     Args:
@@ -60,6 +60,9 @@ def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...],
         builder = resolve_callable(arch)
         call_kwargs = dict(kwargs)
     elif arch in ZOO:
+        if input_shape is None:
+            raise ModelError(f"zoo architecture {arch!r} takes one float input (batch, channels, ...); this data has "
+                             'several inputs or integer ones: give your own "module:callable"', field="arch")
         builder = ZOO[arch]
         call_kwargs = {"in_channels": input_shape[0], "num_classes": num_classes, **kwargs}
     else:

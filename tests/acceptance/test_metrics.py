@@ -10,7 +10,7 @@ from pruning.acceptance.report import print_report, summary_markdown
 
 
 def _model(acc: float, macs: int, size: int, **extra) -> ModelMetrics:
-    return ModelMetrics(accuracy=acc, loss=0.1, macs=macs, params=macs // 10, size_bytes=size, structural_sparsity=0,
+    return ModelMetrics(metric=acc, accuracy=acc, loss=0.1, macs=macs, params=macs // 10, size_bytes=size, structural_sparsity=0,
                         **extra)
 
 
@@ -33,8 +33,9 @@ def test_dump_keeps_the_schema_order_and_leaves_out_what_does_not_apply():
                                                         dense_bytes=4000), _model(0.98, 1000, 1000), 0.0, 0.0)
     doc = dump(m)
     assert list(doc) == ["dense", "pruned", "quantized", "macs_reduction", "params_reduction", "size_reduction",
-                         "accuracy_drop", "quantized_accuracy_drop", "parity_max_abs", "parity_score"]
-    assert list(doc["dense"]) == ["accuracy", "loss", "macs", "params", "size_bytes", "structural_sparsity"]
+                         "metric_name", "greater_is_better", "metric_drop", "quantized_metric_drop", "parity_max_abs",
+                         "parity_score", "accuracy_drop", "quantized_accuracy_drop"]
+    assert list(doc["dense"]) == ["metric", "accuracy", "loss", "macs", "params", "size_bytes", "structural_sparsity"]
     assert doc["pruned"]["csr_bytes"] == 900 and "weight_sparsity" not in doc["quantized"]
     assert Metrics.model_validate(json.loads(json.dumps(doc))) == m  # the file reads back into the same record
 
@@ -60,3 +61,15 @@ def test_the_report_says_honestly_what_a_masked_model_s_zeros_buy():
     console = Console(record=True, width=200)
     print_report(dense_only, _latency(), {"passed": True, "checks": []}, console)
     assert "zero" not in console.export_text()
+
+
+def test_a_metric_where_lower_is_better_drops_when_it_grows_and_has_no_accuracy_fields():
+    def model(mse: float) -> ModelMetrics:
+        return ModelMetrics(metric=mse, loss=mse, macs=1000, params=100, size_bytes=4000, structural_sparsity=0)
+
+    m = Metrics.derive(model(0.10), model(0.12), model(0.15), 0.0, 0.1, metric_name="mse", greater_is_better=False)
+    assert math.isclose(m.metric_drop, 0.02) and math.isclose(m.quantized_metric_drop, 0.05)  # worse: positive
+    doc = dump(m)
+    assert "accuracy_drop" not in doc and "accuracy" not in doc["dense"] and doc["metric_name"] == "mse"
+    md = summary_markdown(m, _latency(), {"passed": True, "checks": []}, None, {})
+    assert "| mse | 0.1 | 0.12 | 0.15 |" in md and "mse drop 0.02" in md

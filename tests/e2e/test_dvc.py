@@ -66,15 +66,18 @@ def test_dvc_repro_reruns_only_what_changed(repo):
     assert metrics["macs_reduction"] >= 2.0
 
     second = _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
-    assert _ran(second) == []
-    assert "Data and pipelines are up to date" in second
+    # prepare runs on every repro (always_changed: data DVC is not told about); its outputs are byte-identical, so
+    # nothing after it reruns
+    assert _ran(second) == ["prepare"]
+    assert all(f"Stage '{s}' didn't change, skipping" in second for s in STAGES[1:])
 
     # the user's weights: a file appearing in (or changing in) weights/ makes train, and only train on, out of date
     torch.save({"w": torch.zeros(2)}, repo / "weights" / "mine.pt")
-    status = _run(sys.executable, "-m", "dvc", "status", "--json", cwd=repo)
-    assert "train" in json.loads(status) and "prepare" not in json.loads(status)
+    status = json.loads(_run(sys.executable, "-m", "dvc", "status", "--json", cwd=repo))
+    assert status["train"] == [{"changed deps": {"weights": "modified"}}]
+    assert status["prepare"] == ["always changed"]  # it runs on every repro to fingerprint the data
     (repo / "weights" / "mine.pt").unlink()
-    assert json.loads(_run(sys.executable, "-m", "dvc", "status", "--json", cwd=repo)) == {}
+    assert json.loads(_run(sys.executable, "-m", "dvc", "status", "--json", cwd=repo)) == {"prepare": ["always changed"]}
 
     shown = _run(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=repo)
     assert '"macs_reduction"' in shown and "reports/metrics.json" in shown and "reports/latency.json" in shown
@@ -82,7 +85,7 @@ def test_dvc_repro_reruns_only_what_changed(repo):
     _run("git", "add", "-A", cwd=repo)
     _run("git", "commit", "-qm", "baseline", cwd=repo)
     exp = _run(sys.executable, "-m", "dvc", "exp", "run", "-S", "prune.ratio=0.6", cwd=repo)
-    assert _ran(exp) == ["prune", "finetune", "export", "quantize", "evaluate"]
+    assert _ran(exp) == ["prepare", "prune", "finetune", "export", "quantize", "evaluate"]
     assert "Stage 'train' didn't change, skipping" in exp
     after = json.loads((repo / "reports/metrics.json").read_text())
     assert after["macs_reduction"] > metrics["macs_reduction"]
@@ -120,7 +123,8 @@ def test_dvc_repro_runs_unstructured_then_lottery_end_to_end_and_reports_their_z
     for method in ("unstructured", "lottery"):
         (repo / "params.yaml").write_text(yaml.safe_dump(sparse_params(method), sort_keys=False))
         log = _run(sys.executable, "-m", "dvc", "repro", cwd=repo)
-        assert _ran(log) == (STAGES if method == "unstructured" else STAGES[2:])  # prepare, train: up to date
+        # train up to date (prepare always runs, to fingerprint the data)
+        assert _ran(log) == (STAGES if method == "unstructured" else ["prepare", *STAGES[2:]])
         metrics = json.loads((repo / "reports/metrics.json").read_text())
         assert metrics["pruned"]["weight_sparsity"] >= 0.7 and metrics["pruned"]["csr_bytes"] < \
             metrics["pruned"]["dense_bytes"]

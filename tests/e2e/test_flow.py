@@ -91,14 +91,14 @@ def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(har
 
     # an unchanged rerun recomputes nothing
     again = pipeline(repo=str(repo))
-    assert not any(again["ran"].values())
+    assert [s for s, did in again["ran"].items() if did] == ["prepare"]  # always: it fingerprints the data
 
     # an impossible gate: evaluate reruns, a new version is registered with failing-gate tags, champion stays put
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["gates"]["impossible"] = {"metric": "macs_reduction", "op": ">=", "threshold": 1000.0}
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     failing = pipeline(repo=str(repo))
-    assert [s for s, did in failing["ran"].items() if did] == ["evaluate"]
+    assert [s for s, did in failing["ran"].items() if did] == ["prepare", "evaluate"]
     assert failing["gates"]["passed"] is False and failing["promotion"]["alias"] is None
     version = client.get_model_version(name, failing["promotion"]["version"])
     assert version.tags["gates"] == "failed" and version.tags["gate.impossible"].startswith("FAIL")
@@ -184,9 +184,70 @@ def test_pipeline_flow_runs_unstructured_then_lottery_and_promotes_on_their_own_
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         result = pipeline(repo=str(repo))
         ran = [s for s, did in result["ran"].items() if did]
-        assert ran == [s.name for s in TABLE][(0 if method == "unstructured" else 2):]
+        names = [s.name for s in TABLE]
+        assert ran == (names if method == "unstructured" else ["prepare", *names[2:]])
         assert result["gates"]["passed"] is True and result["metrics"]["pruned"]["weight_sparsity"] >= 0.7
         assert result["promotion"]["alias"] in ("champion", "challenger")
     client = mlflow.MlflowClient()
     prune_runs = client.search_runs([client.get_experiment_by_name("flow-test").experiment_id], "tags.stage = 'prune'")
     assert {r.data.params["prune.method"] for r in prune_runs} == {"unstructured", "lottery"}
+
+
+def test_a_user_s_trained_model_and_streamed_dataset_go_through_dvc_and_the_flow_untrained(harness, repo, monkeypatch):
+    """A new user's project: their model class (not in the zoo), its weights saved with torch.save(state_dict) by
+    their own training, a Dataset reading one small file per sample. train.epochs 0: the dense baseline is their
+    model as it is. `dvc repro` runs the pipeline; the flow then registers the result."""
+    import sys
+
+    import torch
+
+    from tests import userpkg
+
+    userpkg.write(repo)
+    monkeypatch.syspath_prepend(str(repo))
+    for name in [m for m in sys.modules if m == "userpkg" or m.startswith("userpkg.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from userpkg.data import datasets
+    from userpkg.models import DigitNet
+
+    from pruning.training import Optim, evaluate, fit
+
+    train_set, test_set = datasets(str(repo / "samples"))
+    torch.manual_seed(3)
+    mine = DigitNet(width=16)
+    fit(mine, train_set, Optim(4, 32, 0.05), seed=3, desc="the user's own training")
+    torch.save(mine.state_dict(), repo / "weights" / "digitnet.pt")
+    expected, _ = evaluate(mine, test_set)  # computed here, not by the pipeline
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"] = {"source": "userpkg.data:datasets", "path": "samples"}
+    params["model"] = {"arch": "userpkg.models:DigitNet", "kwargs": {"width": 16}, "weights": "weights/digitnet.pt"}
+    params["train"]["epochs"] = 0
+    params["registry"]["model_name"] = "user-digitnet"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "my model and data", cwd=repo)
+
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    trained = json.loads((repo / "reports/train.json").read_text())
+    assert trained["epochs"] == [] and trained["accuracy"] == pytest.approx(expected, abs=1e-9)
+    meta = json.loads((repo / "data/meta.json").read_text())
+    assert meta["streamed"] and (meta["n_train"], meta["n_test"]) == (600, 200)
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["dense"]["accuracy"] == pytest.approx(expected, abs=0.006)  # ONNX Runtime on the same samples
+    assert metrics["macs_reduction"] >= 2.0 and metrics["parity_score"] <= 1.0
+
+    from flows.pipeline import pipeline
+
+    result = pipeline(repo=str(repo))
+    assert [s for s, did in result["ran"].items() if did] == ["prepare"]  # dvc repro did the rest
+    assert result["gates"]["passed"] is True
+    assert result["promotion"]["model_name"] == "user-digitnet" and result["promotion"]["alias"] == "champion"
+
+    # replacing the weights file makes DVC see train (and what follows) as changed
+    torch.manual_seed(4)
+    torch.save(DigitNet(width=16).state_dict(), repo / "weights" / "digitnet.pt")
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True,
+                            text=True, timeout=300)
+    assert "train" in json.loads(status.stdout)
