@@ -30,8 +30,11 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# The stage functions log to the "pruning" logger; send those records to the Prefect run's logs too.
+# The stage functions log to the "pruning" logger; send those records to the Prefect run's logs too. Prefect adds its
+# handlers to that logger but leaves its level to the root's (WARNING): the per-epoch and per-step INFO lines, the only
+# progress a redirected run shows, would be dropped.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pruning")
+logging.getLogger("pruning").setLevel(logging.INFO)
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402

@@ -276,6 +276,18 @@ class Promotion:
     reason: str
 
 
+def _champion_value(client: Any, champion: Any, metric: str) -> float | None:
+    """The champion's value of ``metric``: its version tag, else its pipeline run's metric, else None."""
+    if metric in champion.tags:
+        return float(champion.tags[metric])
+    run_id = champion.tags.get("run_id")
+    try:
+        value = client.get_run(run_id).data.metrics.get(metric) if run_id else None
+    except Exception:  # noqa: BLE001 - a deleted run: nothing to compare with
+        return None
+    return float(value) if value is not None else None
+
+
 def _beats(new: float, old: float, greater_is_better: bool) -> bool:
     return new > old if greater_is_better else new < old
 
@@ -327,8 +339,14 @@ def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         champion = None
-    if champion is not None:
-        old = float(champion.tags.get(metric, "nan"))
+    old = _champion_value(client, champion, metric) if champion is not None else None
+    if champion is not None and old is None:
+        # the champion was judged on another primary metric (params changed) and its run has no value for this one:
+        # there is nothing to compare, and a champion nobody can beat would freeze the registry
+        client.set_registered_model_alias(name, "champion", mv.version)
+        return Promotion(name, str(mv.version), "champion", f"champion v{champion.version} has no {metric} to compare "
+                         "(registry.primary_metric changed): replaced")
+    if champion is not None and old is not None:
         better = cfg.registry.greater_is_better
         if better is None:  # the task metric's own direction
             from pruning.task import build_task

@@ -75,6 +75,24 @@ def test_promote_minimises_the_metric_when_lower_is_better(store):
     assert promote(_pipeline_run(store, 0.85, True), cfg).alias == "challenger"
 
 
+def test_a_champion_judged_on_another_primary_metric_is_compared_through_its_run_or_replaced(store):
+    """params.yaml's primary metric changed between two versions (as quantized.accuracy -> quantized.metric did)."""
+    old_cfg = parse_config(merge(TINY, {"registry": {"primary_metric": "quantized.accuracy"}}))
+    assert promote(_pipeline_run(store, 0.90, True), old_cfg).alias == "champion"
+    cfg = parse_config(TINY)  # quantized.metric: not a tag of v1, but its run logged it
+    worse = promote(_pipeline_run(store, 0.80, True), cfg)
+    assert worse.alias == "challenger" and "(0.9)" in worse.reason
+    new_cfg = parse_config(merge(TINY, {"registry": {"primary_metric": "quantized.loss"}}))  # v1's run has none
+    replaced = promote(_pipeline_run_with(store, {"quantized.loss": 0.3}), new_cfg)
+    assert replaced.alias == "champion" and "has no quantized.loss to compare" in replaced.reason
+
+
+def _pipeline_run_with(store, metrics: dict) -> str:
+    run_id = _pipeline_run(store, 0.5, True)
+    mlflow.MlflowClient().log_metric(run_id, *next(iter(metrics.items())))
+    return run_id
+
+
 def test_flatten_joins_nested_keys_with_dots():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
 

@@ -150,6 +150,8 @@ def test_run_command_launches_its_own_ephemeral_server_and_stops_it(repo, tmp_pa
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Gates: PASSED" in out.stdout and "registry: tiny-int8 v1 -> champion" in out.stdout
     assert "Traceback" not in out.stderr
+    # output captured, not a terminal: training still shows its progress, one line per epoch
+    assert all(f"train dense epoch {e}/4" in out.stdout + out.stderr for e in (1, 2, 3, 4))
     port = re.search(r"View at http://127\.0\.0\.1:(\d+)/", out.stdout + out.stderr)
     assert port is not None
     with pytest.raises(httpx.TransportError):
