@@ -107,6 +107,13 @@ class EvaluateConfig(Section):
     repeats: int = Field(20, ge=3, description="timed runs per model, batch size and round")
     rounds: int = Field(5, ge=1, description="rounds; the models alternate within each, latencies are medians over "
                         "rounds")
+    ship: Literal["auto", "int8", "fp32"] = Field("auto", description="the model the gates judge as shipped and the "
+                                                  "registry registers: auto (INT8 where it pays, else the pruned fp32) "
+                                                  "| int8 | fp32")
+    int8_min_speedup: float = Field(1.1, gt=0, description="auto: INT8 ships only if at least this much faster than "
+                                    "pruned fp32 at batch 1 ...")
+    int8_max_metric_loss: float = Field(0.01, ge=0, description="... and losing at most this much of task.metric "
+                                        "against pruned fp32")
 
 
 class TrackingConfig(Section):
@@ -123,8 +130,8 @@ class RegistryConfig(Section):
     """MLflow model registry: where the INT8 model goes and how a new version can become ``champion``."""
 
     model_name: str = Field("pruned-int8", min_length=1, description="registered model of the INT8 ONNX versions")
-    primary_metric: str = Field("quantized.metric", description="a metric a new version must beat to become "
-                                "champion (quantized.metric: the INT8 model's task.metric)")
+    primary_metric: str = Field("shipped.metric", description="a metric a new version must beat to become "
+                                "champion (shipped.metric: the task.metric of the model that ships)")
     greater_is_better: bool | None = Field(None, description="direction of primary_metric (null: the task metric's)")
 
     @model_validator(mode="after")

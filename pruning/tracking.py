@@ -34,6 +34,7 @@ DEFAULT_DB = "mlflow.db"  # sqlite:///<workspace>/mlflow.db unless MLFLOW_TRACKI
 ARTIFACT_DIR = "mlartifacts"
 MODEL_TAG = "{}_model_uri"  # parent-run tag holding a logged model's URI, by the model's name
 INT8_MODEL_TAG = MODEL_TAG.format("int8")
+FP32_MODEL_TAG = MODEL_TAG.format("pruned_fp32")
 _SERIES_KEYS = ("epoch", "step", "round")
 
 
@@ -311,8 +312,11 @@ def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
         run = client.get_run(run_id)
     except MlflowException:
         raise PruningError(f"MLflow run {run_id!r} not found at {mlflow.get_tracking_uri()}") from None
-    if INT8_MODEL_TAG not in run.data.tags:
-        raise PruningError(f"MLflow run {run_id!r} has no INT8 model (tag {INT8_MODEL_TAG}); is it a pipeline run?")
+    # the model the evaluate stage chose to ship (evaluate.ship): INT8 where it pays, else the pruned fp32 model
+    shipped = run.data.tags.get("shipped", "int8")
+    model_tag = INT8_MODEL_TAG if shipped == "int8" else FP32_MODEL_TAG
+    if model_tag not in run.data.tags:
+        raise PruningError(f"MLflow run {run_id!r} has no {shipped} model (tag {model_tag}); is it a pipeline run?")
     gates = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gates.json")
     value = run.data.metrics.get(metric)
     if value is None:
@@ -325,8 +329,8 @@ def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
         aliases = [a for a in ("champion", "challenger") if a in (mv.aliases or [])]
         return Promotion(name, str(mv.version), aliases[0] if aliases else None, "already registered")
 
-    mv = mlflow.register_model(run.data.tags[INT8_MODEL_TAG], name, tags={
-        "run_id": run_id, "gates": "passed" if gates["passed"] else "failed", metric: str(value),
+    mv = mlflow.register_model(run.data.tags[model_tag], name, tags={
+        "run_id": run_id, "shipped": shipped, "gates": "passed" if gates["passed"] else "failed", metric: str(value),
         "params_hash": run.data.tags.get("params_hash", ""), "git_commit": run.data.tags.get("git_commit", "")})
     for check in gates["checks"]:
         client.set_model_version_tag(name, mv.version, f"gate.{check['name']}",

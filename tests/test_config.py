@@ -13,7 +13,7 @@ def test_load_config_accepts_the_shipped_params_yaml():
     cfg = load_config(REPO / "params.yaml")
     assert cfg.data.source == "digits"
     assert 0 < cfg.prune.ratio < 1
-    assert {"accuracy", "macs", "min_speedup", "parity", "int8_accuracy"} <= cfg.gates.keys()
+    assert {"accuracy", "macs", "min_speedup", "parity", "shipped_accuracy", "shipped_speedup"} <= cfg.gates.keys()
 
 
 @pytest.mark.parametrize(

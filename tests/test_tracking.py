@@ -8,7 +8,7 @@ import torch
 
 from pruning.config import parse_config
 from pruning.runtime.export import export_onnx
-from pruning.tracking import INT8_MODEL_TAG, flatten, promote, setup
+from pruning.tracking import FP32_MODEL_TAG, INT8_MODEL_TAG, flatten, promote, setup
 from pruning.zoo import build_model
 from tests.conftest import TINY, merge
 
@@ -23,18 +23,21 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _pipeline_run(store, accuracy: float, passed: bool) -> str:
-    """A minimal pipeline-shaped run: gates.json, the primary metric and an ONNX model tagged as the INT8 one."""
+def _pipeline_run(store, accuracy: float, passed: bool, shipped: str | None = None) -> str:
+    """A minimal pipeline-shaped run: gates.json, the primary metric and an ONNX model tagged as the INT8 one (or,
+    ``shipped`` fp32, as the pruned fp32 one)."""
     setup("pruning")
     with mlflow.start_run() as run:
         mlflow.log_dict({"passed": passed, "checks": [{"name": "accuracy", "metric": "accuracy_drop", "op": "<=",
                                                        "threshold": 0.01, "value": 0.0 if passed else 0.5,
                                                        "passed": passed}]}, "gates.json")
-        mlflow.log_metrics({"quantized.accuracy": accuracy, "quantized.metric": accuracy})
+        mlflow.log_metrics({"quantized.accuracy": accuracy, "quantized.metric": accuracy, "shipped.metric": accuracy})
         info = mlflow.onnx.log_model(onnx.load(store / "m.onnx"), name="int8",
                                      input_example=np.zeros((1, 1, 8, 8), np.float32),
                                      onnx_execution_providers=["CPUExecutionProvider"])
-        mlflow.set_tag(INT8_MODEL_TAG, info.model_uri)
+        mlflow.set_tag(INT8_MODEL_TAG if shipped != "fp32" else FP32_MODEL_TAG, info.model_uri)
+        if shipped:
+            mlflow.set_tag("shipped", shipped)
         return run.info.run_id
 
 
@@ -91,6 +94,18 @@ def _pipeline_run_with(store, metrics: dict) -> str:
     run_id = _pipeline_run(store, 0.5, True)
     mlflow.MlflowClient().log_metric(run_id, *next(iter(metrics.items())))
     return run_id
+
+
+def test_when_int8_does_not_pay_the_registry_gets_the_pruned_fp32_model(store):
+    cfg = parse_config(TINY)
+    run_id = _pipeline_run(store, 0.9, True, shipped="fp32")
+    client = mlflow.MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    assert INT8_MODEL_TAG not in tags  # only the fp32 model was logged: registering must take it
+    result = promote(run_id, cfg)
+    version = client.get_model_version(cfg.registry.model_name, result.version)
+    assert result.alias == "champion" and version.tags["shipped"] == "fp32"
+    assert version.source == tags[FP32_MODEL_TAG]
 
 
 def test_flatten_joins_nested_keys_with_dots():

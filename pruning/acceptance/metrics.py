@@ -102,12 +102,24 @@ class Latency(_Record):
     int8_speedup_bN: float
     batch_size_N: int
     threads: int
+    # which model ships (the gates' and the registry's "shipped"): "quantized" (INT8) or "pruned" (fp32), and why;
+    # here and not in metrics.json because the choice reads the measured latencies
+    shipped: str = "quantized"
+    shipped_why: str = ""
+    shipped_speedup_b1: float = 0.0  # dense fp32 / the shipped model
+    shipped_speedup_bN: float = 0.0
+    shipped_metric_drop: float = 0.0  # dense - shipped in the metric's direction (> 0: worse)
 
     @classmethod
-    def derive(cls, timings: dict[str, dict[str, float]], batch_size: int, threads: int) -> Latency:
-        """From ``{variant: {latency_ms_b1: ..., ...}}`` (the timing protocol's medians)."""
+    def derive(cls, timings: dict[str, dict[str, float]], batch_size: int, threads: int,
+               shipped: tuple[str, str, float] = ("quantized", "", 0.0)) -> Latency:
+        """From ``{variant: {latency_ms_b1: ..., ...}}`` (the timing protocol's medians) and the shipping decision
+        ``(variant, why, its metric drop)`` (:func:`choose_shipped`)."""
         d, p, q = (ModelLatency(**timings[v]) for v in VARIANTS)
-        return cls(dense=d, pruned=p, quantized=q,
+        s = {"pruned": p, "quantized": q}[shipped[0]]
+        return cls(dense=d, pruned=p, quantized=q, shipped=shipped[0], shipped_why=shipped[1],
+                   shipped_speedup_b1=_ratio(d.latency_ms_b1, s.latency_ms_b1),
+                   shipped_speedup_bN=_ratio(d.latency_ms_bN, s.latency_ms_bN), shipped_metric_drop=shipped[2],
                    speedup_b1=_ratio(d.latency_ms_b1, p.latency_ms_b1),
                    speedup_bN=_ratio(d.latency_ms_bN, p.latency_ms_bN),
                    quantized_speedup_b1=_ratio(d.latency_ms_b1, q.latency_ms_b1),
@@ -115,6 +127,33 @@ class Latency(_Record):
                    int8_speedup_b1=_ratio(p.latency_ms_b1, q.latency_ms_b1),
                    int8_speedup_bN=_ratio(p.latency_ms_bN, q.latency_ms_bN),
                    batch_size_N=batch_size, threads=threads)
+
+
+def choose_shipped(metrics: Metrics, timings: dict[str, dict[str, float]], ship: str, min_speedup: float,
+                   max_metric_loss: float) -> tuple[str, str, float]:
+    """Which model ships: (variant, why, its metric drop against dense).
+
+    ``ship`` int8 / fp32 force it; ``auto`` ships INT8 only where it pays — at least ``min_speedup`` times faster than
+    the pruned fp32 model at batch 1 (medians of the alternating rounds) and losing at most ``max_metric_loss`` of the
+    metric against it — else the pruned fp32 model, saying why. INT8 can lose on small networks (quantize/dequantize
+    overhead larger than the saved arithmetic) and on sensitive ones (accuracy)."""
+    factor = _ratio(timings["pruned"]["latency_ms_b1"], timings["quantized"]["latency_ms_b1"])
+    loss = metrics.quantized_metric_drop - metrics.metric_drop  # > 0: INT8 worse than pruned fp32
+    verdict = (f"INT8 {factor:.2f}x the speed of pruned fp32 at batch 1, {metrics.metric_name} "
+               f"{-loss:+.4g} against it")
+    if ship == "int8":
+        return "quantized", f"evaluate.ship int8 ({verdict})", metrics.quantized_metric_drop
+    if ship == "fp32":
+        return "pruned", f"evaluate.ship fp32 ({verdict})", metrics.metric_drop
+    if factor >= min_speedup and loss <= max_metric_loss:
+        return "quantized", f"INT8 pays: {verdict}", metrics.quantized_metric_drop
+    why = []
+    if factor < min_speedup:
+        why.append(f"{factor:.2f}x < {min_speedup:g}x")
+    if loss > max_metric_loss:
+        why.append(f"loses {loss:.4g} > {max_metric_loss:g}")
+    return "pruned", f"INT8 does not pay ({'; '.join(why)}): {verdict}; the pruned fp32 model ships", \
+        metrics.metric_drop
 
 
 def _ratio(a: float, b: float) -> float:
@@ -127,9 +166,12 @@ def dump(record: _Record) -> dict[str, Any]:
 
 
 def merged(metrics: Metrics, latency: Latency) -> dict[str, Any]:
-    """Both files as one dict: per-model entries joined, top-level keys side by side (what gates and MLflow read)."""
+    """Both files as one dict: per-model entries joined, top-level keys side by side, and ``shipped``: the entry of
+    the model that ships (what gates and MLflow read)."""
     m, lat = dump(metrics), dump(latency)
-    return {**m, **lat, **{v: {**m[v], **lat[v]} for v in VARIANTS}}
+    out = {**m, **lat, **{v: {**m[v], **lat[v]} for v in VARIANTS}}
+    out["shipped"] = dict(out[latency.shipped])
+    return out
 
 
 def _numeric(model: type[BaseModel]) -> list[str]:
@@ -138,4 +180,4 @@ def _numeric(model: type[BaseModel]) -> list[str]:
 
 # every name a gate or the registry may use: a top-level number, or variant.field (not the measurement settings)
 KNOWN_METRICS = frozenset(_numeric(Metrics) + _numeric(Latency)) - {"batch_size_N", "threads"} | {
-    f"{v}.{f}" for v in VARIANTS for f in _numeric(ModelMetrics) + _numeric(ModelLatency)}
+    f"{v}.{f}" for v in (*VARIANTS, "shipped") for f in _numeric(ModelMetrics) + _numeric(ModelLatency)}

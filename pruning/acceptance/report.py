@@ -57,10 +57,16 @@ def sparsity_note(metrics: Metrics) -> str | None:
             "multiply the zeros like any other value, so MACs and latency stay those of the dense model.")
 
 
+def shipped_note(latency: Latency) -> str:
+    """Which model ships and why (INT8 where it pays, else the pruned fp32 model)."""
+    return f"Ships: {'INT8' if latency.shipped == 'quantized' else 'pruned fp32'} — {latency.shipped_why}."
+
+
 def summary_table(metrics: Metrics, latency: Latency) -> Table:
     """Dense vs pruned vs INT8, with the ratios against dense."""
+    caption = " ".join(n for n in (shipped_note(latency), sparsity_note(metrics)) if n)
     table = Table(title=f"Pruning summary (ONNX Runtime, {latency.threads} thread(s), N = {latency.batch_size_N})",
-                  caption=sparsity_note(metrics))
+                  caption=caption)
     for col in ("", "dense", "pruned", "INT8", "pruned vs dense", "INT8 vs dense"):
         table.add_column(col, justify="left" if not col else "right")
     for row in _cells(metrics, latency):
@@ -105,7 +111,8 @@ def summary_markdown(metrics: Metrics, latency: Latency, verdict: dict[str, Any]
     lines = ["# Pruning pipeline", "",
              f"MACs ÷{metrics.macs_reduction:.2f}, speedup batch N ×{latency.speedup_bN:.2f} (INT8 "
              f"×{latency.quantized_speedup_bN:.2f}), {metrics.metric_name} drop {metrics.metric_drop:.4g} (INT8 "
-             f"{metrics.quantized_metric_drop:.4g}).", "", *rows, *(["", note] if note else []), "",
+             f"{metrics.quantized_metric_drop:.4g}).", "", shipped_note(latency), "", *rows,
+             *(["", note] if note else []), "",
              f"## Gates: {'PASSED' if verdict['passed'] else 'FAILED'}", "", *gates, "", f"Stages: {stages}."]
     if promotion:
         lines += ["", f"Registry: `{promotion['model_name']}` v{promotion['version']} -> "

@@ -10,6 +10,7 @@ dict.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pruning import sparse
 from pruning.acceptance.gates import evaluate_gates
-from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, dump, merged
+from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, choose_shipped, dump, merged
 from pruning.checkpoint import load_model
 from pruning.counting import count_macs, structural_sparsity
 from pruning.data import EVAL_BATCH, take
@@ -29,6 +30,8 @@ from pruning.task import build_task
 
 if TYPE_CHECKING:
     from pruning.config import Config, PathsConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     timed_samples = take(data.test, range(min(len(data.test), e.batch_size))).x  # tiled when the split is smaller
     timings = latency(onnx_paths, timed_samples, {"b1": 1, "bN": e.batch_size}, e.threads,
                       Protocol(e.warmup, e.repeats, e.rounds))
-    timed = Latency.derive(timings, e.batch_size, e.threads)
+    shipped = choose_shipped(metrics, timings, e.ship, e.int8_min_speedup, e.int8_max_metric_loss)
+    log.info("shipped: %s — %s", "INT8" if shipped[0] == "quantized" else "pruned fp32", shipped[1])
+    timed = Latency.derive(timings, e.batch_size, e.threads, shipped)
     verdict = evaluate_gates(merged(metrics, timed), cfg.gates)
     write_json(p.metrics, dump(metrics))
     write_json(p.latency_metrics, dump(timed))
@@ -84,7 +89,8 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     Path(p.mlflow_run).unlink(missing_ok=True)  # the previous run's id is not this run's
     start = time.perf_counter()
     example = take(data.test, range(min(4, len(data.test)))).x
-    run_id = _track(cfg, root, p, merged(metrics, timed), verdict, example) if cfg.tracking.enabled else None
+    run_id = _track(cfg, root, p, merged(metrics, timed), verdict, example, timed.shipped) \
+        if cfg.tracking.enabled else None
     tracking_seconds = time.perf_counter() - start
     write_json(p.mlflow_run, {"run_id": run_id, "experiment": cfg.tracking.experiment})
     return EvaluateResult(metrics, timed, verdict, run_id, tracking_seconds)
@@ -103,12 +109,13 @@ def _file_md5(path: str) -> str:
 
 
 def _track(cfg: Config, root: str | Path, p: PathsConfig, metrics: dict[str, Any], verdict: dict[str, Any],
-           example: Any) -> str:
+           example: Any, shipped: str) -> str:
     """Log the whole pipeline run to MLflow from the stages' outputs. Returns the parent run id."""
     from pruning.tracking import PipelineRecord, log_pipeline
 
     tags = {"git_commit": git_commit(root) or "unknown", "params_hash": params_hash(cfg),
-            "data_md5_train": _file_md5(p.train_data), "data_md5_test": _file_md5(p.test_data)}
+            "data_md5_train": _file_md5(p.train_data), "data_md5_test": _file_md5(p.test_data),
+            "shipped": "int8" if shipped == "quantized" else "fp32"}
     record = PipelineRecord(params=cfg.model_dump(mode="json"), paths=p, metrics=metrics, gates=verdict, tags=tags,
                             example=example)
     return log_pipeline(record, cfg.tracking.experiment, root)

@@ -3,9 +3,10 @@
 import json
 import math
 
+import pytest
 from rich.console import Console
 
-from pruning.acceptance.metrics import KNOWN_METRICS, Latency, Metrics, ModelMetrics, dump, merged
+from pruning.acceptance.metrics import KNOWN_METRICS, Latency, Metrics, ModelMetrics, choose_shipped, dump, merged
 from pruning.acceptance.report import print_report, summary_markdown
 
 
@@ -73,3 +74,26 @@ def test_a_metric_where_lower_is_better_drops_when_it_grows_and_has_no_accuracy_
     assert "accuracy_drop" not in doc and "accuracy" not in doc["dense"] and doc["metric_name"] == "mse"
     md = summary_markdown(m, _latency(), {"passed": True, "checks": []}, None, {})
     assert "| mse | 0.1 | 0.12 | 0.15 |" in md and "mse drop 0.02" in md
+
+
+def _timings(pruned_b1: float, quantized_b1: float) -> dict:
+    return {v: {"latency_ms_b1": ms, "latency_p95_ms_b1": ms, "latency_ms_bN": 8 * ms, "latency_p95_ms_bN": 8 * ms}
+            for v, ms in (("dense", 2.0), ("pruned", pruned_b1), ("quantized", quantized_b1))}
+
+
+def test_int8_ships_only_where_it_pays_else_the_pruned_fp32_model_and_the_gates_see_the_shipped_one():
+    m = Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.975, 400, 500), 0.0, 0.1)
+    pays = choose_shipped(m, _timings(1.0, 0.4), "auto", 1.1, 0.01)
+    assert pays[0] == "quantized" and pays[2] == pytest.approx(0.015) and "INT8 pays: INT8 2.50x" in pays[1]
+    slower = choose_shipped(m, _timings(1.0, 1.2), "auto", 1.1, 0.01)
+    assert slower[0] == "pruned" and slower[2] == pytest.approx(0.01)
+    assert "INT8 does not pay (0.83x < 1.1x)" in slower[1] and "the pruned fp32 model ships" in slower[1]
+    worse = choose_shipped(m, _timings(1.0, 0.4), "auto", 1.1, 0.001)
+    assert worse[0] == "pruned" and "loses 0.005 > 0.001" in worse[1]
+    assert choose_shipped(m, _timings(1.0, 1.2), "int8", 1.1, 0.01)[0] == "quantized"  # forced
+    lat = Latency.derive(_timings(1.0, 1.2), 32, 1, slower)
+    both = merged(m, lat)
+    assert both["shipped"]["latency_ms_b1"] == 1.0 and both["shipped_speedup_b1"] == 2.0
+    assert both["shipped_metric_drop"] == pytest.approx(0.01) and "shipped.metric" in KNOWN_METRICS
+    assert "Ships: pruned fp32 — INT8 does not pay" in summary_markdown(m, lat, {"passed": True, "checks": []},
+                                                                        None, {})
