@@ -26,13 +26,13 @@ Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Top-1: share of samples whose largest output is the target class."""
-    return (outputs.argmax(1) == targets).float().mean()
+    return (outputs.argmax(1) == targets).double().mean()  # float64: k / n exactly enough to sum over batches
 
 
 def top5_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Share of samples whose target class is among the 5 largest outputs (all of them when there are fewer)."""
     k = min(5, outputs.shape[1])
-    return (outputs.topk(k, dim=1).indices == targets[:, None]).any(1).float().mean()
+    return (outputs.topk(k, dim=1).indices == targets[:, None]).any(1).double().mean()
 
 
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,7 @@ def choose_shipped(metrics: Metrics, timings: dict[str, dict[str, float]], ship:
     factor = _ratio(timings["pruned"]["latency_ms_b1"], timings["quantized"]["latency_ms_b1"])
     loss = metrics.quantized_metric_drop - metrics.metric_drop  # > 0: INT8 worse than pruned fp32
     verdict = (f"INT8 {factor:.2f}x the speed of pruned fp32 at batch 1, {metrics.metric_name} "
-               f"{-loss:+.4g} against it")
+               f"{0.0 - loss:+.4g} against it")
     if ship == "int8":
         return "quantized", f"evaluate.ship int8 ({verdict})", metrics.quantized_metric_drop
     if ship == "fp32":
