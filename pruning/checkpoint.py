@@ -15,7 +15,6 @@ A new kind of edit = one entry in :data:`REPLAY` (and in :data:`CONSTRAINTS` if 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ import torch
 from torch import nn
 
 from pruning import dependency, residual
+from pruning.atomic import replacing
 from pruning.data import map_inputs
 from pruning.errors import ModelError
 from pruning.training import Callback
-from pruning.zoo import build_model
+from pruning.zoo import ZOO, build_model
 
 FORMAT_VERSION = 2
 
@@ -92,11 +92,8 @@ def save_model(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict[st
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(record, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as f:
+        torch.save(record, f)
 
 
 def save_like(path: str | Path, model: nn.Module, record: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -131,13 +128,23 @@ def load_record(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a (possibly pruned) model from its file. Returns (model in eval mode, record).
 
     The dense architecture is built from the zoo (or user code), the edits are replayed in order, then the weights
-    are loaded strictly.
+    are loaded strictly. A model file is untrusted: the code that builds it never comes from the file. ``arch`` is the
+    architecture the caller's configuration names (params.yaml's ``model.arch``) and the file's must equal it; without
+    ``arch`` only a zoo architecture is accepted from a file (a recorded ``module:callable`` could name any function,
+    ``os:system`` included).
     """
     record = load_record(path)
+    recorded = record["arch"]
+    if arch is not None and recorded != arch:
+        raise ModelError(f"{path} was built by {recorded!r}, but the configured architecture is {arch!r}: rerun the "
+                         "stage that writes it (dvc repro does)")
+    if arch is None and recorded not in ZOO:
+        raise ModelError(f"{path} records the architecture {recorded!r}, which is not a zoo name: a model file may not "
+                         "choose code to run; load it with the configured architecture")
     shape = tuple(record["input_shape"]) if record["input_shape"] is not None else None
     model = build_model(record["arch"], record["kwargs"], shape, record["num_classes"])
     for edit in record["edits"]:

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
+from pruning.atomic import replacing
 from pruning.errors import DataError
 from pruning.schema import Section
 
@@ -310,9 +311,8 @@ def load_split(cfg: DataConfig, seed: int) -> tuple[Arrays, Arrays]:
 
 
 def save_arrays(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write one split as an uncompressed .npz (x, y)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # a file handle keeps numpy from appending .npz to the name
+    """Write one split as an uncompressed .npz (x, y), atomically."""
+    with replacing(path) as f:  # a file handle keeps numpy from appending .npz to the name
         np.savez(f, x=x, y=y)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pruning.atomic import replacing, write_bytes
 from pruning.errors import DataError, PruningError
 
 # cfg arguments below are pruning.data.DataConfig, not imported: pruning.data imports this module to load streamed
@@ -200,10 +201,7 @@ def fingerprint(source: str, path: str | None, cache: str | Path | None = None) 
         fresh[key] = entry
         h.update(f"{f.relative_to(root) if f != root else f.name}\0{entry[2]}\n".encode())
     if cache is not None:
-        tmp = Path(cache).with_name(Path(cache).name + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(fresh))
-        os.replace(tmp, cache)
+        write_bytes(cache, json.dumps(fresh).encode())
     return h.hexdigest()
 
 
@@ -248,9 +246,9 @@ def split_streamed(cfg: DataConfig, seed: int) -> StreamedSplit:
 
 
 def save_indices(path: str | Path, idx: np.ndarray) -> None:
-    """Write which samples of a streamed dataset form a split (the DVC out that changes when the split does)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    """Write which samples of a streamed dataset form a split (the DVC out that changes when the split does),
+    atomically."""
+    with replacing(path) as f:
         np.savez(f, idx=np.asarray(idx, dtype=np.int64))
 
 

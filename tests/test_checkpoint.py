@@ -1,5 +1,7 @@
 """Pickle-free model files: edits replayed on the dense architecture, weights_only loading, old files, constraints."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -64,6 +66,34 @@ def test_load_model_rejects_a_pickled_module_and_an_unknown_edit(tmp_path):
                           num_classes=10, edits=[{"kind": "quantum", "x": 1}])
     with pytest.raises(ModelError, match=r"cannot replay: \['quantum'\]"):
         checkpoint.load_model(tmp_path / "future.pt")
+
+
+def test_a_model_file_cannot_choose_the_code_that_builds_it(tmp_path):
+    """A file that passes torch.load(weights_only=True) but records arch "os:system": loading it calls nothing."""
+    import os
+
+    marker = tmp_path / "ran"
+    model = build_model("resnet", KWARGS, SHAPE, 10)
+    checkpoint.save_model(tmp_path / "evil.pt", model, arch="os:system", kwargs={"command": f"touch {marker}"},
+                          input_shape=SHAPE, num_classes=10)
+    with pytest.raises(ModelError, match=r"records the architecture 'os:system', which is not a zoo name"):
+        checkpoint.load_model(tmp_path / "evil.pt")
+    with pytest.raises(ModelError, match=r"was built by 'os:system', but the configured architecture is 'resnet'"):
+        checkpoint.load_model(tmp_path / "evil.pt", arch="resnet")
+    assert not marker.exists() and os.path.exists(tmp_path / "evil.pt")
+
+
+def test_a_stage_refuses_a_model_file_whose_architecture_is_not_the_configured_one(finished_copy):
+    from pruning.config import load_config
+    from pruning.stages.export import run
+
+    cfg = load_config("params.yaml")
+    record = torch.load(cfg.paths.finetuned_model, weights_only=True)
+    record["arch"], record["kwargs"] = "subprocess:getoutput", {"cmd": "touch ran"}
+    torch.save(record, cfg.paths.finetuned_model)
+    with pytest.raises(ModelError, match="was built by 'subprocess:getoutput'"):
+        run(cfg)
+    assert not os.path.exists("ran")
 
 
 def test_constraints_keep_masked_weights_zero_while_the_model_trains(tmp_path):

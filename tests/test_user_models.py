@@ -212,7 +212,7 @@ def test_the_default_method_prunes_every_family_and_the_model_file_rebuilds_it(f
     path = tmp_path / "m.pt"
     checkpoint.save_model(path, pruned, arch=f"tests.test_user_models:{family.__name__}", kwargs={},
                           input_shape=SHAPE, num_classes=10, edits=out.edits)
-    loaded, _ = checkpoint.load_model(path)
+    loaded, _ = checkpoint.load_model(path, arch=f"tests.test_user_models:{family.__name__}")
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned.eval()(x))
 

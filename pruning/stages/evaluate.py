@@ -56,8 +56,8 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
         if not Path(path).is_file():
             stage = "quantize" if name == "quantized" else "export"
             raise DataError(f"{path} not found: run the {stage} stage first (python -m pruning {stage})")
-    dense, _ = load_model(p.dense_model)
-    pruned, record = load_model(p.finetuned_model)
+    dense, _ = load_model(p.dense_model, cfg.model.arch)
+    pruned, record = load_model(p.finetuned_model, cfg.model.arch)
     task = build_task(cfg.task)
     counts = {"dense": count_macs(dense, data.spec), "pruned": count_macs(pruned, data.spec)}
     counts["quantized"] = counts["pruned"]

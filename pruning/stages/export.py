@@ -34,7 +34,7 @@ def run(cfg: Config, root: str | Path = ".") -> ExportResult:
     parities = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (src, _) in jobs.items():
-            model, record = load_model(src)
+            model, record = load_model(src, cfg.model.arch)
             staged = Path(tmp) / f"{name}.onnx"
             export_onnx(model, spec(record), staged, cfg.export.opset, cfg.export.exporter)
             with params_errors("export"):

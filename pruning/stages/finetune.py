@@ -30,11 +30,11 @@ def run(cfg: Config, root: str | Path = ".") -> FinetuneResult:
     """Fine-tune ``models/pruned.pt`` for ``finetune.epochs`` (with KD from the dense model if enabled)."""
     p = paths(cfg, root)
     data = prepared_data(cfg, root)
-    model, record = load_model(p.pruned_model)
+    model, record = load_model(p.pruned_model, cfg.model.arch)
     f = cfg.finetune
     distill = None
     if f.distill.enabled:
-        teacher, _ = load_model(p.dense_model)
+        teacher, _ = load_model(p.dense_model, cfg.model.arch)
         distill = Distill(teacher, f.distill.temperature, f.distill.alpha)
     task = build_task(cfg.task)
     before, _ = evaluate(model, data.test, device=cfg.device, task=task)

@@ -42,7 +42,7 @@ def run(cfg: Config, root: str | Path = ".") -> PruneResult:
     """Prune a copy of the dense model with ``prune.method``."""
     p = paths(cfg, root)
     data = prepared_data(cfg, root)
-    dense, record = load_model(p.dense_model)
+    dense, record = load_model(p.dense_model, cfg.model.arch)
     shape, spec = data.input_shape, data.spec
 
     def build() -> nn.Module:  # the dense architecture, initialised as the train stage initialised it

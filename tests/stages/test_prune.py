@@ -52,7 +52,7 @@ def test_prune_removes_a_block_of_a_user_residual_network_with_the_depth_method(
     for stage in ("prepare", "train"):
         BY_NAME[stage].fn(cfg)
     result = run(cfg)
-    model, record = load_model(cfg.paths.pruned_model)  # the removal replays on a freshly built user model
+    model, record = load_model(cfg.paths.pruned_model, cfg.model.arch)  # replayed on a freshly built user model
     (edit,) = record["edits"]
     assert edit["kind"] == "blocks" and edit["names"][0] in {"blocks.0", "blocks.1", "blocks.2"}
     assert result.pruned_macs < result.dense_macs

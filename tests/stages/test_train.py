@@ -21,7 +21,7 @@ def test_train_builds_a_user_model_from_module_callable_and_records_it(trained_c
                                                             "kwargs": {"hidden": 24}}, "train": {"epochs": 2}}))
     result = run(cfg)
     assert result.accuracy > 0.5 and result.params == 64 * 24 + 24 + 24 * 10 + 10
-    model, record = load_model(cfg.paths.dense_model)
+    model, record = load_model(cfg.paths.dense_model, cfg.model.arch)
     assert record["arch"] == "tests.stages.test_train:mlp" and record["edits"] == []
     assert model[1].out_features == 24
     assert len(json.loads(Path(cfg.paths.train_report).read_text())["epochs"]) == 2
@@ -60,7 +60,7 @@ def test_train_with_epochs_0_records_the_given_weights_as_the_dense_baseline(tra
     data = load_data(cfg.paths.train_data, cfg.paths.test_data, cfg.paths.data_meta)
     accuracy, loss = evaluate(given, data.test)
     assert (result.accuracy, result.loss) == (accuracy, loss)  # the very weights, untrained
-    dense, _ = load_model(cfg.paths.dense_model)
+    dense, _ = load_model(cfg.paths.dense_model, cfg.model.arch)
     for (name, a), b in zip(dense.state_dict().items(), given.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     report = json.loads(Path(cfg.paths.train_report).read_text())
