@@ -154,6 +154,23 @@ class ScheduleConfig(Section):
         return self
 
 
+_PROTECTED = (".git", ".dvc", "pruning", "flows", "params.yaml", "dvc.yaml", "dvc.lock")
+
+
+def workspace_path_problem(value: str) -> str | None:
+    """Why ``value`` is not a path the pipeline may use inside its workspace, or None."""
+    if not value or "\0" in value:
+        return "empty or with a NUL character"
+    path = Path(value)
+    if path.is_absolute() or value.startswith("~"):
+        return "must be relative to the workspace (the directory of params.yaml)"
+    if ".." in path.parts:
+        return "must stay inside the workspace (no ..)"
+    if not path.parts or path.parts[0] in _PROTECTED:
+        return f"must not be {', '.join(_PROTECTED)} or inside them"
+    return None
+
+
 class PathsConfig(Section):
     """Every file a stage reads or writes, relative to the workspace. Required in params.yaml, their one home:
     dvc.yaml templates the same keys with ``${paths.*}``, and the code has no path literals of its own."""
@@ -180,6 +197,28 @@ class PathsConfig(Section):
     bench_dir: str  # the benchmarks (bench/) write their json / md / png here
     latency_table: str  # latency allocation: per-layer ORT latencies, kept across runs (DVC persist)
     weights_dir: str  # model.weights lives here: the train stage's DVC dependency (a changed file reruns train)
+
+    @model_validator(mode="after")
+    def _inside_the_workspace(self) -> PathsConfig:
+        """Every path a relative one inside the workspace, outside what the pipeline must never overwrite (git, its
+        code, params.yaml and the DVC files), each its own (two outputs on one file would overwrite each other), and
+        no output inside the inputs' weights_dir."""
+        values = self.model_dump()
+        for key, value in values.items():
+            problem = workspace_path_problem(value)
+            if problem:
+                raise ValueError(f"paths.{key} {value!r}: {problem}")
+        seen: dict[str, str] = {}
+        for key, value in values.items():
+            norm = Path(value).as_posix()
+            if norm in seen:
+                raise ValueError(f"paths.{key} and paths.{seen[norm]} are both {value!r}: each output needs its own file")
+            seen[norm] = key
+        weights = Path(self.weights_dir).parts
+        for key, value in values.items():
+            if key != "weights_dir" and Path(value).parts[:len(weights)] == weights:
+                raise ValueError(f"paths.{key} {value!r} lies in paths.weights_dir, the train stage's input")
+        return self
 
     def under(self, root: str | Path) -> PathsConfig:
         """The same paths, resolved against the workspace ``root``."""
@@ -263,6 +302,8 @@ def _check_references(cfg: Config, file: str, root: Path) -> None:
     """Check what the schema cannot: files that must exist (relative to ``root``, the directory of params.yaml: the
     workspace) and callables that must import."""
     d = cfg.data
+    if d.path is not None and (problem := workspace_path_problem(d.path)):
+        raise ConfigError(f'Invalid "data.path" in {file}: {d.path!r} {problem}')
     if d.source == "npz":
         if not d.path:
             raise ConfigError(f'Missing "data.path" in {file}: data.source "npz" needs the path of an .npz file')

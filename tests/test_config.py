@@ -50,7 +50,7 @@ def test_parse_config_accepts_a_macs_target_when_ratio_is_null():
 
 def test_parse_config_rejects_npz_source_when_the_file_is_missing(tmp_path):
     with pytest.raises(ConfigError, match=r'"data.path".*missing.npz not found'):
-        parse_config(merge(TINY, {"data": {"source": "npz", "path": str(tmp_path / "missing.npz")}}))
+        parse_config(merge(TINY, {"data": {"source": "npz", "path": "no/missing.npz"}}))
 
 
 def test_parse_config_rejects_a_user_model_when_it_cannot_be_imported():
@@ -115,3 +115,24 @@ def test_model_weights_must_be_a_file_inside_the_tracked_weights_directory(in_tm
     (in_tmp / "weights" / "w.txt").write_text("x")
     with pytest.raises(ConfigError, match=match):
         load_config(write_params(in_tmp, over))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("test_data", "/etc/passwd", "must be relative to the workspace"),
+    ("test_data", "~/train.npz", "must be relative to the workspace"),
+    ("dense_model", "../elsewhere.pt", "must stay inside the workspace"),
+    ("metrics", "params.yaml", "must not be .git, .dvc, pruning"),
+    ("gates", ".git/HEAD", "must not be .git"),
+    ("prune_report", "pruning/config.py", "must not be"),
+    ("test_data", "data/train.npz", "paths.test_data and paths.train_data are both 'data/train.npz'"),
+    ("metrics", "weights/metrics.json", "lies in paths.weights_dir"),
+    ("data_meta", "", "empty"),
+])
+def test_every_configured_path_stays_inside_the_workspace_and_is_its_own(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(merge(TINY, {"paths": {key: value}}))
+
+
+def test_data_path_stays_inside_the_workspace_too():
+    with pytest.raises(ConfigError, match=r'Invalid "data.path" in params.yaml: \'../x.npz\' must stay inside'):
+        parse_config(merge(TINY, {"data": {"source": "npz", "path": "../x.npz"}}))

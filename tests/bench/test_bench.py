@@ -26,7 +26,7 @@ def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = parse_config(merge(TINY, {"bench": BENCH, "paths": {"bench_dir": str(tmp_path / "bench")},
+    cfg = parse_config(merge(TINY, {"bench": BENCH, "paths": {"bench_dir": "reports/bench-test"},
                                     "tracking": {"enabled": True, "experiment": "c"}}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{README_START}\nold\n{README_END}\ntail\n")

@@ -22,7 +22,7 @@ def test_prepare_writes_both_splits_and_their_facts_under_the_workspace_root(tmp
 def test_prepare_names_the_params_key_when_the_split_cannot_be_made(tmp_path):
     x, y = np.random.default_rng(0).random((10, 4), dtype=np.float32), np.arange(10)  # ten classes of one sample
     np.savez(tmp_path / "tiny.npz", x=x, y=y)
-    cfg = load_config(write_params(tmp_path, {"data": {"source": "npz", "path": str(tmp_path / "tiny.npz")}}))
+    cfg = load_config(write_params(tmp_path, {"data": {"source": "npz", "path": "tiny.npz"}}))
     with pytest.raises(ConfigError, match='Invalid "data.test_fraction": cannot split the data with a test fraction'):
         run(cfg, tmp_path)
     assert not (tmp_path / "data").exists()
