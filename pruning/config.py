@@ -22,7 +22,7 @@ from pruning.acceptance.gates import GateConfig, check_metric
 from pruning.data import DataConfig
 from pruning.errors import ConfigError, PruningError
 from pruning.methods import METHODS, MethodConfig, default_config
-from pruning.schema import Section
+from pruning.schema import Section, UniqueKeyLoader, workspace_path_problem
 from pruning.task import TaskConfig
 from pruning.zoo import resolve_callable
 
@@ -154,23 +154,6 @@ class ScheduleConfig(Section):
         return self
 
 
-_PROTECTED = (".git", ".dvc", "pruning", "flows", "params.yaml", "dvc.yaml", "dvc.lock")
-
-
-def workspace_path_problem(value: str) -> str | None:
-    """Why ``value`` is not a path the pipeline may use inside its workspace, or None."""
-    if not value or "\0" in value:
-        return "empty or with a NUL character"
-    path = Path(value)
-    if path.is_absolute() or value.startswith("~"):
-        return "must be relative to the workspace (the directory of params.yaml)"
-    if ".." in path.parts:
-        return "must stay inside the workspace (no ..)"
-    if not path.parts or path.parts[0] in _PROTECTED:
-        return f"must not be {', '.join(_PROTECTED)} or inside them"
-    return None
-
-
 class PathsConfig(Section):
     """Every file a stage reads or writes, relative to the workspace. Required in params.yaml, their one home:
     dvc.yaml templates the same keys with ``${paths.*}``, and the code has no path literals of its own."""
@@ -285,16 +268,24 @@ def parse_config(raw: Any, file: str = "params.yaml") -> Config:
 
 
 def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
-    """Read and validate params.yaml (``yaml.safe_load``; never executes anything)."""
+    """Read and validate params.yaml (a safe YAML loader; never executes anything)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Parameters file {path} not found (run from the repository root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a params file") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{path} holds a value that cannot be read ({str(exc).split(';')[0]})") from None
     return parse_config(raw, str(path))
 
 

@@ -320,8 +320,12 @@ def read_arrays(path: str | Path) -> Arrays:
     """Read a split written by :func:`save_arrays`."""
     if not Path(path).is_file():
         raise DataError(f"{path} not found: run the prepare stage first (python -m pruning prepare)")
-    with np.load(path, allow_pickle=False) as f:
-        return f["x"], f["y"]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f["x"], f["y"]
+    except Exception as exc:  # a truncated zip, a .npy, missing arrays, pickled members: all "rerun prepare"
+        raise DataError(f"{path} is not a split the prepare stage wrote ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}): rerun the prepare stage") from None
 
 
 def load_data(train: str | Path, test: str | Path, meta: str | Path, cfg: DataConfig | None = None) -> Data:
@@ -329,7 +333,11 @@ def load_data(train: str | Path, test: str | Path, meta: str | Path, cfg: DataCo
     (``cfg``), restricted to the recorded split, read through DataLoaders."""
     if not Path(meta).is_file():
         raise DataError(f"{meta} not found: run the prepare stage first (python -m pruning prepare)")
-    facts = json.loads(Path(meta).read_text())
+    try:
+        facts = json.loads(Path(meta).read_text())
+        facts["num_classes"], facts["source"]  # noqa: B018 - what every stage reads
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{meta} is damaged ({type(exc).__name__}: {exc}): rerun the prepare stage") from None
     shape = tuple(facts["input_shape"]) if facts.get("input_shape") is not None else None
     if not facts.get("streamed"):
         (x_tr, y_tr), (x_te, y_te) = read_arrays(train), read_arrays(test)

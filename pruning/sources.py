@@ -255,7 +255,13 @@ def save_indices(path: str | Path, idx: np.ndarray) -> None:
 def read_indices(path: str | Path) -> np.ndarray:
     if not Path(path).is_file():
         raise DataError(f"{path} not found: run the prepare stage first (python -m pruning prepare)")
-    with np.load(path, allow_pickle=False) as f:
-        if "idx" not in f.files:
-            raise DataError(f"{path} holds arrays, not the indices of a streamed source: rerun the prepare stage")
-        return f["idx"]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "idx" not in f.files:
+                raise DataError(f"{path} holds arrays, not the indices of a streamed source: rerun the prepare stage")
+            return f["idx"]
+    except DataError:
+        raise
+    except Exception as exc:  # a truncated zip, a .npy, pickled members: all "rerun prepare"
+        raise DataError(f"{path} is not a split the prepare stage wrote ({type(exc).__name__}): rerun the prepare "
+                        "stage") from None

@@ -136,3 +136,17 @@ def test_every_configured_path_stays_inside_the_workspace_and_is_its_own(key, va
 def test_data_path_stays_inside_the_workspace_too():
     with pytest.raises(ConfigError, match=r'Invalid "data.path" in params.yaml: \'../x.npz\' must stay inside'):
         parse_config(merge(TINY, {"data": {"source": "npz", "path": "../x.npz"}}))
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"seed: 1\nseed: 2\n", r"line 2 is not valid YAML: duplicate key 'seed'"),
+    ("seed: 1\n".encode("utf-16"), r"is not UTF-8 text \(byte 0\)"),
+    (("a: " + "[" * 5000 + "]" * 5000 + "\n").encode(), r"nests too deeply"),
+    (("seed: " + "1" * 5000 + "\n").encode(), r"holds a value that cannot be read \(Exceeds the limit"),
+])
+def test_params_files_that_cannot_be_read_are_one_line_not_a_traceback(tmp_path, content, match):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(path)
+    assert "\n" not in str(err.value)

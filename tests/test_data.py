@@ -69,3 +69,31 @@ def test_calibration_sample_takes_batches_times_64_samples_when_there_are_enough
     sample = calibration_sample(split, 2, seed=1)
     assert len(sample.x) == 128 and torch.equal(sample.x[:, 0].long(), sample.y)
     assert len(calibration_sample(Split(split.x[:50], split.y[:50]), 2, seed=1).x) == 50
+
+
+@pytest.mark.parametrize("damage", ["truncated", "npy", "strings"])
+def test_a_damaged_split_file_says_rerun_prepare(tmp_path, damage):
+    path = tmp_path / "train.npz"
+    save_arrays(path, np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "npy":
+        np.save(tmp_path / "x.npy", np.zeros(3))
+        path.write_bytes((tmp_path / "x.npy").read_bytes())
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, a=np.array(["x"]))
+    with pytest.raises(DataError, match=r"is not a split the prepare stage wrote .*: rerun the prepare stage"):
+        read_arrays(path)
+
+
+def test_a_damaged_meta_file_says_rerun_prepare(tmp_path):
+    from pruning.data import load_data
+
+    save_arrays(tmp_path / "a.npz", np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
+    (tmp_path / "meta.json").write_text('{"num_classes": 10')
+    with pytest.raises(DataError, match=r"meta.json is damaged \(JSONDecodeError"):
+        load_data(tmp_path / "a.npz", tmp_path / "a.npz", tmp_path / "meta.json")
+    (tmp_path / "meta.json").write_text('{"input_shape": [3]}')
+    with pytest.raises(DataError, match=r"meta.json is damaged \(KeyError"):
+        load_data(tmp_path / "a.npz", tmp_path / "a.npz", tmp_path / "meta.json")
