@@ -22,7 +22,7 @@ from pruning.acceptance.gates import GateConfig, check_metric
 from pruning.data import DataConfig
 from pruning.errors import ConfigError, PruningError
 from pruning.methods import METHODS, MethodConfig, default_config
-from pruning.schema import Section, UniqueKeyLoader, workspace_path_problem
+from pruning.schema import Section, safe_load_unique, workspace_path_problem
 from pruning.task import TaskConfig
 from pruning.zoo import resolve_callable
 
@@ -277,7 +277,7 @@ def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = safe_load_unique(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -38,15 +38,25 @@ def workspace_path_problem(value: str) -> str | None:
     return None
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's SafeLoader, refusing a key given twice in one mapping (safe_load keeps the last silently; DVC refuses
-    the file later, in the middle of a run)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load``, refusing a key given twice in one mapping (safe_load keeps the last silently; DVC refuses
+    the file later, in the middle of a run). The duplicates are found on the composed node tree, which constructs no
+    object, so only safe_load ever builds values."""
+    stack, visited = [yaml.compose(text, Loader=yaml.SafeLoader)], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in visited:  # an alias shares its node: each once (no blow-up, no loop)
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key.value!r}",
+                                                                key.start_mark)
+                    seen.add(key.value)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return yaml.safe_load(text)

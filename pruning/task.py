@@ -11,7 +11,7 @@ outputs (the evaluate stage), so the numbers compare.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -111,8 +111,15 @@ def build_task(cfg: TaskConfig) -> Task:
     return Task(loss, metric, name, better, classification=cfg.loss == "cross_entropy")
 
 
-def score(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    """(metric, loss) of one batch as floats."""
-    with torch.no_grad():
-        return float(task.metric(outputs, targets)), float(task.loss(outputs, targets))
+@torch.no_grad()
+def mean_scores(task: Task, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(metric, loss) over ``(outputs, targets)`` batches: sample-weighted means of the per-batch values. The one
+    place torch models (training.evaluate) and ONNX Runtime's outputs (runtime.session.score) are scored."""
+    metric, loss, seen = 0.0, 0.0, 0
+    for out, y in batches:
+        n = int(y.shape[0])
+        metric += float(task.metric(out, y)) * n
+        loss += float(task.loss(out, y)) * n
+        seen += n
+    return metric / max(seen, 1), loss / max(seen, 1)
 

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pruning.data import EVAL_BATCH, Batch, batches, calibration_batches, forward, take
-from pruning.task import CLASSIFICATION, Task
+from pruning.task import CLASSIFICATION, Task, mean_scores
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,9 @@ def evaluate(model: nn.Module, split: Dataset, batch_size: int = EVAL_BATCH, dev
     the batches; accuracy and cross-entropy by default)."""
     dev, home = resolve_device(device), _home(model)
     model.to(dev).eval()
-    metric, loss, seen = 0.0, 0.0, 0
-    for batch in batches(split, batch_size):
-        batch = batch.to(dev)
-        out = forward(model, batch.x)
-        metric += float(task.metric(out, batch.y)) * len(batch)
-        loss += float(task.loss(out, batch.y)) * len(batch)
-        seen += len(batch)
+    scores = mean_scores(task, ((forward(model, b.x), b.y) for b in (b.to(dev) for b in batches(split, batch_size))))
     model.to(home)
-    return metric / max(seen, 1), loss / max(seen, 1)
+    return scores
 
 
 def fit(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, distill: Distill | None = None,

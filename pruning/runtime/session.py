@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pruning.data import batches, tensors
-from pruning.task import CLASSIFICATION, Task
+from pruning.task import CLASSIFICATION, Task, mean_scores
 
 INPUT_NAME = "input"  # a single-input model's input; a model with several keeps its own names (export.py)
 OUTPUT_NAME = "logits"
@@ -81,13 +81,7 @@ def score(onnx_path: str | Path, split: Iterable[Any] | Any, threads: int, task:
     """The task's metric and mean loss of an ONNX model over a split (a Dataset, read in batches: streamed sources
     stream), computed by the same functions as for torch models."""
     sess = session(onnx_path, threads)
-    metric, loss, seen = 0.0, 0.0, 0
-    for batch in batches(split, batch_size):
-        out = torch.from_numpy(run(sess, batch.x))
-        metric += float(task.metric(out, batch.y)) * len(batch)
-        loss += float(task.loss(out, batch.y)) * len(batch)
-        seen += len(batch)
-    return metric / max(seen, 1), loss / max(seen, 1)
+    return mean_scores(task, ((torch.from_numpy(run(sess, b.x)), b.y) for b in batches(split, batch_size)))
 
 
 def tiled(x: Any, n: int) -> Any:
