@@ -91,24 +91,30 @@ def _stage(stage: Stage, repo: Path) -> bool:
     """Run one DVC stage in ``repo`` if DVC says it is stale; True if it ran."""
     if not _runs_same_code(repo):
         return _repro(stage.name, repo)
-    from dvc.repo import Repo
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
 
     from pruning.config import load_config
 
     logger = get_run_logger()
     # DVC's Python API resolves its outputs against the working directory (an output "is_in_repo" check asserts
-    # otherwise): its calls run from the repository; the stage function itself takes the root.
-    with contextlib.chdir(repo), Repo(".") as dvc:
-        changes = dvc.status(targets=[stage.name])
-    if not changes:
-        logger.info("Stage '%s' didn't change, skipping", stage.name)
-        return False
-    logger.info("Running stage '%s' (%s)", stage.name, _describe(changes))
-    start = time.perf_counter()
-    result = stage.fn(load_config(repo / PARAMS), repo)
-    record_timing(stage.name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
-    with contextlib.chdir(repo), Repo(".") as dvc:  # a fresh Repo: the previous stage's commit changed dvc.lock
-        dvc.commit(stage.name, force=True)  # hashes deps/outs/params into dvc.lock and the cache, as `dvc repro` does
+    # otherwise): its calls run from the repository; the stage function itself takes the root. DVC's repository lock
+    # is held from status to commit, as `dvc repro` holds it: no other DVC command (another flow, a `dvc repro`) can
+    # run or record this stage in between. A fresh Repo per stage: the previous stage's commit changed dvc.lock.
+    try:
+        with contextlib.chdir(repo), Repo(".") as dvc, lock_repo(dvc):
+            changes = dvc.status(targets=[stage.name])
+            if not changes:
+                logger.info("Stage '%s' didn't change, skipping", stage.name)
+                return False
+            logger.info("Running stage '%s' (%s)", stage.name, _describe(changes))
+            start = time.perf_counter()
+            result = stage.fn(load_config(repo / PARAMS), repo)
+            record_timing(stage.name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+            dvc.commit(stage.name, force=True)  # hashes deps/outs/params into dvc.lock and the cache, as `dvc repro`
+    except LockError:
+        raise StageFailed(f"stage {stage.name}: another DVC command (dvc repro, another pipeline run) holds the lock of "
+                          f"{repo}; wait for it to finish and rerun") from None
     return True
 
 
@@ -124,6 +130,31 @@ def _describe(changes: dict[str, Any]) -> str:
     return "; ".join(parts) or "stale"
 
 
+def _user_error(exc: BaseException | None) -> bool:
+    from pruning.errors import PruningError
+
+    return isinstance(exc, PruningError | StageFailed)
+
+
+def _io_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: retry a failure of I/O, never a user error (the same input fails the same way)."""
+    return not _user_error(state.result(raise_on_failure=False))
+
+
+class _NoUserTracebacks(logging.Filter):
+    """Prefect logs a failed task or flow run with its traceback; for a user error (bad params, an untraceable model,
+    a stage's one-line error) the message is the whole story: keep it, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _user_error(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_NoUserTracebacks())
+
+
 def _task(stage: Stage):
     """The Prefect task of one row of STAGES; retries only where the stage does I/O against a service."""
 
@@ -131,13 +162,15 @@ def _task(stage: Stage):
         return _stage(stage, Path(repo))
 
     run.__name__ = run.__qualname__ = stage.name
-    return task(name=stage.name, retries=stage.retries, retry_delay_seconds=[5, 20][: stage.retries] or 0)(run)
+    return task(name=stage.name, retries=stage.retries, retry_delay_seconds=[5, 20][: stage.retries] or 0,
+                retry_condition_fn=_io_only)(run)
 
 
 TASKS = [_task(stage) for stage in STAGES]
 
 
-@task(name="promote", retries=3, retry_delay_seconds=[2, 10, 30])  # registry I/O only
+# registry I/O only; promote is idempotent (pruning/tracking/registry.py), so a retry completes what failed
+@task(name="promote", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_io_only)
 def promote(run_id: str, repo: str) -> dict[str, Any]:
     from pruning.config import load_config
     from pruning.tracking import promote as register
@@ -201,6 +234,24 @@ def _warm_up_tracking(experiment: str) -> None:
         logging.getLogger(__name__).debug("MLflow warm-up failed", exc_info=True)
 
 
+def _one_run_per_workspace(repo: Path) -> Any:
+    """Hold the workspace's run lock until this process exits (the OS drops it on a kill); None if another run holds
+    it. Two flows in one workspace would run the same stages on the same files; DVC's own lock, held per stage, cannot
+    stop the second from starting between two stages."""
+    import filelock
+
+    where = repo / ".dvc" / "tmp"
+    if not where.parent.is_dir():  # not a DVC repository: DVC reports that itself, with its own message
+        return nullcontext()
+    where.mkdir(exist_ok=True)
+    guard = filelock.FileLock(str(where / "pruning-run.lock"), timeout=0)
+    try:
+        guard.acquire()
+    except filelock.Timeout:
+        return None
+    return guard
+
+
 def main() -> int:
     """Entry point of ``python -m pruning run``: run the flow, print the summary, map failures to exit codes."""
     import argparse
@@ -224,6 +275,11 @@ def main() -> int:
     repo = params.parent.absolute()
     if not (repo / "dvc.yaml").is_file():
         err.print(f"[red]error:[/] --params {params}: no dvc.yaml in {repo} (the workspace the pipeline runs in)",
+                  highlight=False, soft_wrap=True)
+        return 2
+    guard = _one_run_per_workspace(repo)
+    if guard is None:
+        err.print(f"[red]error:[/] another pipeline run is in progress in {repo}; wait for it to finish (or stop it)",
                   highlight=False, soft_wrap=True)
         return 2
     process = server.launch()  # first: it comes up on the other core while this process imports torch and the stages

@@ -23,6 +23,8 @@ import prefect
 from prefect.context import refresh_global_settings_context
 from prefect.settings import get_current_settings
 
+from pruning.cli import die_with_parent
+
 
 class ServerFailed(RuntimeError):
     """The ephemeral server did not come up; the message says why."""
@@ -44,7 +46,7 @@ def launch() -> subprocess.Popen[bytes] | None:
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
-         "--lifespan", "on"], env=env)
+         "--lifespan", "on"], env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 - it must not outlive this process
     atexit.register(_stop, process)
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     refresh_global_settings_context()  # Prefect's settings, in every thread, now see the URL

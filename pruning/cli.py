@@ -47,19 +47,41 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         sys.path.insert(0, os.getcwd())
 
 
-def _stage(params: Path, fn: Callable[[Any], Any], name: str) -> Any:
+def _stage(params: Path, fn: Callable[[Any, Path], Any], name: str) -> Any:
     """Validate params, run one stage function, and turn user errors into exit code 2."""
     from pruning.config import load_config
 
+    workspace = str(params.absolute().parent)
+    if workspace not in sys.path:  # a model.arch / data.source given as module:callable lives in the workspace
+        sys.path.insert(0, workspace)
     try:
         cfg = load_config(params)
         start = time.perf_counter()
-        result = fn(cfg)
+        result = fn(cfg, params.parent)  # the workspace: params.yaml's directory, as for `run` and DVC
     except PruningError as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     record_timing(name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+    _record_in_dvc(params, name)
     return result
+
+
+def _record_in_dvc(params: Path, stage: str) -> None:
+    """A stage verb typed by hand in a DVC workspace records its outputs in dvc.lock (``dvc commit``), as ``dvc repro``
+    and the flow do: otherwise ``dvc status`` would call the fresh outputs modified and the next ``dvc repro`` would
+    redo the stage. Not under DVC (which commits itself), not for another params file than the workspace's."""
+    root = params.absolute().parent
+    by_hand = not (os.environ.get("DVC_STAGE") or os.environ.get(SUMMARY_BY_FLOW))
+    if (not by_hand or stage not in {s.name for s in STAGES} or params.name != "params.yaml"
+            or not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir()):
+        return
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet", stage], cwd=root, env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["dvc commit failed"])[-1]
+        err.print(f"[yellow]warning:[/] {stage} ran, but DVC did not record it ({reason}); run `dvc commit {stage}`",
+                  highlight=False, soft_wrap=True)
 
 
 def record_timing(stage: str, seconds: float, tracking_seconds: float = 0.0) -> None:
@@ -109,10 +131,22 @@ for _row in STAGES:
     app.command(name=_row.name, help=_row.help)(_verb(_row))
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process: it gets SIGTERM when its parent dies, even by SIGKILL (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), so that killing ``python -m pruning run`` leaves no flow and no Prefect server
+    running on. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _flows(module: str, *args: str) -> None:
     """Run an entry point of flows/ or bench/ in its own process: pruning/ never imports them (see ARCHITECTURE.md)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    raise typer.Exit(subprocess.run([sys.executable, "-m", module, *args], env=env, check=False).returncode)
+    raise typer.Exit(subprocess.run([sys.executable, "-m", module, *args], env=env, check=False,
+                                    preexec_fn=die_with_parent).returncode)  # noqa: PLW1509 - no threads yet here
 
 
 @app.command()
@@ -135,9 +169,9 @@ def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent 
     from pruning.stages.common import params_errors
     from pruning.tracking import promote as register
 
-    def promote_run(cfg: Any) -> Any:
+    def promote_run(cfg: Any, root: Path) -> Any:
         with params_errors("registry"):
-            return register(run_id, cfg)
+            return register(run_id, cfg, root)
 
     result = _stage(params, promote_run, "promote")
     out.print(f"registry: {result.model_name} v{result.version} -> {result.alias or 'no alias'} ({result.reason})",

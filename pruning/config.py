@@ -13,18 +13,18 @@ models (``python -m pruning params-doc``), so a value has one home.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from pruning.acceptance.gates import GateConfig, check_metric
 from pruning.data import DataConfig
-from pruning.errors import ConfigError, PruningError
+from pruning.errors import ConfigError
 from pruning.methods import METHODS, MethodConfig, default_config
-from pruning.schema import Section, safe_load_unique, workspace_path_problem
+from pruning.references import check_references, check_tracked
+from pruning.schema import Section, TooLarge, safe_load_unique, workspace_path_problem
 from pruning.task import TaskConfig
-from pruning.zoo import resolve_callable
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -36,39 +36,39 @@ class ModelConfig(Section):
                       "| package.module:callable (your own)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments (zoo builders also get "
                                    "in_channels and num_classes)")
-    input_shape: list[int] | None = Field(None, description="per-sample shape your model expects; checked against "
-                                          "the data")
+    input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(
+        None, description="per-sample shape your model expects; checked against the data")
     weights: str | None = Field(None, description="your trained weights for arch: a state dict (.pt/.pth, or a "
                                 "checkpoint dict holding one) or .safetensors, inside paths.weights_dir (DVC tracks it)")
 
 
 class _Optimizer(Section):
-    epochs: int = Field(12, ge=1, description="epochs (SGD with Nesterov momentum, cosine schedule)")
-    batch_size: int = Field(64, ge=1, description="batch size")
-    lr: float = Field(0.05, gt=0, description="initial learning rate")
+    epochs: int = Field(12, ge=1, le=10_000, description="epochs (SGD with Nesterov momentum, cosine schedule)")
+    batch_size: int = Field(64, ge=1, le=65_536, description="batch size")
+    lr: float = Field(0.05, gt=0, le=10, description="initial learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="L2 weight decay")
 
 
 class TrainConfig(_Optimizer):
     """Dense baseline training (or, with ``epochs: 0``, the given ``model.weights`` as they are)."""
 
-    epochs: int = Field(12, ge=0, description="epochs (0: no training: model.weights is the dense baseline)")
+    epochs: int = Field(12, ge=0, le=10_000, description="epochs (0: no training: model.weights is the dense baseline)")
 
 
 class DistillConfig(Section):
     """Knowledge distillation from the dense model (Hinton et al. 2015)."""
 
     enabled: bool = Field(True, description="distil from the dense model while fine-tuning")
-    temperature: float = Field(4.0, gt=0, description="softmax temperature of both models")
+    temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of both models")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target term")
 
 
 class FinetuneConfig(_Optimizer):
     """Recovery training of the pruned model."""
 
-    epochs: int = Field(8, ge=0, description="epochs (0: no fine-tuning)")
-    lr: float = Field(0.01, gt=0, description="initial learning rate")
+    epochs: int = Field(8, ge=0, le=10_000, description="epochs (0: no fine-tuning)")
+    lr: float = Field(0.01, gt=0, le=10, description="initial learning rate")
     distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
@@ -78,11 +78,11 @@ class ExportConfig(Section):
     exporter: Literal["torchscript", "dynamo"] = Field("torchscript", description="torchscript (fast, default) | "
                                                        "dynamo (torch.export based)")
     opset: int = Field(17, ge=13, le=20, description="ONNX opset")
-    parity_atol: float = Field(1e-4, ge=0, description="parity on real test samples: |ONNX Runtime - torch| <= atol + "
+    parity_atol: float = Field(1e-4, ge=0, le=1, description="parity on real test samples: |ONNX Runtime - torch| <= atol + "
                                "rtol * |torch| for every output (numpy.allclose), or the stage fails and publishes "
                                "nothing")
-    parity_rtol: float = Field(1e-5, ge=0, description="the relative part (fp32 rounding grows with the values)")
-    parity_samples: int = Field(256, ge=1, description="test samples of the parity check")
+    parity_rtol: float = Field(1e-5, ge=0, le=1, description="the relative part (fp32 rounding grows with the values)")
+    parity_samples: int = Field(256, ge=1, le=1_000_000, description="test samples of the parity check")
 
 
 class QuantizeConfig(Section):
@@ -93,7 +93,7 @@ class QuantizeConfig(Section):
     per_channel: bool = Field(True, description="per-channel weight scales")
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="activations (weights are int8); uint8 "
                                                       "measured fastest here")
-    calibration_samples: int = Field(256, ge=1, description="training samples that calibrate the activation ranges")
+    calibration_samples: int = Field(256, ge=1, le=1_000_000, description="training samples that calibrate the activation ranges")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="minmax | entropy | "
                                                                          "percentile")
 
@@ -101,18 +101,18 @@ class QuantizeConfig(Section):
 class EvaluateConfig(Section):
     """Accuracy and latency measurement through ONNX Runtime (pruning/runtime/timing.py)."""
 
-    threads: int = Field(1, ge=1, description="ORT intra-op threads (fixed so latencies compare)")
-    batch_size: int = Field(32, ge=1, description="the N of latency_ms_bN")
-    warmup: int = Field(5, ge=0, description="untimed runs per model, batch size and round")
-    repeats: int = Field(20, ge=3, description="timed runs per model, batch size and round")
-    rounds: int = Field(5, ge=1, description="rounds; the models alternate within each, latencies are medians over "
+    threads: int = Field(1, ge=1, le=256, description="ORT intra-op threads (fixed so latencies compare)")
+    batch_size: int = Field(32, ge=1, le=65_536, description="the N of latency_ms_bN")
+    warmup: int = Field(5, ge=0, le=10_000, description="untimed runs per model, batch size and round")
+    repeats: int = Field(20, ge=3, le=10_000, description="timed runs per model, batch size and round")
+    rounds: int = Field(5, ge=1, le=1_000, description="rounds; the models alternate within each, latencies are medians over "
                         "rounds")
     ship: Literal["auto", "int8", "fp32"] = Field("auto", description="the model the gates judge as shipped and the "
                                                   "registry registers: auto (INT8 where it pays, else the pruned fp32) "
                                                   "| int8 | fp32")
-    int8_min_speedup: float = Field(1.1, gt=0, description="auto: INT8 ships only if at least this much faster than "
+    int8_min_speedup: float = Field(1.1, gt=0, le=1_000, description="auto: INT8 ships only if at least this much faster than "
                                     "pruned fp32 at batch 1 ...")
-    int8_max_metric_loss: float = Field(0.01, ge=0, description="... and losing at most this much of task.metric "
+    int8_max_metric_loss: float = Field(0.01, ge=0, le=1_000, description="... and losing at most this much of task.metric "
                                         "against pruned fp32")
 
 
@@ -148,9 +148,24 @@ class ScheduleConfig(Section):
 
     @model_validator(mode="after")
     def _valid_cron(self) -> ScheduleConfig:
+        # cronsim: what Prefect's own cron validation (its vendored croniter) needs 2 s of imports for; a Prefect
+        # dependency, so no new package
+        import datetime
+        import zoneinfo
+
+        from cronsim import CronSim, CronSimError
+
         fields = self.cron.split()
         if len(fields) != 5:
             raise ValueError(f"expected 5 cron fields (minute hour day month weekday), got {len(fields)}")
+        try:
+            CronSim(self.cron, datetime.datetime(2026, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(f"cron {self.cron!r}: {exc}") from None
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
         return self
 
 
@@ -197,6 +212,11 @@ class PathsConfig(Section):
             if norm in seen:
                 raise ValueError(f"paths.{key} and paths.{seen[norm]} are both {value!r}: each output needs its own file")
             seen[norm] = key
+        for key, value in values.items():
+            for other, inner in values.items():
+                if other != key and Path(inner).parts[:len(Path(value).parts)] == Path(value).parts \
+                        and key != "bench_dir" and key != "weights_dir":
+                    raise ValueError(f"paths.{other} {inner!r} lies inside paths.{key} {value!r}, a file")
         weights = Path(self.weights_dir).parts
         for key, value in values.items():
             if key != "weights_dir" and Path(value).parts[:len(weights)] == weights:
@@ -211,7 +231,7 @@ class PathsConfig(Section):
 class Config(Section):
     """The whole of params.yaml."""
 
-    seed: int = Field(0, description="seeds the split, the initialisation, batch order, calibration samples")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds the split, the initialisation, batch order, calibration samples")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs: auto (cuda when "
                                                    "available) | cpu | cuda")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -263,7 +283,7 @@ def parse_config(raw: Any, file: str = "params.yaml") -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0], file)) from None
-    _check_references(cfg, file, Path(file).parent)
+    check_references(cfg, file, Path(file).parent)
     return cfg
 
 
@@ -284,91 +304,10 @@ def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
         raise ConfigError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     except RecursionError:
         raise ConfigError(f"{path} nests too deeply to be a params file") from None
+    except TooLarge as exc:
+        raise ConfigError(f"{path} {exc}") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"{path} holds a value that cannot be read ({str(exc).split(';')[0]})") from None
+    if isinstance(raw, dict):
+        check_tracked(raw, path)
     return parse_config(raw, str(path))
-
-
-def _check_references(cfg: Config, file: str, root: Path) -> None:
-    """Check what the schema cannot: files that must exist (relative to ``root``, the directory of params.yaml: the
-    workspace) and callables that must import."""
-    d = cfg.data
-    if d.path is not None and (problem := workspace_path_problem(d.path)):
-        raise ConfigError(f'Invalid "data.path" in {file}: {d.path!r} {problem}')
-    if d.source == "npz":
-        if not d.path:
-            raise ConfigError(f'Missing "data.path" in {file}: data.source "npz" needs the path of an .npz file')
-        if not (root / d.path).is_file():
-            raise ConfigError(f'Invalid "data.path" in {file}: data file {d.path} not found')
-    elif d.source == "imagefolder":
-        if not d.path:
-            raise ConfigError(f'Missing "data.path" in {file}: data.source "imagefolder" needs the folder of '
-                              "class folders")
-        if not (root / d.path).is_dir():
-            raise ConfigError(f'Invalid "data.path" in {file}: image folder {d.path} not found')
-    elif ":" in d.source:
-        if d.path is not None and not (root / d.path).exists():
-            raise ConfigError(f'Invalid "data.path" in {file}: {d.path} not found')
-        try:
-            resolve_callable(d.source)
-        except PruningError as exc:
-            raise ConfigError(f'Invalid "data.source" in {file}: {exc}') from None
-    elif d.path is not None:
-        raise ConfigError(f'Invalid "data.path" in {file}: data.source {d.source!r} reads no file (set it to null)')
-    if d.source not in ("imagefolder",) and (d.image_size or d.mean or d.std):
-        raise ConfigError(f'Invalid "data" in {file}: image_size, mean and std apply to data.source imagefolder only')
-    if ":" not in d.source and d.kwargs:
-        raise ConfigError(f'Invalid "data.kwargs" in {file}: only a module:callable source takes arguments')
-    if ":" in cfg.model.arch:
-        try:
-            resolve_callable(cfg.model.arch)
-        except PruningError as exc:
-            raise ConfigError(f'Invalid "model.{exc.field}" in {file}: {exc}') from None
-    _check_weights(cfg, file, root)
-    _check_metric_names(cfg, file)
-    for key in ("loss", "metric"):
-        spec = getattr(cfg.task, key)
-        if ":" in spec:
-            try:
-                resolve_callable(spec)
-            except PruningError as exc:
-                raise ConfigError(f'Invalid "task.{key}" in {file}: {exc}') from None
-
-
-def _check_metric_names(cfg: Config, file: str) -> None:
-    """Gates and the registry may name accuracy only while the task's metric is accuracy."""
-    if cfg.task.metric == "accuracy":
-        return
-    named = [(f"gates.{name}.metric", g.metric) for name, g in cfg.gates.items()]
-    named.append(("registry.primary_metric", cfg.registry.primary_metric))
-    for key, metric in named:
-        if metric.rpartition(".")[2] in ("accuracy", "accuracy_drop", "quantized_accuracy_drop"):
-            raise ConfigError(f'Invalid "{key}" in {file}: {metric!r}, but task.metric is {cfg.task.metric!r}: use '
-                              "metric_drop, quantized_metric_drop or <variant>.metric (the task's metric)")
-
-
-def _check_weights(cfg: Config, file: str, root: Path) -> None:
-    """model.weights: a file inside paths.weights_dir (a directory DVC cannot be told about is a dependency DVC
-    cannot see), and train.epochs 0 only with weights to start from."""
-    weights = cfg.model.weights
-    if weights is None:
-        if cfg.train.epochs == 0:
-            raise ConfigError(f'Invalid "train.epochs" in {file}: 0 (no training) needs the trained weights in '
-                              '"model.weights"')
-        return
-    from pruning.weights import SUFFIXES
-
-    where = Path(cfg.paths.weights_dir)
-    if where.is_absolute() or ".." in where.parts:
-        raise ConfigError(f'Invalid "paths.weights_dir" in {file}: {str(where)!r} must be a directory inside the '
-                          "workspace (a relative path without ..)")
-    path = Path(weights)
-    if path.is_absolute() or ".." in path.parts or path.parts[:len(where.parts)] != where.parts:
-        raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not inside paths.weights_dir '
-                          f"({where}/): put the file there (copy, link or dvc add it) so DVC reruns train when it "
-                          "changes")
-    if path.suffix not in SUFFIXES:
-        raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not a weights file '
-                          f"({' | '.join(SUFFIXES)})")
-    if not (root / path).is_file():
-        raise ConfigError(f'Invalid "model.weights" in {file}: weights file {weights} not found')

@@ -12,13 +12,37 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+# The largest magnitude any number in params.yaml may have, whatever the field: a backstop behind each field's own
+# bounds, so that no value can mean "forever" or "everything" (an epoch count of 1e30, a threshold of 1e300).
+MAX_MAGNITUDE = 1e9
+# The most values params.yaml may expand to once its YAML aliases are followed (the whole default file: ~300).
+MAX_VALUES = 20_000
+
+
+def _too_large(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return abs(value) > MAX_MAGNITUDE
+    if isinstance(value, list | tuple):
+        return any(_too_large(v) for v in value)
+    return False
 
 
 class Section(BaseModel):
-    """A frozen section of params.yaml; unknown keys are errors."""
+    """A frozen section of params.yaml; unknown keys are errors; NaN, infinities and numbers beyond
+    :data:`MAX_MAGNITUDE` are out of range everywhere."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        if _too_large(value):
+            raise ValueError(f"out of range: numbers in params.yaml stay within ±{MAX_MAGNITUDE:g}")
+        return value
 
 
 _PROTECTED = (".git", ".dvc", "pruning", "flows", "params.yaml", "dvc.yaml", "dvc.lock")
@@ -28,6 +52,8 @@ def workspace_path_problem(value: str) -> str | None:
     """Why ``value`` is not a path the pipeline may use inside its workspace, or None."""
     if not value or "\0" in value:
         return "empty or with a NUL character"
+    if len(value) > 1024 or any(len(part.encode()) > 255 for part in Path(value).parts):
+        return "too long (at most 255 bytes per name, 1024 characters in all)"
     path = Path(value)
     if path.is_absolute() or value.startswith("~"):
         return "must be relative to the workspace (the directory of params.yaml)"
@@ -38,11 +64,40 @@ def workspace_path_problem(value: str) -> str | None:
     return None
 
 
+class TooLarge(ValueError):
+    """The document expands to more than :data:`MAX_VALUES` values."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds once every alias is expanded (a 1 KB "billion laughs" file holds 10**9),
+    computed on the node graph in linear time: each node's size once, aliases counted as often as they occur."""
+    sizes: dict[int, int] = {}
+    order, stack = [], [root]
+    while stack:  # post-order without recursion (a 5000-deep document must not overflow the stack)
+        node = stack.pop()
+        if id(node) in sizes:
+            continue
+        sizes[id(node)] = 0
+        order.append(node)
+        if isinstance(node, yaml.MappingNode):
+            stack += [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    for node in reversed(order):
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_VALUES + 1)
+    return sizes[id(root)]
+
+
 def safe_load_unique(text: str) -> Any:
     """``yaml.safe_load``, refusing a key given twice in one mapping (safe_load keeps the last silently; DVC refuses
-    the file later, in the middle of a run). The duplicates are found on the composed node tree, which constructs no
-    object, so only safe_load ever builds values."""
-    stack, visited = [yaml.compose(text, Loader=yaml.SafeLoader)], set()
+    the file later, in the middle of a run) and a document that expands to more than :data:`MAX_VALUES` values. Both
+    are found on the composed node tree, which constructs no object, so only safe_load ever builds values."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None and _expanded_size(root) > MAX_VALUES:
+        raise TooLarge(f"expands to more than {MAX_VALUES} values once its YAML aliases are followed")
+    stack, visited = [root] if root is not None else [], set()
     while stack:
         node = stack.pop()
         if id(node) in visited:  # an alias shares its node: each once (no blow-up, no loop)

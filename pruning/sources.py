@@ -259,7 +259,10 @@ def read_indices(path: str | Path) -> np.ndarray:
         with np.load(path, allow_pickle=False) as f:
             if "idx" not in f.files:
                 raise DataError(f"{path} holds arrays, not the indices of a streamed source: rerun the prepare stage")
-            return f["idx"]
+            idx = f["idx"]
+        if not (isinstance(idx, np.ndarray) and idx.ndim == 1 and np.issubdtype(idx.dtype, np.integer)):
+            raise DataError(f"{path} does not hold the sample indices the prepare stage wrote: rerun the prepare stage")
+        return idx
     except DataError:
         raise
     except Exception as exc:  # a truncated zip, a .npy, pickled members: all "rerun prepare"

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,8 @@ def test_model_weights_must_be_a_file_inside_the_tracked_weights_directory(in_tm
     ("test_data", "data/train.npz", "paths.test_data and paths.train_data are both 'data/train.npz'"),
     ("metrics", "weights/metrics.json", "lies in paths.weights_dir"),
     ("data_meta", "", "empty"),
+    ("data_meta", "x" * 300, "too long"),
+    ("data_meta", "data/train.npz/meta.json", "paths.data_meta 'data/train.npz/meta.json' lies inside paths.train_data"),
 ])
 def test_every_configured_path_stays_inside_the_workspace_and_is_its_own(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -150,3 +153,65 @@ def test_params_files_that_cannot_be_read_are_one_line_not_a_traceback(tmp_path,
     with pytest.raises(ConfigError, match=match) as err:
         load_config(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"export": {"parity_atol": float("inf")}}, r'Invalid "export.parity_atol" .*: inf \(Input should be a finite number'),
+    ({"gates": {"macs": {"threshold": float("nan")}}}, r'Invalid "gates.macs.threshold" .*finite number'),
+    ({"train": {"epochs": 1e30}}, r'Invalid "train.epochs"'),
+    ({"train": {"lr": float("inf")}}, r'Invalid "train.lr"'),
+    ({"prune": {"round_to": 10 ** 12}}, r'Invalid "prune.round_to" .*less than or equal to 4096'),
+    ({"evaluate": {"threads": 10 ** 6}}, r'Invalid "evaluate.threads" .*less than or equal to 256'),
+    ({"data": {"source": "mnist1d", "mnist1d_samples": 10 ** 9}}, r'Invalid "data.mnist1d_samples"'),
+    ({"gates": {"macs": {"threshold": 1e300}}}, r'Invalid "gates.macs.threshold" .*out of range: numbers in params.yaml '
+                                                r"stay within ±1e\+09"),
+    ({"seed": -1}, r'Invalid "seed" .*: -1 \(Input should be greater than or equal to 0\)'),
+    ({"seed": 2 ** 32}, r'Invalid "seed"'),
+    ({"schedule": {"cron": "61 3 * * *"}}, r'Invalid "schedule" .*cron \'61 3 \* \* \*\': Bad minute'),
+    ({"schedule": {"timezone": "Mars/Olympus"}}, r"timezone 'Mars/Olympus' is not an IANA time zone"),
+    ({"model": {"arch": "os:system"}}, r'Invalid "model.arch" .*builtin_function_or_method, not a Python function'),
+    ({"model": {"arch": "sys:exit"}}, r'Invalid "model.arch"'),
+    ({"model": {"arch": "collections:OrderedDict"}}, r"is the class OrderedDict, not a torch.nn.Module class"),
+])
+def test_values_that_would_change_meaning_or_run_forever_are_refused_in_one_line(over, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        parse_config(merge(TINY, over))
+    assert "\n" not in str(err.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]  # 10**9 values
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(TINY) + "bench:\n" + "".join(f"  {ln}\n" for ln in levels))
+    with pytest.raises(ConfigError, match=r"expands to more than 20000 values once its YAML aliases are followed"):
+        load_config(path)
+
+
+def test_a_key_dvc_yaml_tracks_must_be_in_params_yaml(tmp_path):
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = {k: v for k, v in TINY.items() if k != "gates"}  # the schema defaults it; DVC would fail mid-run
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r'Missing key "gates" in .*params.yaml: dvc.yaml\'s evaluate stage tracks it'):
+        load_config(tmp_path / "params.yaml")
+    (tmp_path / "other").mkdir()  # without a dvc.yaml beside it, nothing to agree with
+    (tmp_path / "other" / "params.yaml").write_text(yaml.safe_dump(params))
+    assert load_config(tmp_path / "other" / "params.yaml").gates == {}
+
+
+def test_a_builder_that_fails_or_exits_is_one_error_not_a_silent_exit():
+    from pruning.errors import ModelError
+    from pruning.zoo import build_model
+
+    with pytest.raises(ModelError, match=r"'tests.test_config:_exits' failed to build the model: SystemExit: 0"):
+        build_model("tests.test_config:_exits", {}, (1, 8, 8), 10)
+    with pytest.raises(ModelError, match=r"failed to build the model: RuntimeError: no GPU"):
+        build_model("tests.test_config:_raises", {}, (1, 8, 8), 10)
+
+
+def _exits():
+    raise SystemExit(0)
+
+
+def _raises():
+    raise RuntimeError("no GPU")

@@ -72,7 +72,7 @@ def test_dvc_yaml_agrees_with_the_stage_table_and_the_code():
 
 
 @pytest.mark.parametrize(("stage", "dep"), [("train", "pruning/training.py"), ("prune", "pruning/methods"),
-                                            ("evaluate", "pruning/tracking.py"), ("prepare", "pruning/data.py")])
+                                            ("evaluate", "pruning/tracking"), ("prepare", "pruning/data.py")])
 def test_the_check_fails_when_a_code_dep_is_removed(stage, dep):
     mutated = copy.deepcopy(_dvc())
     mutated["stages"][stage]["deps"].remove(dep)

@@ -67,8 +67,41 @@ def test_promote_moves_champion_only_when_gates_pass_and_the_metric_improves(sto
 def test_promote_returns_the_existing_version_when_a_run_is_promoted_twice(store):
     cfg = parse_config(TINY)
     run_id = _pipeline_run(store, 0.9, True)
-    assert promote(run_id, cfg).version == promote(run_id, cfg).version == "1"
+    first, again = promote(run_id, cfg), promote(run_id, cfg)
+    assert first.version == again.version == "1"
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{cfg.registry.model_name}'")) == 1
+    assert again.alias == "champion" and again.reason == "already registered (first champion)"  # its real alias
+
+
+def test_an_unreachable_server_and_a_damaged_store_are_one_line_each(tmp_path, monkeypatch):
+    from pruning.errors import PruningError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # nothing listens there
+    with pytest.raises(PruningError, match=r"MLflow store http://127\.0\.0\.1:1 failed: .*start the tracking server"):
+        setup("pruning", tmp_path)
+    (tmp_path / "mlflow.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)  # a store cut short
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PruningError, match=r"failed: .*move it aside \(mv .*mlflow\.db .*mlflow\.db\.broken\)"):
+        setup("pruning", tmp_path)
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_killed_and_live_ones_kept(store):
+    import os
+    import subprocess
+    import sys
+
+    from pruning.tracking import reap
+
+    experiment_id = setup("pruning")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client = mlflow.MlflowClient()
+    host = __import__("socket").gethostname()
+    orphan = client.create_run(experiment_id, tags={"pruning.host": host, "pruning.pid": dead.stdout.strip()})
+    live = client.create_run(experiment_id, tags={"pruning.host": host, "pruning.pid": str(os.getpid())})
+    elsewhere = client.create_run(experiment_id, tags={"pruning.host": "another-machine", "pruning.pid": "1"})
+    assert reap(experiment_id) == [orphan.info.run_id]
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert {client.get_run(r.info.run_id).info.status for r in (live, elsewhere)} == {"RUNNING"}
 
 
 def test_promote_minimises_the_metric_when_lower_is_better(store):

@@ -25,6 +25,7 @@ import torch_pruning as tp
 from torch import nn
 
 from pruning import dependency
+from pruning.atomic import write_bytes
 from pruning.counting import count_macs
 from pruning.runtime.export import export_onnx
 from pruning.runtime.session import session_options
@@ -210,10 +211,7 @@ class LatencyTable:
                 pass
         doc["tables"][self.context] = dict(sorted(self.entries.items()))
         doc["networks"][self.context] = dict(sorted(self.networks.items()))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=0) + "\n")
-        tmp.replace(path)
+        write_bytes(path, (json.dumps(doc, indent=0) + "\n").encode())
 
     def ms(self, spec: LayerSpec) -> float:
         """The layer's latency, measured now if the table does not have it yet."""

@@ -59,30 +59,30 @@ class Config(Section):
     allocation: Literal["macs", "latency"] = Field("macs", description="macs: by ratio / MACs target; latency: "
                                                    "channels per group by measured ONNX Runtime time")
     ratio: float | None = Field(0.35, gt=0, lt=1, description="share of channels removed per group (macs only)")
-    target_macs_reduction: float | None = Field(None, gt=1, description="instead of ratio: dense / pruned MACs to "
+    target_macs_reduction: float | None = Field(None, gt=1, le=1_000, description="instead of ratio: dense / pruned MACs to "
                                                 "reach, e.g. 2.0 (the ratio is searched; with latency: its target)")
-    target_speedup: float | None = Field(None, gt=1, description="latency only: measured dense / pruned latency")
-    latency_batch_size: int = Field(1, ge=1, description="latency only: batch size the latency table is measured at")
-    latency_threads: int = Field(1, ge=1, description="latency only: ORT threads of the latency table")
-    iterative_steps: int = Field(1, ge=1, description="1 = one-shot; N = reach the ratio in N steps")
+    target_speedup: float | None = Field(None, gt=1, le=1_000, description="latency only: measured dense / pruned latency")
+    latency_batch_size: int = Field(1, ge=1, le=65_536, description="latency only: batch size the latency table is measured at")
+    latency_threads: int = Field(1, ge=1, le=256, description="latency only: ORT threads of the latency table")
+    iterative_steps: int = Field(1, ge=1, le=1_000, description="1 = one-shot; N = reach the ratio in N steps")
     schedule: Literal["linear", "cubic"] = Field("linear", description="with N steps: linear | cubic (gradual: most "
                                                  "of the ratio in the first steps)")
-    step_finetune_epochs: int = Field(2, ge=0, description="fine-tuning epochs between iterative steps")
-    step_lr: float = Field(0.01, gt=0, description="their learning rate")
-    round_to: int | None = Field(8, ge=1, description="channel counts stay multiples of this; latency allocation's "
+    step_finetune_epochs: int = Field(2, ge=0, le=10_000, description="fine-tuning epochs between iterative steps")
+    step_lr: float = Field(0.01, gt=0, le=10, description="their learning rate")
+    round_to: int | None = Field(8, ge=1, le=4_096, description="channel counts stay multiples of this; latency allocation's "
                                  "step")
     max_layer_ratio: float = Field(0.9, gt=0, le=1, description="no group loses more than this share")
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned (the classifier "
                                       "always is kept)")
-    calibration_batches: int = Field(4, ge=1, description="batches of 64 for gradient criteria and BatchNorm "
+    calibration_batches: int = Field(4, ge=1, le=100_000, description="batches of 64 for gradient criteria and BatchNorm "
                                      "recalibration")
     bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after each step")
-    depth_blocks: int = Field(0, ge=0, description="remove this many residual blocks first (each becomes its "
+    depth_blocks: int = Field(0, ge=0, le=100_000, description="remove this many residual blocks first (each becomes its "
                               "shortcut); a MACs target stays relative to the dense model")
     depth_criterion: depth.BlockCriterion = Field("loss_change", description="how those blocks are ranked "
                                                   "(loss_change | norm)")
-    oracle_max_channels: int = Field(4096, ge=1, description="loss_change: loss evaluations allowed per step")
-    oracle_max_seconds: float = Field(600.0, gt=0, description="loss_change: seconds allowed per step")
+    oracle_max_channels: int = Field(4096, ge=1, le=10_000_000, description="loss_change: loss evaluations allowed per step")
+    oracle_max_seconds: float = Field(600.0, gt=0, le=86_400, description="loss_change: seconds allowed per step")
 
     @model_validator(mode="after")
     def _one_target(self) -> Config:

@@ -42,10 +42,10 @@ class Config(Section):
     """Remove ``blocks`` residual blocks, ranked by ``criterion`` on ``calibration_batches`` training batches."""
 
     method: Literal["depth"] = "depth"
-    blocks: int = Field(1, ge=1, description="residual blocks to remove (each becomes its shortcut)")
+    blocks: int = Field(1, ge=1, le=100_000, description="residual blocks to remove (each becomes its shortcut)")
     criterion: BlockCriterion = Field("loss_change", description="loss_change (measured loss increase when the block "
                                       "alone is removed) | norm (mean |F(x)| / |shortcut(x)|)")
-    calibration_batches: int = Field(4, ge=1, description="batches of 64 training samples for the scores and "
+    calibration_batches: int = Field(4, ge=1, le=100_000, description="batches of 64 training samples for the scores and "
                                      "BatchNorm recalibration")
     bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after the removal")
 

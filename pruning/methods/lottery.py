@@ -43,16 +43,16 @@ class Config(Section):
     """One IMP run: ``rounds`` rounds, each pruning ``prune_per_round`` of the remaining weights and retraining."""
 
     method: Literal["lottery"] = "lottery"
-    rounds: int = Field(5, ge=1, description="pruning rounds; sparsity after r rounds is 1 - (1 - prune_per_round)^r")
+    rounds: int = Field(5, ge=1, le=100, description="pruning rounds; sparsity after r rounds is 1 - (1 - prune_per_round)^r")
     prune_per_round: float = Field(0.2, gt=0, lt=1, description="share of the remaining weights removed per round "
                                    "(Frankle & Carbin use 0.2)")
-    epochs: int = Field(10, ge=1, description="training epochs per round (and of the dense run, for a later rewind)")
-    rewind_epoch: int = Field(0, ge=0, description="0: rewind to the initialisation; k: to the weights after k "
+    epochs: int = Field(10, ge=1, le=10_000, description="training epochs per round (and of the dense run, for a later rewind)")
+    rewind_epoch: int = Field(0, ge=0, le=10_000, description="0: rewind to the initialisation; k: to the weights after k "
                               "epochs of a dense run")
-    batch_size: int = Field(64, ge=2, description="training batch size")
-    lr: float = Field(0.05, gt=0, description="learning rate (cosine schedule)")
+    batch_size: int = Field(64, ge=2, le=65_536, description="training batch size")
+    lr: float = Field(0.05, gt=0, le=10, description="learning rate (cosine schedule)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="weight decay")
     scope: Literal["global", "layer"] = Field("global", description="global: one magnitude ranking over all layers; "
                                               "layer: each layer its share")
     reinit: bool = Field(False, description="control: random re-initialisation instead of rewinding")

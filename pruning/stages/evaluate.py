@@ -86,7 +86,9 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     write_json(p.metrics, dump(metrics))
     write_json(p.latency_metrics, dump(timed))
     write_json(p.gates, verdict)
-    Path(p.mlflow_run).unlink(missing_ok=True)  # the previous run's id is not this run's
+    # the previous run's id is not this run's; written before any MLflow run opens, so that an output directory that
+    # cannot be written fails here, leaving no orphan run in MLflow
+    write_json(p.mlflow_run, {"run_id": None, "experiment": cfg.tracking.experiment})
     start = time.perf_counter()
     example = take(data.test, range(min(4, len(data.test)))).x
     run_id = _track(cfg, root, p, merged(metrics, timed), verdict, example, timed.shipped) \

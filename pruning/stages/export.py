@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pruning.atomic import publish
 from pruning.checkpoint import load_model, spec
 from pruning.data import take, tensors
 from pruning.runtime.export import export_onnx, parity
@@ -40,8 +40,7 @@ def run(cfg: Config, root: str | Path = ".") -> ExportResult:
             with params_errors("export"):
                 parities[name] = parity(model, staged, x, cfg.export.parity_atol, cfg.export.parity_rtol, name)
         for name, (_, dst) in jobs.items():  # publish only once both passed
-            Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(Path(tmp) / f"{name}.onnx", dst)
+            publish(Path(tmp) / f"{name}.onnx", dst)
     result = ExportResult(parities["dense"].max_abs, parities["pruned"].max_abs,
                           max(q.max_abs for q in parities.values()), max(q.score for q in parities.values()))
     write_json(p.export_report, {**result.__dict__, "exporter": cfg.export.exporter, "opset": cfg.export.opset,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 
+from pruning.atomic import publish
 from pruning.data import Split, take
 from pruning.errors import DataError
 from pruning.runtime.quantize import ORT_CALIBRATION_BATCH, quantize
@@ -45,15 +44,13 @@ def run(cfg: Config, root: str | Path = ".") -> QuantizeResult:
         names = [i.name for i in onnx.load(p.pruned_onnx, load_external_data=False).graph.input]
         calibration = [feeds_for(names, take(split, chosen[i:i + ORT_CALIBRATION_BATCH]).x)
                        for i in range(0, len(chosen), ORT_CALIBRATION_BATCH)]
-    dst = Path(p.quantized_onnx)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        staged = Path(tmp) / dst.name
-        if q.mode == "none":
-            shutil.copyfile(p.pruned_onnx, staged)
-        else:
+    if q.mode == "none":
+        publish(p.pruned_onnx, p.quantized_onnx)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / "quantized.onnx"
             quantize(p.pruned_onnx, staged, q.mode, calibration, q.per_channel, q.calibrate_method, q.activation_type)
-        os.replace(staged, dst)
+            publish(staged, p.quantized_onnx)
     result = QuantizeResult(q.mode, 0 if q.mode != "static" else len(chosen))
     write_json(p.quantize_report, {**result.__dict__, "per_channel": q.per_channel,
                                    "activation_type": q.activation_type, "calibrate_method": q.calibrate_method})

@@ -6,7 +6,9 @@ Every builder is called as ``builder(in_channels=..., num_classes=..., **kwargs)
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,19 @@ def resolve_callable(spec: str) -> Any:
     return obj
 
 
+def check_builder(spec: str, builder: Any) -> Any:
+    """A model builder must be an ``nn.Module`` class or a Python function (or a method / partial of one): a built-in
+    such as ``os:system`` or ``sys:exit``, or a class that builds something else, is refused before it is called."""
+    target = builder.func if isinstance(builder, functools.partial) else builder
+    if isinstance(target, type):
+        if not issubclass(target, nn.Module):
+            raise ModelError(f"{spec!r} is the class {target.__name__}, not a torch.nn.Module class", field="arch")
+    elif not (inspect.isfunction(target) or inspect.ismethod(target)):
+        raise ModelError(f"{spec!r} is {type(target).__name__}, not a Python function or an nn.Module class "
+                         "(a built-in such as os:system is never a model builder)", field="arch")
+    return builder
+
+
 def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...] | None, num_classes: int) -> nn.Module:
     """Build a dense model from the zoo (``arch`` a name) or from user code (``arch`` = ``module:callable``).
 
@@ -57,7 +72,7 @@ def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...] 
         num_classes: classifier width.
     """
     if ":" in arch:
-        builder = resolve_callable(arch)
+        builder = check_builder(arch, resolve_callable(arch))
         call_kwargs = dict(kwargs)
     elif arch in ZOO:
         if input_shape is None:
@@ -71,6 +86,10 @@ def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...] 
         model = builder(**call_kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build {arch!r} with arguments {kwargs}: {exc}", field="kwargs") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - user code: its failure (even sys.exit) is a one-line error
+        raise ModelError(f"{arch!r} failed to build the model: {type(exc).__name__}: {exc}", field="arch") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{arch!r} returned {type(model).__name__}, not a torch.nn.Module", field="arch")
     return model

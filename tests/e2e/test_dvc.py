@@ -118,6 +118,13 @@ def test_dvc_repro_logs_one_parent_run_and_reproduces_metrics_bit_identically(re
     assert {"accuracy", "macs", "size_bytes"} <= json.loads(first)["quantized"].keys()
     assert "latency_ms_b1" in json.loads((repo / "reports/latency.json").read_text())["quantized"]
 
+    # a stage typed by hand records itself in dvc.lock, as dvc repro does: `dvc status` stays clean (evaluate --strict
+    # re-measures latency and logs a new run: without the commit, latency.json and mlflow_run.json would be "modified")
+    _run(sys.executable, "-m", "pruning", "evaluate", "--strict", cwd=repo)
+    assert len(_parent_runs(repo)) == 3
+    status = json.loads(_run(sys.executable, "-m", "dvc", "status", "--json", cwd=repo))
+    assert status == {"prepare": ["always changed"]}, status
+
 
 def test_dvc_repro_runs_unstructured_then_lottery_end_to_end_and_reports_their_zeros(repo):
     for method in ("unstructured", "lottery"):

@@ -257,3 +257,105 @@ def test_a_user_s_trained_model_and_streamed_dataset_go_through_dvc_and_the_flow
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True,
                             text=True, timeout=300)
     assert "train" in json.loads(status.stdout)
+
+
+def test_a_user_error_in_a_flow_stage_is_one_line_without_tracebacks_or_retries(repo, tmp_path_factory):
+    """A stage failing on bad input (here a damaged .npz the config check cannot see inside) fails the flow at once:
+    no Prefect traceback, no retry (the same input fails the same way), exit 2 and the stage's own line last."""
+    (repo / "weights" / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    write_params(repo, {"tracking": {"enabled": True, "experiment": "flow-test"},
+                        "data": {"source": "npz", "path": "weights/broken.npz"}})
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-user-error"))
+    out = subprocess.run([sys.executable, "-m", "pruning", "run", "--params", str(repo / "params.yaml")], cwd=repo,
+                         env=env, capture_output=True, text=True, timeout=600)
+    both = out.stdout + out.stderr
+    assert out.returncode == 2, both[-3000:]
+    assert "Traceback" not in both and "Retrying" not in both and "Retries are exhausted" not in both, both[-3000:]
+    last = [ln for ln in out.stderr.splitlines() if ln.strip()][-1]
+    assert last.startswith("error: ") and "weights/broken.npz is not a readable .npz" in last, last
+
+
+def test_a_second_run_in_the_same_workspace_is_refused_in_one_line(repo):
+    import filelock
+
+    (repo / ".dvc" / "tmp").mkdir(exist_ok=True)
+    with filelock.FileLock(str(repo / ".dvc" / "tmp" / "pruning-run.lock"), timeout=0):  # a run in progress
+        out = subprocess.run([sys.executable, "-m", "pruning", "run"], cwd=repo, capture_output=True, text=True,
+                             timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: another pipeline run is in progress in {repo}; wait for it to "
+                                               "finish (or stop it)"]
+
+
+def test_the_flow_retries_io_errors_only_and_logs_user_errors_without_their_traceback():
+    import logging
+
+    from prefect.states import Failed
+
+    from flows.pipeline import StageFailed, _io_only, _NoUserTracebacks
+    from pruning.errors import DataError
+
+    assert _io_only(None, None, Failed(data=ConnectionResetError("network")))
+    assert not _io_only(None, None, Failed(data=DataError("data/train.npz is not a split")))
+    assert not _io_only(None, None, Failed(data=StageFailed("stage train failed: error: ...")))
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+
+    user, io = record(DataError("bad file")), record(OSError("disk"))
+    assert _NoUserTracebacks().filter(user) and _NoUserTracebacks().filter(io)
+    assert user.exc_info is None and io.exc_info is not None
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_run_command_takes_the_flow_and_its_prefect_server_down(repo, tmp_path_factory):
+    import signal
+    import time
+
+    # a run that cannot end by itself within the test's wait: the children must die of their parent's death
+    write_params(repo, {"tracking": {"enabled": True, "experiment": "flow-test"}, "train": {"epochs": 1000}})
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-kill"))
+    parent = subprocess.Popen([sys.executable, "-m", "pruning", "run"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline, family = time.monotonic() + 120, []
+    while time.monotonic() < deadline:  # the flow process, then the server it launches first thing
+        flow = _children(parent.pid)
+        family = flow + [g for f in flow for g in _children(f)]
+        if len(family) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(family) >= 2, "the flow and its server did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_running(pid) for pid in family):
+        time.sleep(0.2)
+    left = [pid for pid in family if _running(pid)]
+    for pid in left:  # do not leak them into the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "children outlived the killed run command"

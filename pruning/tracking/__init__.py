@@ -1,4 +1,5 @@
-"""MLflow: the only module that imports mlflow. Runs, metrics, artifacts, models, registry and aliases.
+"""MLflow runs: runs, metrics, artifacts, models (this package is the only one that imports mlflow; the registry is
+in registry.py).
 
 One pipeline run = one parent run (all params flattened, final metrics under the names of reports/metrics.json and
 latency.json, gates.json, the per-layer channel table, the accuracy-vs-MACs plot) + one nested run per row of
@@ -12,10 +13,13 @@ the cached figures).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
+import socket
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pruning import faults
+from pruning.atomic import alive, remove_leftovers
+from pruning.errors import PruningError
 from pruning.stages import STAGES, Stage
 
 if TYPE_CHECKING:
-    from pruning.config import Config, PathsConfig
+    from pruning.config import PathsConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +57,99 @@ class PipelineRecord:
     example: Any  # a few real test inputs: an array, or a model's inputs (tuple / dict) when it has several
 
 
+# A pipeline run talks to MLflow at the very end of a long job: an unreachable server must fail within seconds, not
+# after MLflow's default 7 retries with exponential back-off (4.5 minutes). The user's own settings win.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def lock(uri: str, purpose: str, timeout: float = 600.0):
+    """An inter-process lock for one store and one purpose (``"create"``, ``"registry"``), on this machine.
+
+    Why a lock of our own: MLflow's sqlite tracking store creates its tables unlocked (two first runs at once left a
+    half-migrated store that no open could repair), and its registry has no compare-and-set on an alias. The lock file
+    lives beside a sqlite store, else in the temporary directory, named after the store's URI."""
+    import filelock
+
+    db = _sqlite_file(uri)
+    name = f"{db.name}.{purpose}.lock" if db else f"pruning-mlflow-{hashlib.md5(uri.encode()).hexdigest()}.{purpose}.lock"
+    where = db.parent if db else Path(tempfile.gettempdir())
+    return filelock.FileLock(str(where / name), timeout=timeout)
+
+
+def _create_sqlite_store(db: Path, artifacts: Path) -> None:
+    """Create (and migrate) a new sqlite store in a temporary file, then move it into place: a kill at any moment leaves
+    either no store or a complete one, never a half-migrated one."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    remove_leftovers(db)  # the temporary stores of creators that were killed
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    uri = f"sqlite:///{tmp}"
+    try:
+        SqlAlchemyStore(uri, artifacts.as_uri())  # creates every table (tracking and registry) and migrates to head
+    finally:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+    faults.point("mlflow:store")
+    os.replace(tmp, db)
+
+
 def setup(experiment: str, root: str | Path = ".") -> str:
     """Point mlflow at MLFLOW_TRACKING_URI (default sqlite:///<root>/mlflow.db) and the experiment; returns its id.
 
     With the default store the experiment's artifacts go to <root>/mlartifacts (git-ignored), as with ``mlflow
-    server``.
+    server``. A new sqlite store is created whole or not at all, one process at a time; a store that cannot be opened
+    or a server that does not answer is a one-line :class:`~pruning.errors.PruningError`.
     """
     import mlflow
 
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).absolute() / DEFAULT_DB}"
+    db = _sqlite_file(uri)
+    if db is not None and not db.is_file():
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with lock(uri, "create"):
+                if not db.is_file():
+                    _create_sqlite_store(db, Path(root).absolute() / ARTIFACT_DIR)
+        except OSError as exc:
+            raise PruningError(f"cannot create the MLflow store {db}: {exc.strerror or exc}") from None
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        location = (Path(root).absolute() / ARTIFACT_DIR).as_uri() if uri.startswith("sqlite:") else None
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        experiment_id = found.experiment_id
-    mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
+    with store_errors(uri):
+        client = mlflow.MlflowClient()
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            location = (Path(root).absolute() / ARTIFACT_DIR).as_uri() if db is not None else None
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        else:
+            experiment_id = found.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
     return experiment_id
+
+
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Any failure to talk to the store as one line that says what to do (no MLflow traceback)."""
+    try:
+        yield
+    except PruningError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy, requests: all mean "the store failed"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        db = _sqlite_file(uri)
+        if db is not None:
+            fix = (f"if a run was killed while creating it, move it aside (mv {db} {db}.broken) and rerun; or set "
+                   "MLFLOW_TRACKING_URI")
+        else:
+            fix = "start the tracking server, fix MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+        raise PruningError(f"MLflow store {uri} failed: {type(exc).__name__}: {first} ({fix})") from None
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -110,8 +191,7 @@ def _series(run_id: str, rows: list[dict[str, Any]], step_key: str) -> None:
 def _nested(name: str) -> Iterator[str]:
     import mlflow
 
-    with mlflow.start_run(run_name=name, nested=True) as run:
-        mlflow.set_tag("stage", name)
+    with mlflow.start_run(run_name=name, nested=True, tags={"stage": name, **_owner()}) as run:
         yield run.info.run_id
 
 
@@ -193,13 +273,51 @@ def _log_stage(stage: Stage, record: PipelineRecord, models: dict[str, str]) -> 
             models[name] = _log_onnx(getattr(record.paths, key), name, record.example).model_uri
 
 
+_HOST, _PID = "pruning.host", "pruning.pid"
+
+
+def _owner() -> dict[str, str]:
+    """Tags naming the process that logs a run: a later run can tell a run whose process died from one in progress."""
+    return {_HOST: socket.gethostname(), _PID: str(os.getpid())}
+
+
+def reap(experiment_id: str) -> list[str]:
+    """Mark KILLED the runs this machine left RUNNING in the experiment whose process is gone (a pipeline killed while
+    logging); runs of live processes, or of other machines, are left alone. Returns the run ids marked."""
+    import mlflow
+
+    client, host, reaped = mlflow.MlflowClient(), socket.gethostname(), []
+    runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{_HOST}` = '{host}'",
+                              max_results=1000)
+    for run in runs:
+        pid = run.data.tags.get(_PID, "")
+        if pid.isdigit() and not alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            reaped.append(run.info.run_id)
+    if reaped:
+        log.warning("MLflow: marked %d run(s) KILLED whose process had died while logging", len(reaped))
+    return reaped
+
+
 def log_pipeline(record: PipelineRecord, experiment: str, root: str | Path = ".") -> str:
-    """Log one pipeline run (parent + a nested run per stage). Returns the parent run id."""
+    """Log one pipeline run (parent + a nested run per stage). Returns the parent run id.
+
+    Runs a killed pipeline left RUNNING are marked KILLED first; an exception on the way ends the runs FAILED (MLflow's
+    ``start_run`` context) and becomes one line (:func:`store_errors`)."""
     import mlflow
 
     experiment_id = setup(experiment, root)
+    with store_errors(mlflow.get_tracking_uri()):
+        reap(experiment_id)
+        return _log_pipeline(record, experiment_id)
+
+
+def _log_pipeline(record: PipelineRecord, experiment_id: str) -> str:
+    import mlflow
+
     p = record.paths
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"pipeline-{record.tags['params_hash'][:8]}") as parent:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"pipeline-{record.tags['params_hash'][:8]}",
+                          tags=_owner()) as parent:
         mlflow.set_tags({**record.tags, "gates": "passed" if record.gates["passed"] else "failed"})
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(record.params).items()})
         mlflow.log_metrics(_numbers(record.metrics))
@@ -211,6 +329,7 @@ def log_pipeline(record: PipelineRecord, experiment: str, root: str | Path = "."
         models: dict[str, str] = {}
         for stage in STAGES:
             _log_stage(stage, record, models)
+            faults.point("mlflow:logging")
         mlflow.set_tags({MODEL_TAG.format(name): uri for name, uri in models.items()})
         return parent.info.run_id
 
@@ -263,103 +382,4 @@ def log_report(experiment: str, name: str, params: dict[str, Any], report: dict[
         return run.info.run_id
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Registry
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """Outcome of registering a run's INT8 model."""
-
-    model_name: str
-    version: str
-    alias: str | None  # "champion", "challenger" or None
-    reason: str
-
-
-def _champion_value(client: Any, champion: Any, metric: str) -> float | None:
-    """The champion's value of ``metric``: its version tag, else its pipeline run's metric, else None."""
-    if metric in champion.tags:
-        return float(champion.tags[metric])
-    run_id = champion.tags.get("run_id")
-    try:
-        value = client.get_run(run_id).data.metrics.get(metric) if run_id else None
-    except Exception:  # noqa: BLE001 - a deleted run: nothing to compare with
-        return None
-    return float(value) if value is not None else None
-
-
-def _beats(new: float, old: float, greater_is_better: bool) -> bool:
-    return new > old if greater_is_better else new < old
-
-
-def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
-    """Register the run's INT8 model as a new version and move aliases by the rules.
-
-    ``champion`` moves only if every gate passed AND the version beats the current champion on
-    ``registry.primary_metric``; a passing version that does not beat it gets ``challenger``; a failing one gets no
-    alias. Gate checks become version tags. Registering the same run twice returns the existing version.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from pruning.errors import PruningError
-
-    setup(cfg.tracking.experiment, root)
-    client = mlflow.MlflowClient()
-    name, metric = cfg.registry.model_name, cfg.registry.primary_metric
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise PruningError(f"MLflow run {run_id!r} not found at {mlflow.get_tracking_uri()}") from None
-    # the model the evaluate stage chose to ship (evaluate.ship): INT8 where it pays, else the pruned fp32 model
-    shipped = run.data.tags.get("shipped", "int8")
-    model_tag = INT8_MODEL_TAG if shipped == "int8" else FP32_MODEL_TAG
-    if model_tag not in run.data.tags:
-        raise PruningError(f"MLflow run {run_id!r} has no {shipped} model (tag {model_tag}); is it a pipeline run?")
-    gates = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gates.json")
-    value = run.data.metrics.get(metric)
-    if value is None:
-        raise PruningError(f'the primary metric "{metric}" was not logged in run {run_id}', field="primary_metric")
-
-    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("run_id") == run_id] \
-        if client.search_registered_models(f"name='{name}'") else []
-    if existing:
-        mv = existing[0]
-        aliases = [a for a in ("champion", "challenger") if a in (mv.aliases or [])]
-        return Promotion(name, str(mv.version), aliases[0] if aliases else None, "already registered")
-
-    mv = mlflow.register_model(run.data.tags[model_tag], name, tags={
-        "run_id": run_id, "shipped": shipped, "gates": "passed" if gates["passed"] else "failed", metric: str(value),
-        "params_hash": run.data.tags.get("params_hash", ""), "git_commit": run.data.tags.get("git_commit", "")})
-    for check in gates["checks"]:
-        client.set_model_version_tag(name, mv.version, f"gate.{check['name']}",
-                                     f"{'pass' if check['passed'] else 'FAIL'}: {check['metric']} = {check['value']} "
-                                     f"{check['op']} {check['threshold']}")
-    if not gates["passed"]:
-        failed = ", ".join(c["name"] for c in gates["checks"] if not c["passed"])
-        return Promotion(name, str(mv.version), None, f"gates failed: {failed}")
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        champion = None
-    old = _champion_value(client, champion, metric) if champion is not None else None
-    if champion is not None and old is None:
-        # the champion was judged on another primary metric (params changed) and its run has no value for this one:
-        # there is nothing to compare, and a champion nobody can beat would freeze the registry
-        client.set_registered_model_alias(name, "champion", mv.version)
-        return Promotion(name, str(mv.version), "champion", f"champion v{champion.version} has no {metric} to compare "
-                         "(registry.primary_metric changed): replaced")
-    if champion is not None and old is not None:
-        better = cfg.registry.greater_is_better
-        if better is None:  # the task metric's own direction
-            from pruning.task import build_task
-
-            better = build_task(cfg.task).greater_is_better
-        if not _beats(value, old, better):
-            client.set_registered_model_alias(name, "challenger", mv.version)
-            return Promotion(name, str(mv.version), "challenger",
-                             f"{metric} {value:.4g} does not beat champion v{champion.version} ({old:.4g})")
-    client.set_registered_model_alias(name, "champion", mv.version)
-    reason = "first champion" if champion is None else f"beats champion v{champion.version} on {metric}"
-    return Promotion(name, str(mv.version), "champion", reason)
+from pruning.tracking.registry import Promotion, promote  # noqa: E402, F401 - re-exported; the registry builds on the set-up above
