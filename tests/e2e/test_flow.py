@@ -359,3 +359,25 @@ def test_killing_the_run_command_takes_the_flow_and_its_prefect_server_down(repo
     for pid in left:  # do not leak them into the rest of the suite
         os.kill(pid, signal.SIGKILL)
     assert not left, "children outlived the killed run command"
+
+
+def test_a_run_meeting_another_dvc_command_stops_with_one_line(repo, tmp_path_factory):
+    """DVC's repository lock held by another command (a `dvc repro` in progress): the flow's stage cannot take it
+    and the run stops with one line — not DVC's LockError traceback, and not a stage run beside the other command."""
+    from dvc.repo import Repo
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-locked"))
+    dvc = Repo(str(repo))
+    dvc.lock.lock()
+    try:
+        out = subprocess.run([sys.executable, "-m", "pruning", "run"], cwd=repo, env=env, capture_output=True,
+                             text=True, timeout=600)
+    finally:
+        dvc.lock.unlock()
+        dvc.close()
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
+    last = [ln for ln in out.stderr.splitlines() if ln.strip()][-1]
+    assert last == (f"error: stage prepare: another DVC command (dvc repro, another pipeline run) holds the lock of "
+                    f"{repo}; wait for it to finish and rerun"), last
+    assert not (repo / "data").exists()  # prepare did not run
