@@ -111,6 +111,8 @@ def setup(experiment: str, root: str | Path = ".") -> str:
 
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # urllib3 warns once per retry, five lines each; a server that stays down is reported once, by store_errors
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).absolute() / DEFAULT_DB}"
     db = _sqlite_file(uri)
     if db is not None and not db.is_file():
