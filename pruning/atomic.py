@@ -60,7 +60,7 @@ def replacing(path: str | Path) -> Iterator[IO[bytes]]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, PruningError):
+        if isinstance(exc, OSError):
             raise PruningError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 

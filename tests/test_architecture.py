@@ -13,7 +13,7 @@ from tests.imports import direct_imports, module_files
 SECTIONS = ("seed", "device", "data", "model", "train", "prune", "finetune", "export", "quantize", "evaluate", "gates",
             "tracking", "registry", "schedule", "paths", "bench")
 # the edge of the configuration: these may name params.yaml keys (they validate it, or translate errors into it)
-EDGE = ("pruning/config.py", "pruning/cli.py", "pruning/stages/")
+EDGE = ("pruning/config.py", "pruning/references.py", "pruning/cli.py", "pruning/stages/")  # params.yaml is read here
 
 
 def _tracked_python() -> list[str]:
