@@ -42,7 +42,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 
 import pruning  # noqa: E402
 from flows import server  # noqa: E402
-from pruning.cli import SUMMARY_BY_FLOW, record_timing  # noqa: E402
+from pruning.cli import SUMMARY_BY_FLOW, child_env, record_timing  # noqa: E402
 from pruning.stages import STAGES, Stage  # noqa: E402
 
 if TYPE_CHECKING:
@@ -73,9 +73,8 @@ def _runs_same_code(repo: Path) -> bool:
 
 def _repro(stage: str, repo: Path) -> bool:
     """``dvc repro --single-item stage`` in a child process; True if the stage ran, False if it was up to date."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           SUMMARY_BY_FLOW: "1"}
-    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env=env, text=True,
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+                         env=child_env(**{SUMMARY_BY_FLOW: "1"}), text=True,
                          capture_output=True, check=False, cwd=repo)
     logger = get_run_logger()
     for line in (out.stdout + out.stderr).splitlines():

@@ -66,6 +66,12 @@ def _stage(params: Path, fn: Callable[[Any, Path], Any], name: str) -> Any:
     return result
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment for a child process, with this interpreter's bin/ first on PATH: the `python` of dvc.yaml's
+    commands and the `dvc` the children call are then this virtual environment's, activated or not."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
 def _record_in_dvc(params: Path, stage: str) -> None:
     """A stage verb typed by hand in a DVC workspace records its outputs in dvc.lock (``dvc commit``), as ``dvc repro``
     and the flow do: otherwise ``dvc status`` would call the fresh outputs modified and the next ``dvc repro`` would
@@ -75,8 +81,7 @@ def _record_in_dvc(params: Path, stage: str) -> None:
     if (not by_hand or stage not in {s.name for s in STAGES} or params.name != "params.yaml"
             or not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir()):
         return
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet", stage], cwd=root, env=env,
+    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet", stage], cwd=root, env=child_env(),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["dvc commit failed"])[-1]
@@ -144,8 +149,7 @@ def die_with_parent() -> None:
 
 def _flows(module: str, *args: str) -> None:
     """Run an entry point of flows/ or bench/ in its own process: pruning/ never imports them (see ARCHITECTURE.md)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    raise typer.Exit(subprocess.run([sys.executable, "-m", module, *args], env=env, check=False,
+    raise typer.Exit(subprocess.run([sys.executable, "-m", module, *args], env=child_env(), check=False,
                                     preexec_fn=die_with_parent).returncode)  # noqa: PLW1509 - no threads yet here
 
 

@@ -108,6 +108,7 @@ def setup(experiment: str, root: str | Path = ".") -> str:
     or a server that does not answer is a one-line :class:`~pruning.errors.PruningError`.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -129,7 +130,12 @@ def setup(experiment: str, root: str | Path = ".") -> str:
         found = client.get_experiment_by_name(experiment)
         if found is None:
             location = (Path(root).absolute() / ARTIFACT_DIR).as_uri() if db is not None else None
-            experiment_id = client.create_experiment(experiment, artifact_location=location)
+            try:
+                experiment_id = client.create_experiment(experiment, artifact_location=location)
+            except MlflowException:  # another first run created it since the look-up: use theirs
+                if (found := client.get_experiment_by_name(experiment)) is None:
+                    raise
+                experiment_id = found.experiment_id
         else:
             experiment_id = found.experiment_id
         mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
