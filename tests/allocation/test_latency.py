@@ -91,11 +91,13 @@ def test_speedup_target_is_met_on_the_measured_latency_or_refused(net):
     calls = []
 
     def measure(ratios):
-        calls.append(lt.measure_pruned(net, SHAPE, ratios, [], 8, 1, 17))
+        # a synthetic, deterministic "measurement" (a fixed cost plus time per MAC of the really pruned network): the
+        # test is about the search being steered by what measure() says, not about this machine's speed — a real
+        # ORT timing here failed CI on a busy machine (1.21x best against 1.25x). Real timings: bench latency.
+        counted, _ = count_macs(lt.pruned_copy(net, SHAPE, ratios, []), SHAPE)
+        calls.append(0.2 + counted / 2e7)
         return calls[-1]
 
-    # a target the net reaches with margin even on a busy machine (the other pytest worker shares the two cores):
-    # the test is about the search being steered by measurements, not about this machine's speed
     alloc = lat.allocate(net, SHAPE, imp, ignored, table, step=8, max_layer_ratio=0.9, target_speedup=1.25,
                          measure=measure)
     assert alloc.report["reached"] is True
