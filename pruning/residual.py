@@ -286,3 +286,18 @@ def remove(model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
         module = model.get_submodule(owner)
         model = _set(model, owner, rewritten(module, nodes).train(module.training))
     return model
+
+
+def branch_output(model: nn.Module, block: Residual) -> str | None:
+    """Qualified name of the module whose output is the block's branch ``F`` (what the add adds to the shortcut), or
+    None when ``F`` ends in an operation that is not a module call, or that module is called more than once.
+    A hook on that module scales ``F`` (complexity-aware training's block gate) without rewriting the model."""
+    gm = _traced(model.get_submodule(block.owner))
+    add = next((n for n in gm.graph.nodes if n.name == block.node), None) if gm is not None else None
+    split = _split(add) if add is not None else None
+    if split is None or split[1].op != "call_module":
+        return None
+    target = split[1].target
+    if sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == target) != 1:
+        return None
+    return _qual(block.owner, str(target))

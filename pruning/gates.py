@@ -1,0 +1,326 @@
+"""Bernoulli gates on units and residual blocks: sampling, the expected complexity, the ARM gradient of the logits.
+
+Complexity-aware training (Guenter & Sideris 2024; :mod:`pruning.methods.complexity`) scales every prunable unit and
+every removable residual block by a random ξ ~ Bernoulli(θ). Here:
+
+- **Unit gates**: one θ per channel of a torch-pruning dependency group, so coupled channels (a residual add's inputs,
+  a depthwise convolution and its producer, a concat's slice) share it: channel c of the group is ξ_c-scaled at every
+  layer that produces it — after its BatchNorm when a convolution feeds one directly, else at the layer's output.
+  A group whose channels are all zero is exactly a network without them, so removal changes nothing.
+- **Block gates**: one θ per residual block (:func:`pruning.residual.find`): ``y = S(x) + ξ_B · F(x)``, applied at the
+  module whose output is F.
+- Gates act through forward hooks: the model's modules and names stay the user's, so torch-pruning traces it, the
+  depth method's block removal works on it, and a model file replays it. ``xi`` None: no scaling at all.
+
+θ = sigmoid(φ) with logits φ clamped to ±:data:`MAX_LOGIT`; :func:`arm_grad` is the ARM estimator (Yin & Zhou 2019,
+"ARM: Augment-REINFORCE-Merge gradient for stochastic binary networks"), unbiased for ∂E_ξ[L]/∂φ with two forward
+passes that share one uniform draw u: ξ¹ = 1[u > 1 − θ], ξ² = 1[u < θ], ĝ = (L(ξ¹) − L(ξ²)) (u − ½). Both ξ¹ and ξ² are
+Bernoulli(θ), so the weights' gradient of either pass is unbiased too. The pair differs only where the gate is
+undecided, so the estimate's variance falls as θ goes to 0 or 1.
+
+:meth:`Gates.expected` is E_ξ[MACs] and E_ξ[params] as functions of θ, exact under independent gates: a convolution
+with G groups costs, per output position, k · Σ_g Σ_(i,o in g) E[ξ_i ξ_o] · Π θ_B(blocks around it), where
+E[ξ_i ξ_o] = θ_i θ_o for two different gates and θ_i when input and output channel share one (a depthwise
+convolution's); BatchNorm adds 2 parameters per channel, a bias 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from pruning import dependency, residual
+from pruning.counting import example_input
+from pruning.data import forward
+
+log = logging.getLogger(__name__)
+
+MAX_LOGIT = 10.0  # |φ| bound: θ within 4.5e-5 of 0 or 1 (the projection of the logits, as the paper projects θ)
+
+
+@dataclass
+class UnitGroup:
+    """The channels of one torch-pruning group: gates ``offset .. offset + size``."""
+
+    name: str  # the root layer's name
+    root: nn.Module
+    fn: Any  # torch-pruning's pruning function of the root's output channels
+    offset: int
+    size: int
+    points: dict[str, list[int]]  # gated module name -> for each of its output channels, the group channel
+
+
+@dataclass
+class BlockGate:
+    name: str  # the residual block's name (pruning.residual)
+    index: int  # its gate
+    point: str  # the module whose output is the branch F
+
+
+@dataclass
+class _Cost:
+    """One layer's share of the expected complexity: indexes into θ extended by a constant 1 (index G)."""
+
+    name: str
+    kernel: int  # weights per (input, output) channel pair
+    positions: int  # output positions per sample (MACs = pairs * kernel * positions)
+    groups: int
+    gate_in: torch.Tensor  # [in channels]
+    gate_out: torch.Tensor  # [out channels]
+    same: list[tuple[int, int]]  # (gate, number of (in, out) pairs sharing it): E[ξ ξ] = θ there
+    bias: bool
+    blocks: list[int]
+    norm: bool = False  # a BatchNorm: 2 parameters per channel, no MACs counted
+
+
+@dataclass
+class Gates:
+    """Gates of one model state (rebuilt after every removal; θ carried over by layer and channel)."""
+
+    groups: list[UnitGroup]
+    blocks: list[BlockGate]
+    costs: list[_Cost]
+    logits: torch.Tensor  # φ, [G]
+    frozen: torch.Tensor  # bool [G]: fixed at θ = 1 (a layer's last unit: the layer's gate decides about the layer)
+    below: torch.Tensor  # int [G]: epoch-end checks in a row with θ at or below the pruning threshold
+    points: dict[str, list[tuple[torch.Tensor, bool]]] = field(default_factory=dict)  # module -> (gate idx, last dim?)
+    xi: torch.Tensor | None = None  # [N or 1, G + 1] while gating, else None
+    handles: list[Any] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.logits.numel())
+
+    def theta(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits).masked_fill(self.frozen, 1.0)
+
+    def attach(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for name, entries in self.points.items():
+            self.handles.append(modules[name].register_forward_hook(self._hook(entries)))
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _hook(self, entries: list[tuple[torch.Tensor, bool]]):
+        def scale(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            if self.xi is None:
+                return out
+            for idx, last in entries:
+                g = self.xi[:, idx]  # [N, C] (a block gate: [N, 1])
+                shape = [g.shape[0]] + [1] * (out.dim() - 1)
+                shape[-1 if last else 1] = g.shape[1]
+                out = out * g.view(shape).to(out.dtype)
+            return out
+        return scale
+
+    def set(self, xi: torch.Tensor | None) -> None:
+        """Gate with ``xi`` ([N, G] per sample, or [G]); None: no gating."""
+        if xi is None:
+            self.xi = None
+            return
+        xi = xi.view(-1, self.size) if xi.dim() == 1 else xi
+        self.xi = torch.cat([xi, xi.new_ones(xi.shape[0], 1)], dim=1)
+
+    def expected(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[MACs], E[params]) per sample of the gated layers, differentiable in ``theta``."""
+        ext = torch.cat([theta, theta.new_ones(1)])
+        macs, params = theta.new_zeros(()), theta.new_zeros(())
+        for c in self.costs:
+            scale = ext[c.blocks].prod() if c.blocks else theta.new_ones(())
+            t_out = ext[c.gate_out]
+            if c.norm:
+                params = params + 2 * t_out.sum() * scale
+                continue
+            t_in = ext[c.gate_in]
+            pairs = (t_in.view(c.groups, -1).sum(1) * t_out.view(c.groups, -1).sum(1)).sum()
+            for k, n in c.same:
+                pairs = pairs + n * (ext[k] - ext[k] ** 2)
+            macs = macs + pairs * c.kernel * c.positions * scale
+            params = params + (pairs * c.kernel + (t_out.sum() if c.bias else 0)) * scale
+        return macs, params
+
+    def alive(self) -> dict[str, int]:
+        """Units per group (by root layer) and blocks (``blocks``) still at θ >= 0.5."""
+        theta = self.theta()
+        out = {g.name: int((theta[g.offset:g.offset + g.size] >= 0.5).sum()) for g in self.groups}
+        out["blocks"] = int(sum(float(theta[b.index]) >= 0.5 for b in self.blocks))
+        return out
+
+
+def _gate_point(dg: tp.DependencyGraph, module: nn.Module, group_modules: set[nn.Module]) -> nn.Module:
+    """Where a layer's output channels are gated: after the BatchNorm it feeds directly (a zero before BatchNorm
+    would come out as its shift), else at its own output."""
+    node = dg.module2node.get(module)
+    outs = node.outputs if node is not None else []
+    if len(outs) == 1 and isinstance(outs[0].module, nn.modules.batchnorm._BatchNorm) and outs[0].module in group_modules:
+        return outs[0].module
+    return module
+
+
+def _shapes(model: nn.Module, spec: Any) -> dict[nn.Module, tuple[int, ...]]:
+    """Each conv / linear layer's output shape for one sample."""
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def hook(m: nn.Module, args: Any, out: torch.Tensor) -> None:
+        shapes.setdefault(m, tuple(out.shape[1:]))
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    training = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            forward(model.eval(), example_input(spec))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in training.items():
+            m.training = t
+    return shapes
+
+
+def build(model: nn.Module, spec: Any, ignored: list[nn.Module], carried: dict[str, Any] | None = None,
+          init_logit: float = 3.0, unit_gates: bool = True, block_gates: bool = True) -> Gates:
+    """Gates for ``model``; logits from ``carried`` (:func:`carry`) where a layer / block had one, else ``init_logit``."""
+    names = {m: n for n, m in model.named_modules()}
+    groups: list[UnitGroup] = []
+    in_map: dict[nn.Module, dict[int, int]] = {}  # layer -> input channel -> gate
+    out_map: dict[nn.Module, dict[int, int]] = {}
+    offset = 0
+    if unit_gates:
+        probe = dependency._pruner(model, spec, tp.importance.GroupMagnitudeImportance(p=2), 0.0, "uniform", 1, None,
+                                   1.0, ignored, None, None)
+        dg = probe.DG
+        for group in dg.get_all_groups(ignored_layers=probe.ignored_layers, root_module_types=probe.root_module_types):
+            root, fn = group[0].dep.target.module, group[0].dep.handler
+            n = dg.get_out_channels(root)
+            if not n:
+                continue
+            members = {dep.target.module for dep, _ in group}
+            points: dict[str, list[int]] = {}
+            for item in group.items:
+                dep, m = item.dep, item.dep.target.module
+                plain = [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs, strict=True)]
+                conv_like = isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.modules.batchnorm._BatchNorm)
+                if not conv_like:
+                    continue
+                if dg.is_out_channel_pruning_fn(dep.handler):
+                    out_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
+                    if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        point = _gate_point(dg, m, members)
+                        width = point.num_features if point is not m else dg.get_out_channels(m)
+                        if names[point] not in points and width:
+                            points[names[point]] = [0] * width
+                        for i, r in plain:
+                            if names[point] in points and i < len(points[names[point]]):
+                                points[names[point]][i] = r
+                if dg.is_in_channel_pruning_fn(dep.handler) and not isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    in_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
+            groups.append(UnitGroup(names[root], root, fn, offset, n, points))
+            offset += n
+    blocks: list[BlockGate] = []
+    if block_gates:
+        for b in residual.find(model, spec).values():
+            point = residual.branch_output(model, b)
+            if point is None:
+                log.info("complexity-aware: block %s has no gate (its branch does not end in a module call)", b.name)
+                continue
+            blocks.append(BlockGate(b.name, offset, point))
+            offset += 1
+    const = offset
+    shapes = _shapes(model, spec)
+    branch_of = {}
+    for b in residual.find(model, spec).values() if blocks else []:
+        branch_of[b.name] = b.branch
+    costs = []
+    for name, m in model.named_modules():
+        inside = [g.index for g in blocks if any(name == p or name.startswith(p + ".") for p in branch_of[g.name])]
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out = [out_map.get(m, {}).get(c, const) for c in range(m.num_features)]
+            costs.append(_Cost(name, 0, 0, 1, torch.tensor([], dtype=torch.long), torch.tensor(out), [], False, inside,
+                               norm=True))
+        elif isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and m in shapes:
+            conv = isinstance(m, nn.modules.conv._ConvNd)
+            cin, cout = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
+            groups_n = m.groups if conv else 1
+            kernel = int(torch.tensor(m.kernel_size).prod()) if conv else 1
+            shape = shapes[m]
+            positions = int(torch.tensor(shape).prod()) // cout
+            gin = [in_map.get(m, {}).get(c, const) for c in range(cin)]
+            gout = [out_map.get(m, {}).get(c, const) for c in range(cout)]
+            same: Counter[int] = Counter()
+            per_in, per_out = cin // groups_n, cout // groups_n
+            for g in range(groups_n):
+                a = Counter(k for k in gin[g * per_in:(g + 1) * per_in] if k != const)
+                b = Counter(k for k in gout[g * per_out:(g + 1) * per_out] if k != const)
+                for k in a.keys() & b.keys():
+                    same[k] += a[k] * b[k]
+            costs.append(_Cost(name, kernel, positions, groups_n, torch.tensor(gin), torch.tensor(gout),
+                               sorted(same.items()), m.bias is not None, inside))
+    logits = torch.full((offset,), float(init_logit))
+    gates = Gates(groups, blocks, costs, logits, torch.zeros(offset, dtype=torch.bool),
+                  torch.zeros(offset, dtype=torch.long))
+    if carried:
+        _restore(gates, carried)
+    for g in groups:
+        for point, chans in g.points.items():
+            gates.points.setdefault(point, []).append((torch.tensor(chans) + g.offset, _is_linear(model, point)))
+    for b in blocks:
+        gates.points.setdefault(b.point, []).append((torch.tensor([b.index]), False))
+    return gates
+
+
+def _is_linear(model: nn.Module, name: str) -> bool:
+    return isinstance(model.get_submodule(name), nn.Linear)
+
+
+def carry(gates: Gates) -> dict[str, Any]:
+    """Logits and frozen flags by gated layer and channel (units) and by block name, to rebuild after a removal."""
+    units = {}
+    for g in gates.groups:
+        for point, chans in g.points.items():
+            idx = torch.tensor(chans) + g.offset
+            units[point] = tuple(t.detach()[idx].clone() for t in (gates.logits, gates.frozen, gates.below))
+    blocks = {b.name: tuple(t.detach()[b.index].clone() for t in (gates.logits, gates.frozen, gates.below))
+              for b in gates.blocks}
+    return {"units": units, "blocks": blocks}
+
+
+def _restore(gates: Gates, carried: dict[str, Any]) -> None:
+    for g in gates.groups:
+        for point, chans in g.points.items():
+            if point in carried["units"] and len(carried["units"][point][0]) == len(chans):
+                idx = torch.tensor(chans) + g.offset
+                for t, v in zip((gates.logits, gates.frozen, gates.below), carried["units"][point], strict=True):
+                    t[idx] = v
+                break
+    for b in gates.blocks:
+        if b.name in carried["blocks"]:
+            for t, v in zip((gates.logits, gates.frozen, gates.below), carried["blocks"][b.name], strict=True):
+                t[b.index] = v
+
+
+def drop(carried: dict[str, Any], point: str, keep: list[int]) -> None:
+    """Keep only the channels ``keep`` of a gated layer's carried logits (after torch-pruning removed the rest)."""
+    if point in carried["units"]:
+        carried["units"][point] = tuple(t[keep] for t in carried["units"][point])
+
+
+def arm_grad(losses_1: torch.Tensor, losses_2: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """ARM estimate of ∂E[L]/∂φ from per-sample losses under ξ¹ = 1[u > 1 − θ] and ξ² = 1[u < θ] (u: [N, G])."""
+    return ((losses_1 - losses_2).detach().unsqueeze(1) * (u - 0.5)).mean(0)
+
+
+def arm_pair(theta: torch.Tensor, n: int, generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(u, ξ¹, ξ²) for ``n`` samples."""
+    u = torch.rand(n, theta.numel(), generator=generator)
+    return u, (u > 1 - theta).float(), (u < theta).float()
