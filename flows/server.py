@@ -59,6 +59,10 @@ def wait(process: subprocess.Popen[bytes]) -> None:
 
     settings = get_current_settings()
     url, timeout = f"{settings.api.url}/health", settings.server.ephemeral.startup_timeout_seconds
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        # Prefect's 20 s default is too short on a busy 2-core machine (a CI run with training beside it missed it);
+        # a server that is not coming still fails, with the same message, after 90 s
+        timeout = max(timeout, 90)
     deadline = time.monotonic() + timeout
     with httpx.Client() as client:
         while time.monotonic() < deadline:
