@@ -2,19 +2,21 @@
 training, and remove them for real as soon as they die.
 
 Every unit (a channel of a torch-pruning dependency group) and every residual block is scaled by ξ ~ Bernoulli(θ)
-(:mod:`pruning.gates`). Weights W and logits φ (θ = sigmoid φ) minimise
+(:mod:`pruning.gates`). Weights W and the gates' probabilities θ minimise
 
-    J(W, φ) = E_ξ[L(W, ξ)] + s · [(1 − ρ) · E[MACs](θ) / MACs₀ + ρ · E[params](θ) / params₀]
+    J(W, θ) = E_ξ[L(W, ξ)] + s · [(1 − ρ) · E[MACs](θ) / MACs₀ + ρ · E[params](θ) / params₀]
 
 with three knobs: ``strength`` s (accuracy vs pruning level), ``flops_vs_params`` ρ, and ``layer_vs_unit`` β, which
 scales the complexity gradient of block gates by 2β and of unit gates by 2(1 − β) (0.5: as the complexity says). The
 per-structure regularisation weights are therefore not set by hand: structure k pays λ_k = s · ∂C/∂θ_k, its share of
 the expected complexity at the current θ (a convolution's cost depends on its input and output gates and its block
-gate). E[L]'s gradient in φ is the unbiased ARM estimate; W gets the pathwise gradient of both ARM passes.
+gate). E[L]'s gradient in θ is the unbiased ARM estimate; W gets the pathwise gradient of both ARM passes. θ takes
+projected SGD steps (θ ← clip(θ − η_θ ĝ, 0, 1), η_θ on the weights' cosine schedule), as in the paper: plain SGD keeps
+each structure's pressure proportional to its cost (Adam would give every gate the same step size), and θ = 0 is
+absorbing — a structure at 0 is never sampled again.
 
 Our reconstruction (the paper's body could not be read, see README "Complexity-aware training"): the cost formula and
-the λ_k derivation above, ARM (the paper's estimator is not known to us), Adam on the logits clamped to ±10 instead of
-projected SGD on θ, and the pruning condition: a structure whose θ stays at or below ``prune_threshold`` for
+the λ_k derivation above, ARM (the paper's estimator is not known to us), and the pruning condition: a structure whose θ stays at or below ``prune_threshold`` for
 ``patience`` epoch-end checks (after ``warmup_epochs``) is removed — channels by torch-pruning, blocks by the depth
 method's removal — and training continues on the smaller network. A layer's last unit is never removed by unit
 gates (it is frozen at θ = 1: the block gate decides about the layer). At the end the gates' mode is kept: θ >= 0.5
@@ -48,6 +50,8 @@ from pruning.training import evaluate, resolve_device
 
 log = logging.getLogger(__name__)
 
+DUAL_P = 1.0  # the dual controller's proportional gain (log strength per unit of log(E[MACs] · target / MACs₀))
+
 
 class Config(Section):
     """Train with Bernoulli gates on units and residual blocks; structures whose gate dies are removed."""
@@ -68,16 +72,21 @@ class Config(Section):
     lr: float = Field(0.05, gt=0, le=10, description="weights: SGD (Nesterov) learning rate, cosine schedule")
     momentum: float = Field(0.9, ge=0, lt=1, description="weights: SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="weights: L2 weight decay")
-    theta_lr: float = Field(0.05, gt=0, le=10, description="gate logits: Adam learning rate")
+    theta_lr: float = Field(0.05, gt=0, le=1_000, description="θ: projected SGD step (constant)")
+    settle_epochs: int = Field(5, ge=0, le=10_000, description="last epochs (at most epochs - warmup - 1): each gate's θ "
+                               "is annealed to the vertex it is decided to (θ >= 0.5, or the MACs target's cut) while "
+                               "the weights adapt")
     theta_init: float = Field(0.95, gt=0, lt=1, description="every gate's θ at the start")
     warmup_epochs: int = Field(2, ge=0, le=10_000, description="epochs before θ learns (weights train with sampled gates)")
     prune_threshold: float = Field(1e-3, gt=0, lt=0.5, description="a structure whose θ is at or below this ...")
-    patience: int = Field(1, ge=1, le=10_000, description="... at this many epoch-end checks in a row is removed")
+    patience: int = Field(3, ge=1, le=10_000, description="... at this many epoch-end checks in a row is removed")
     unit_gates: bool = Field(True, description="gate units (channels) — off: layer pruning only (ablation)")
     block_gates: bool = Field(True, description="gate residual blocks — off: unit pruning only (ablation)")
+    estimator: Literal["relaxed", "arm"] = Field("relaxed", description="unbiased θ gradient: relaxed (one gate per "
+                                                 "sample integrated over [0, 1]; one pass) | arm (two passes)")
     eval_gates: Literal["mode", "expectation"] = Field("mode", description="gates when evaluating during training: "
                                                        "mode (θ >= 0.5 -> 1, else 0: the network shipped) | expectation (θ)")
-    dual_lr: float = Field(0.02, gt=0, le=10, description="with target_macs_reduction: step of log strength per "
+    dual_lr: float = Field(0.002, gt=0, le=10, description="with target_macs_reduction: step of log strength per "
                            "training step, times log(E[MACs] · target / MACs₀)")
     ignored_layers: list[str] = Field(default_factory=list, description="module names whose units are never gated "
                                       "(the classifier's outputs never are)")
@@ -104,7 +113,11 @@ class _Run:
                                field="unit_gates")
         theta1 = torch.ones(self.gates.size)
         self.macs0, self.params0 = (float(v) for v in self.gates.expected(theta1))
+        self.dense_total = float(count_macs(net, self.spec)[0])
+        self.ungated = self.dense_total / self.macs0  # all MACs per gated-layer MAC; updated after every removal
         self.log_strength = math.log(max(cfg.strength, 1e-6))
+        self.dual = 0.0
+        self.undecided_at_settle: float | None = None
         self.dev = resolve_device(ctx.device)
         self.steps_per_epoch = max(1, len(ctx.data.train) // cfg.batch_size)  # type: ignore[arg-type]
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -114,9 +127,10 @@ class _Run:
     def _build(self, carried: dict[str, Any] | None) -> gates.Gates:
         cfg = self.cfg
         ignored = dependency.ignored_modules(self.net, cfg.ignored_layers)
-        g = gates.build(self.net, self.spec, ignored, carried, math.log(cfg.theta_init / (1 - cfg.theta_init)),
-                        cfg.unit_gates, cfg.block_gates)
+        g = gates.build(self.net, self.spec, ignored, carried, cfg.theta_init, cfg.unit_gates, cfg.block_gates)
         g.attach(self.net)
+        self.is_block = torch.zeros(g.size, dtype=torch.bool)
+        self.is_block[[b.index for b in g.blocks]] = True
         return g
 
     def _optimisers(self) -> None:
@@ -124,11 +138,10 @@ class _Run:
         cfg = self.cfg
         self.opt_w = torch.optim.SGD(self.net.parameters(), lr=self._lr(), momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-        self.gates.logits.requires_grad_(True)
-        self.opt_t = torch.optim.Adam([self.gates.logits], lr=cfg.theta_lr)
 
-    def _lr(self) -> float:
-        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * min(self.step, self.total_steps) / self.total_steps))
+    def _lr(self, base: float | None = None) -> float:
+        base = self.cfg.lr if base is None else base
+        return 0.5 * base * (1 + math.cos(math.pi * min(self.step, self.total_steps) / self.total_steps))
 
     def weights(self) -> torch.Tensor:
         """λ weighting per gate: 2(1 − β) for units, 2β for blocks."""
@@ -142,40 +155,91 @@ class _Run:
         rho = self.cfg.flops_vs_params
         return (1 - rho) * macs / self.macs0 + rho * params / self.params0, macs, params
 
-    def train_step(self, x: Any, y: torch.Tensor, learn_theta: bool, gen: torch.Generator) -> dict[str, float]:
+    def train_step(self, x: Any, y: torch.Tensor, phase: str, settled: float, gen: torch.Generator) -> dict[str, float]:
+        """One step: weights always; θ in the ``search`` and ``settle`` phases (``settled``: share of the settle
+        phase done); the strength follows the MACs target in ``search`` only."""
         g, cfg = self.gates, self.cfg
         self.step += 1
         for group in self.opt_w.param_groups:
             group["lr"] = self._lr()
-        theta = g.theta().detach()
-        u, z1, z2 = gates.arm_pair(theta, len(y), gen)
-        g.set(z1.to(self.dev))
-        l1 = _per_sample(self.ctx.task, forward(self.net, x), y)
-        g.set(z2.to(self.dev))
-        l2 = _per_sample(self.ctx.task, forward(self.net, x), y)
-        g.set(None)
-        loss = 0.5 * (l1.mean() + l2.mean())
+        theta = g.theta()
         self.opt_w.zero_grad(set_to_none=True)
-        loss.backward()
+        if cfg.estimator == "relaxed":
+            xi, k, weight = gates.relaxed_draw(theta, len(y), ~g.frozen, self.is_block, gen)
+            xi = xi.to(self.dev).requires_grad_(True)
+            g.set(xi)
+            loss = _per_sample(self.ctx.task, forward(self.net, x), y).mean()
+            g.set(None)
+            loss.backward()
+            estimate = torch.zeros(g.size) if xi.grad is None else gates.relaxed_grad(xi.grad.cpu(), k, weight, g.size)
+        else:
+            u, z1, z2 = gates.arm_pair(theta, len(y), gen)
+            g.set(z1.to(self.dev))
+            l1 = _per_sample(self.ctx.task, forward(self.net, x), y)
+            g.set(z2.to(self.dev))
+            l2 = _per_sample(self.ctx.task, forward(self.net, x), y)
+            g.set(None)
+            loss = 0.5 * (l1.mean() + l2.mean())
+            loss.backward()
+            estimate = gates.theta_grad(l1.detach().cpu(), l2.detach().cpu(), u, theta)
         self.opt_w.step()
         out = {"loss": float(loss.detach())}
-        if learn_theta:
-            phi = g.logits
-            cost, _, _ = self.complexity(torch.sigmoid(phi).masked_fill(g.frozen, 1.0))
-            (grad_c,) = torch.autograd.grad(cost, phi)
+        if phase == "settle" and g.size:
+            if bool((g.decided < 0).any()):
+                self.decide()
+            with torch.no_grad():  # a linear anneal from θ at the phase's start to the decided vertex
+                g.probs.copy_(g.start + (g.decided - g.start) * settled)
+        elif phase == "search" and g.size:
+            t = theta.clone().requires_grad_(True)
+            cost, _, _ = self.complexity(t)
+            (grad_c,) = torch.autograd.grad(cost, t)
             strength = math.exp(self.log_strength)
-            grad = gates.arm_grad(l1.cpu(), l2.cpu(), u) + strength * self.weights() * grad_c
-            phi.grad = grad.masked_fill(g.frozen, 0.0)
-            self.opt_t.step()
+            grad = estimate + strength * self.weights() * grad_c
             with torch.no_grad():
-                phi.clamp_(-gates.MAX_LOGIT, gates.MAX_LOGIT)
+                g.probs.sub_(cfg.theta_lr * grad.masked_fill(g.frozen, 0.0)).clamp_(0.0, 1.0)
             if cfg.target_macs_reduction is not None:
                 with torch.no_grad():
                     _, macs, _ = self.complexity(g.theta())
-                gap = math.log(max(float(macs), 1.0) * cfg.target_macs_reduction / self.macs0)
-                self.log_strength = min(max(self.log_strength + cfg.dual_lr * gap, -20.0), 20.0)
-            out["complexity"] = float(cost)
+                # the whole network's MACs (BatchNorm, pooling, ... included) from the gated layers' expectation
+                gap = math.log(max(float(macs), 1.0) * self.ungated * cfg.target_macs_reduction / self.dense_total)
+                # dual ascent on log s with a proportional term (a PI controller): the integral finds the strength
+                # that holds the budget, the proportional part takes the pressure off as soon as E[MACs] reaches it
+                # (θ lags the strength; integral action alone overshot 4x to 5.2x)
+                self.dual = min(max(self.dual + cfg.dual_lr * gap, -20.0), 20.0)
+                self.log_strength = min(max(math.log(max(cfg.strength, 1e-6)) + self.dual + DUAL_P * gap, -20.0), 20.0)
+            out["complexity"] = float(cost.detach())
         return out
+
+    def decide(self) -> None:
+        """The vertex each gate settles to: θ >= 0.5 (the mode); with a MACs target, θ >= τ with the cut τ whose network
+        is nearest the budget (θ's ranking decides what stays). A layer keeps at least one unit."""
+        g, cfg = self.gates, self.cfg
+        theta = g.theta()
+        keep = theta >= 0.5
+        fresh = g.decided < 0
+        if not bool(fresh.all()):  # a gate new after a removal in the settle phase (a regrouped layer): its mode
+            g.decided = torch.where(fresh, keep.float(), g.decided)
+            g.start = torch.where(fresh, theta, g.start)
+            return
+        if cfg.target_macs_reduction is not None:
+            budget = self.dense_total / cfg.target_macs_reduction
+
+            def miss(tau: float) -> float:
+                macs = float(g.expected((theta >= tau).float())[0]) * self.ungated
+                return abs(math.log(max(macs, 1.0) / budget))
+
+            cuts = sorted({float(t) for t in theta[theta > 0]})
+            if cuts:
+                keep = theta >= min(cuts, key=miss)
+        for grp in g.groups:
+            span = slice(grp.offset, grp.offset + grp.size)
+            if not bool(keep[span].any()):
+                keep[grp.offset + int(theta[span].argmax())] = True
+        g.decided = keep.float().masked_fill(g.frozen, 1.0)
+        g.start = theta.clone()
+        log.info("complexity-aware: settling %d of %d gates at 1 (undecided before: max min(θ, 1 − θ) = %.3f)",
+                 int(keep.sum()), g.size, float(torch.minimum(theta, 1 - theta).max()))
+        self.undecided_at_settle = float(torch.minimum(theta, 1 - theta).max())
 
     def remove_dead(self, force: bool = False) -> tuple[int, list[str]]:
         """Remove the structures whose gate has died (``force``: every gate below 0.5, the final mode). Returns
@@ -223,6 +287,7 @@ class _Run:
             self.edits.append(blocks_edit(blocks))
             self.removed_blocks += blocks
         self.gates = self._build(carried)
+        self.ungated = count_macs(self.net, self.spec)[0] / float(self.gates.expected(torch.ones(self.gates.size))[0])
         self._optimisers()
         return sum(len(d) for d in cuts.values()), blocks
 
@@ -252,16 +317,22 @@ def train(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Ed
     histograms: list[list[int]] = []
     start = time.perf_counter()
     run.net.to(run.dev)
+    settle = min(cfg.settle_epochs, max(0, cfg.epochs - cfg.warmup_epochs - 1))
+    per_epoch = max(1, sum(1 for n in range(0, len(data.train), cfg.batch_size)  # type: ignore[arg-type]
+                           if min(cfg.batch_size, len(data.train) - n) >= 2))  # type: ignore[arg-type]
     for epoch in range(1, cfg.epochs + 1):
         learn = epoch > cfg.warmup_epochs
+        phase = "warmup" if not learn else "settle" if epoch > cfg.epochs - settle else "search"
         run.net.train()
-        total, seen, cost = 0.0, 0, 0.0
+        total, seen, cost, i = 0.0, 0, 0.0, 0
         for batch in batches(data.train, cfg.batch_size, shuffle=True, generator=order):
             if len(batch) < 2:
                 continue
             batch = batch.to(run.dev)
-            out = run.train_step(batch.x, batch.y, learn, gen)
-            total, seen, cost = total + out["loss"] * len(batch), seen + len(batch), out.get("complexity", cost)
+            done = epoch - (cfg.epochs - settle) - 1 + (i + 1) / per_epoch
+            settled = min(1.0, done / settle) if phase == "settle" else 0.0
+            out = run.train_step(batch.x, batch.y, phase, settled, gen)
+            total, seen, cost, i = total + out["loss"] * len(batch), seen + len(batch), out.get("complexity", cost), i + 1
         units, blocks = run.remove_dead() if learn else (0, [])
         theta = run.gates.theta().detach()
         with torch.no_grad():
@@ -279,16 +350,20 @@ def train(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Ed
                   "seconds": time.perf_counter() - start, **{f"alive.{k}": v for k, v in alive.items()}}
         epochs.append(record)
         histograms.append(_histogram(theta))
-        log.info("complexity-aware epoch %d/%d: loss %.4f, %s %.4f, live MACs ÷%.2f, units %d, blocks %d%s%s", epoch,
-                 cfg.epochs, record["loss"], ctx.task.metric_name, metric, record["live_macs_reduction"],
+        log.info("complexity-aware epoch %d/%d: loss %.4f, %s %.4f, live MACs ÷%.2f (expected ÷%.2f), strength %.3g, "
+                 "units %d, blocks %d%s%s", epoch, cfg.epochs, record["loss"], ctx.task.metric_name, metric,
+                 record["live_macs_reduction"], run.dense_total / (float(e_macs) * run.ungated), record["strength"],
                  record["units_alive"], record["blocks_alive"], f", removed {units} units" if units else "",
                  f", removed blocks {blocks}" if blocks else "")
+    if bool((run.gates.decided >= 0).all()):  # the anneal's end point (the last step stops a rounding short of it)
+        run.gates.probs.copy_(run.gates.decided)
     theta = run.gates.theta().detach()
     undecided = float(torch.minimum(theta, 1 - theta).max()) if theta.numel() else 0.0
     units, blocks = run.remove_dead(force=True)  # the mode: θ < 0.5 goes, θ >= 0.5 folds away with the hooks
     run.gates.detach()
     run.net.to("cpu").eval()
     report = {"epochs": epochs, "theta_histograms": histograms, "undecided_at_end": undecided,
+              "undecided_at_settle": run.undecided_at_settle,
               "final_mode_units_removed": units, "final_mode_blocks_removed": blocks,
               "removed_blocks": run.removed_blocks, "strength_final": math.exp(run.log_strength),
               "train_seconds": time.perf_counter() - start, "start": cfg.start,

@@ -31,6 +31,7 @@ from pruning import faults
 from pruning.atomic import alive, remove_leftovers
 from pruning.errors import PruningError
 from pruning.stages import STAGES, Stage
+from pruning.tracking import figures
 
 if TYPE_CHECKING:
     from pruning.config import PathsConfig
@@ -203,25 +204,6 @@ def _nested(name: str) -> Iterator[str]:
         yield run.info.run_id
 
 
-def _accuracy_vs_macs_figure(steps: list[dict[str, Any]]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    macs = [s["macs"] / 1e6 for s in steps]
-    ax.plot(macs, [s["accuracy"] for s in steps], "o-")
-    for s, m in zip(steps, macs, strict=True):
-        ax.annotate(f"step {s['step']}", (m, s["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("MACs (M)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy vs MACs over the pruning steps")
-    ax.invert_xaxis()
-    fig.tight_layout()
-    return fig
-
-
 def _log_onnx(path: str, name: str, example: Any):
     import mlflow
     import onnx
@@ -245,7 +227,7 @@ def warm_up(experiment: str, root: str | Path = ".") -> None:
     """Open the store and import what logging a run needs, ahead of time (the flow does it while Prefect starts)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # as _accuracy_vs_macs_figure does: no display here
+    matplotlib.use("Agg")  # as pruning.tracking.figures does: no display here
     import matplotlib.pyplot  # noqa: F401
     import mlflow.onnx  # noqa: F401
 
@@ -332,8 +314,11 @@ def _log_pipeline(record: PipelineRecord, experiment_id: str) -> str:
         mlflow.log_dict(record.metrics, "metrics.json")
         mlflow.log_dict(record.gates, "gates.json")
         _log_csv(json.loads(Path(p.prune_report).read_text())["layers"], "prune_layers.csv")
-        mlflow.log_figure(_accuracy_vs_macs_figure(json.loads(Path(p.prune_steps).read_text())),
+        mlflow.log_figure(figures.accuracy_vs_macs(json.loads(Path(p.prune_steps).read_text())),
                           "accuracy_vs_macs.png")
+        structure = json.loads(Path(p.prune_report).read_text()).get("structure")
+        if structure:  # a method that reports the structure it found (complexity_aware)
+            mlflow.log_figure(figures.structure(structure), "structure.png")
         models: dict[str, str] = {}
         for stage in STAGES:
             _log_stage(stage, record, models)

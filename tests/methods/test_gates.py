@@ -97,6 +97,48 @@ def test_arm_estimate_is_unbiased_against_the_exact_expectation(tiny):
     assert torch.all((estimate - exact).abs() <= 4 * se + 1e-6), (estimate, exact, se)
     # and it is not a lucky tolerance: the standard errors are far below the gradients' size
     assert se.max() < 0.2 * exact.abs().max()
+    # in θ: E[L | ξ_k = 1] - E[L | ξ_k = 0], what the projected SGD step on θ uses
+    theta_exact = theta.clone().requires_grad_(True)
+    prob = (configs * theta_exact + (1 - configs) * (1 - theta_exact)).prod(1)
+    (exact_theta,) = torch.autograd.grad((prob * losses).sum(), theta_exact)
+    slope = theta * (1 - theta)
+    assert torch.all((gates.theta_grad(l1, l2, u, theta) - exact_theta).abs() <= 4 * se / slope + 1e-6)
+    assert torch.equal(gates.theta_grad(l1, l2, u, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])), torch.zeros(5))
+
+
+def test_relaxed_estimate_is_unbiased_against_the_exact_expectation(tiny):
+    model, g = tiny
+    torch.manual_seed(0)
+    x, y = torch.randn(1, *SHAPE), torch.tensor([2])
+    theta = torch.sigmoid(torch.tensor([1.2, -0.4, 0.3, -1.5, 0.8]))
+    configs = _configs(g.size)
+    with torch.no_grad():
+        g.set(configs)
+        losses = nn.functional.cross_entropy(model(x.expand(len(configs), *SHAPE)), y.expand(len(configs)),
+                                             reduction="none")
+        g.set(None)
+    t = theta.clone().requires_grad_(True)
+    prob = (configs * t + (1 - configs) * (1 - t)).prod(1)
+    (exact,) = torch.autograd.grad((prob * losses).sum(), t)  # E[L | ξ_k = 1] - E[L | ξ_k = 0]
+    assert exact.abs().max() > 0.02
+    n = 100_000
+    is_block = torch.zeros(g.size, dtype=torch.bool)
+    is_block[[b.index for b in g.blocks]] = True
+    xi, k, weight = gates.relaxed_draw(theta, n, torch.ones(g.size, dtype=torch.bool), is_block,
+                                       torch.Generator().manual_seed(2))
+    assert set(k.tolist()) == set(range(g.size))  # every gate, the block's included, gets relaxed samples
+    xi.requires_grad_(True)
+    g.set(xi)
+    loss = nn.functional.cross_entropy(model(x.expand(n, *SHAPE)), y.expand(n))
+    g.set(None)
+    (grad,) = torch.autograd.grad(loss, xi)
+    estimate = gates.relaxed_grad(grad, k, weight, g.size)
+    per_sample = torch.zeros(n, g.size)
+    per_sample[torch.arange(n), k] = grad[torch.arange(n), k] * n * weight
+    se = per_sample.std(0) * n ** 0.5  # a sum of n independent terms
+    assert torch.allclose(estimate, per_sample.sum(0))
+    assert torch.all((estimate - exact).abs() <= 4 * se + 1e-6), (estimate, exact, se)
+    assert se.max() < 0.2 * exact.abs().max()
 
 
 def test_expected_complexity_is_the_exact_mean_over_gate_configurations(tiny):

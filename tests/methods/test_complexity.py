@@ -1,0 +1,74 @@
+"""prune.method: complexity_aware on the families users bring: gates everywhere torch-pruning and the residual finder
+see, live removal of units and blocks, and a model file that rebuilds the result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pruning import checkpoint
+from pruning.counting import count_macs
+from pruning.methods import METHODS, complexity
+from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx, data  # noqa: F401 - data is a fixture
+
+# pressure high enough that a few steps of 2-batch epochs remove structures: what matters here is that removal works
+# on every family, not the trade-off (bench complexity measures that)
+EAGER = {"epochs": 4, "warmup_epochs": 0, "strength": 50.0, "theta_lr": 0.5, "patience": 1, "batch_size": 32}
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_every_family_trains_with_gates_loses_structures_and_its_model_file_rebuilds_it(family, data, tmp_path):
+    torch.manual_seed(0)
+    cfg = complexity.Config(**EAGER)
+    out = METHODS["complexity_aware"].apply(family().eval(), cfg, _ctx(family, data, tmp_path))
+    dense_macs = count_macs(family(), SHAPE)[0]
+    pruned = out.model.eval()
+    assert count_macs(pruned, SHAPE)[0] < dense_macs
+    assert out.edits, "nothing was removed"
+    x = data.test.x[:4]
+    assert pruned(x).shape == (4, 10)
+    epochs = out.report["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert {"expected_macs", "live_macs", "units_alive", "blocks_alive", "strength"} <= epochs[-1].keys()
+    assert out.report["undecided_at_end"] <= 0.5
+    path = tmp_path / "m.pt"
+    arch = f"tests.test_user_models:{family.__name__}"
+    checkpoint.save_model(path, pruned, arch=arch, kwargs={}, input_shape=SHAPE, num_classes=10, edits=out.edits)
+    loaded, _ = checkpoint.load_model(path, arch=arch)  # weights_only=True: the edits replay on a fresh build
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_the_default_knobs_gate_every_family(family, data, tmp_path):
+    run = complexity._Run(family(), complexity.Config(), _ctx(family, data, tmp_path))
+    assert run.gates.groups, "no unit gate"
+    has_block = family.__name__ in ("Residual", "SqueezeExcitation", "Grouped", "RegNetLike")
+    assert bool(run.gates.blocks) == has_block
+    macs, _ = run.gates.expected(torch.ones(run.gates.size))
+    assert 0.8 * count_macs(family(), SHAPE)[0] <= float(macs) <= count_macs(family(), SHAPE)[0]
+
+
+def test_a_residual_block_is_removed_as_a_whole_when_its_gate_dies(data, tmp_path):
+    cfg = complexity.Config(**{**EAGER, "unit_gates": False, "layer_vs_unit": 1.0})
+    out = complexity.apply(Residual().eval(), cfg, _ctx(Residual, data, tmp_path))
+    assert out.report["removed_blocks"] or out.report["final_mode_blocks_removed"]
+    assert [e["kind"] for e in out.edits] == ["blocks"] * len(out.edits)
+
+
+def test_a_layer_keeps_its_last_unit(data, tmp_path):
+    cfg = complexity.Config(**{**EAGER, "block_gates": False, "strength": 1e4})
+    out = complexity.apply(Residual().eval(), cfg, _ctx(Residual, data, tmp_path))
+    for m in out.model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            assert m.out_channels >= 1 and m.in_channels >= 1
+    assert out.model(data.test.x[:2]).shape == (2, 10)
+
+
+def test_config_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError):
+        complexity.Config(layer_vs_unit=1.5)
+    with pytest.raises(ValueError):
+        complexity.Config(target_macs_reduction=1.0)
+    with pytest.raises(ValueError):
+        complexity.Config(estimator="straight_through")
