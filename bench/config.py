@@ -58,8 +58,8 @@ class BenchConfig(Section):
     lottery_rewind_epoch: int = Field(1, ge=0)  # 0 = original init (Frankle & Carbin), k = weights after k epochs
     # bench complexity: complexity-aware training vs prune-after-training at matched MACs and total epochs
     complexity_kwargs: dict[str, Any] = Field(default_factory=lambda: {"widths": [16, 32, 64], "blocks": [3, 3, 3]})
-    complexity_epochs: int = Field(20, ge=2)  # E: every method's total epochs
-    complexity_dense_epochs: int = Field(12, ge=1)  # E1: the baselines' dense training (they fine-tune E - E1)
+    complexity_epochs: int = Field(30, ge=2)  # E: every method's total epochs
+    complexity_dense_epochs: int = Field(18, ge=1)  # E1: the baselines' dense training (they fine-tune E - E1)
 
 
 def bench_config(cfg: Config, file: str = "params.yaml") -> BenchConfig:

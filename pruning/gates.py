@@ -295,7 +295,8 @@ def _is_linear(model: nn.Module, name: str) -> bool:
 
 
 def carry(gates: Gates) -> dict[str, Any]:
-    """Every per-gate tensor (:data:`PER_GATE`) by gated layer and channel (units) and by block name, to rebuild after a removal."""
+    """Every per-gate tensor (:data:`PER_GATE`) by gated layer and channel (units) and by block name, to rebuild
+    after a removal."""
     units = {}
     for g in gates.groups:
         for point, chans in g.points.items():

@@ -10,19 +10,22 @@ with three knobs: ``strength`` s (accuracy vs pruning level), ``flops_vs_params`
 scales the complexity gradient of block gates by 2β and of unit gates by 2(1 − β) (0.5: as the complexity says). The
 per-structure regularisation weights are therefore not set by hand: structure k pays λ_k = s · ∂C/∂θ_k, its share of
 the expected complexity at the current θ (a convolution's cost depends on its input and output gates and its block
-gate). E[L]'s gradient in θ is the unbiased ARM estimate; W gets the pathwise gradient of both ARM passes. θ takes
-projected SGD steps (θ ← clip(θ − η_θ ĝ, 0, 1), η_θ on the weights' cosine schedule), as in the paper: plain SGD keeps
-each structure's pressure proportional to its cost (Adam would give every gate the same step size), and θ = 0 is
-absorbing — a structure at 0 is never sampled again.
+gate). E[L]'s gradient in θ is an unbiased estimate (:mod:`pruning.gates`: ``relaxed`` by default, or ``arm``); W
+gets the pathwise gradient of the same pass. θ takes projected SGD steps θ ← clip(θ − η_θ ĝ, 0, 1), as the paper's
+projected stochastic optimisation: plain SGD keeps each structure's pressure proportional to its cost (Adam would give
+every gate the same step size).
 
-Our reconstruction (the paper's body could not be read, see README "Complexity-aware training"): the cost formula and
-the λ_k derivation above, ARM (the paper's estimator is not known to us), and the pruning condition: a structure whose θ stays at or below ``prune_threshold`` for
-``patience`` epoch-end checks (after ``warmup_epochs``) is removed — channels by torch-pruning, blocks by the depth
-method's removal — and training continues on the smaller network. A layer's last unit is never removed by unit
-gates (it is frozen at θ = 1: the block gate decides about the layer). At the end the gates' mode is kept: θ >= 0.5
-folds away (a scale of 1), θ < 0.5 is removed; the determinism figure max min(θ, 1 − θ) says how close to 0/1 they
-were. With ``target_macs_reduction`` the strength follows dual ascent on E[MACs] <= MACs₀ / target (in log s).
-The result is an ordinary pruned model: its edits replay on the dense architecture.
+Phases: ``warmup_epochs`` (weights only, gates sampled), search (θ learns; with ``target_macs_reduction`` the strength
+follows a PI dual ascent on E[MACs] <= MACs₀ / target, in log s), settle (the last ``settle_epochs``: every θ is
+annealed linearly to the vertex it is decided to — θ >= 0.5, or the θ-ranking cut nearest the MACs budget — while the
+weights adapt; so every gate ends at exactly 0 or 1). A structure whose θ stays at or below ``prune_threshold`` for
+``patience`` epoch-end checks is removed for real — channels by torch-pruning, blocks by the depth method's removal —
+and training continues on the smaller network; a layer's last unit is never removed by unit gates (it is frozen at
+θ = 1: the block gate decides about the layer). At the end θ = 1 gates fold away (a scale of 1) and θ = 0 structures
+are removed: the result is an ordinary pruned model whose edits replay on the dense architecture.
+
+Our reconstruction (the paper's body could not be read; README "Complexity-aware training" says what is whose): the
+cost formula and λ_k, the estimators, the pruning condition, the settle anneal and the dual ascent.
 """
 
 from __future__ import annotations
@@ -268,6 +271,7 @@ class _Run:
             return 0, []
         carried = gates.carry(g)
         g.detach()
+        self.net.to("cpu")  # tracing, removal and the gates' rebuild run on example inputs on the CPU
         if cuts:
             dg = tp.DependencyGraph().build_dependency(self.net, example_input(self.spec))
             for i, dead in cuts.items():
@@ -288,6 +292,7 @@ class _Run:
             self.removed_blocks += blocks
         self.gates = self._build(carried)
         self.ungated = count_macs(self.net, self.spec)[0] / float(self.gates.expected(torch.ones(self.gates.size))[0])
+        self.net.to(self.dev)
         self._optimisers()
         return sum(len(d) for d in cuts.values()), blocks
 
@@ -337,7 +342,8 @@ def train(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Ed
         theta = run.gates.theta().detach()
         with torch.no_grad():
             _, e_macs, e_params = run.complexity(theta)
-        live_macs, live_params = count_macs(run.net, data.spec)
+        live_macs, live_params = count_macs(run.net.to("cpu"), data.spec)
+        run.net.to(run.dev)
         metric, test_loss = run.evaluate(data)
         alive = run.gates.alive()
         record = {"epoch": epoch, "loss": total / max(seen, 1), "complexity_cost": cost,

@@ -8,8 +8,17 @@ import torch
 
 from pruning import checkpoint
 from pruning.counting import count_macs
+from pruning.data import Data, Split
 from pruning.methods import METHODS, complexity
-from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx, data  # noqa: F401 - data is a fixture
+from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx
+
+
+@pytest.fixture(scope="module")
+def data() -> Data:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(192, *SHAPE, generator=gen)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
+    return Data(Split(x[:128], y[:128]), Split(x[128:], y[128:]), SHAPE, 10)
 
 # pressure high enough that a few steps of 2-batch epochs remove structures: what matters here is that removal works
 # on every family, not the trade-off (bench complexity measures that)
