@@ -12,22 +12,7 @@ every removable residual block by a random ξ ~ Bernoulli(θ). Here:
 - Gates act through forward hooks: the model's modules and names stay the user's, so torch-pruning traces it, the
   depth method's block removal works on it, and a model file replays it. ``xi`` None: no scaling at all.
 
-The θ gradient, two unbiased estimators of ∂E_ξ[L]/∂θ_k = E[L | ξ_k=1] − E[L | ξ_k=0] (Guenter & Sideris's own is not
-known to us):
-
-- ``relaxed`` (default; :func:`relaxed_draw`, :func:`relaxed_grad`): every other gate is a Bernoulli draw and ONE gate
-  per sample, k, is set to t ~ U(0, 1); then ∂L/∂ξ_k at ξ_k = t is an unbiased estimate of the difference, because
-  L(ξ_k=1) − L(ξ_k=0) = ∫₀¹ ∂L/∂ξ_k dt with the other gates held (the fundamental theorem of calculus along one
-  coordinate). k is drawn per sample, half of the samples among block gates and half among unit gates, each estimate
-  weighted by 1/(N p_k). One forward and one backward pass, the backward the weights need anyway; on the benchmark
-  net its per-step standard deviation was ~4x below ARM's. The weights' gradient comes from the same pass, with one
-  gate per sample at t instead of 0/1.
-- ``arm``:  is the ARM estimator (Yin & Zhou 2019, "ARM: Augment-REINFORCE-Merge gradient for
-stochastic binary networks"), unbiased for ∂E_ξ[L]/∂φ (φ = logit θ) with two forward passes that share one uniform
-draw u: ξ¹ = 1[u > 1 − θ], ξ² = 1[u < θ], ĝ = (L(ξ¹) − L(ξ²)) (u − ½); :func:`theta_grad` divides by dθ/dφ = θ(1 − θ)
-for ∂E_ξ[L]/∂θ = E[L | ξ=1] − E[L | ξ=0] (exactly 0 at θ ∈ {0, 1}, where ξ is not random). Both ξ¹ and ξ² are
-Bernoulli(θ), so the weights' gradient of either pass is unbiased too. The pair differs only where a gate is
-undecided, so the estimate's variance falls as the gates settle.
+The θ gradient's estimators are in :mod:`pruning.estimators`.
 
 :meth:`Gates.expected` is E_ξ[MACs] and E_ξ[params] as functions of θ, exact under independent gates: a convolution
 with G groups costs, per output position, k · Σ_g Σ_(i,o in g) E[ξ_i ξ_o] · Π θ_B(blocks around it), where
@@ -38,6 +23,7 @@ convolution's); BatchNorm adds 2 parameters per channel, a bias 1.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -326,48 +312,37 @@ def drop(carried: dict[str, Any], point: str, keep: list[int]) -> None:
         carried["units"][point] = tuple(t[keep] for t in carried["units"][point])
 
 
-def arm_grad(losses_1: torch.Tensor, losses_2: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """ARM estimate of ∂E[L]/∂φ from per-sample losses under ξ¹ = 1[u > 1 − θ] and ξ² = 1[u < θ] (u: [N, G])."""
-    return ((losses_1 - losses_2).detach().unsqueeze(1) * (u - 0.5)).mean(0)
+def budget_cut(g: Gates, theta: torch.Tensor, budget: float, scale: float, is_block: torch.Tensor) -> torch.Tensor:
+    """The gates to keep for a MACs ``budget`` (``scale``: whole-network MACs per gated-layer MAC).
 
+    Blocks and units are each cut in θ's order (ties: the costlier first); for every number of blocks cut, the unit
+    cut nearest the budget is bisected; of those cuts, the likeliest under θ (Σ log θ kept + Σ log(1 − θ) cut) within
+    5 % of the budget wins, else the nearest. (One ranking over both kinds could not mix "one block fewer" with "a few
+    units fewer": a block is a big step.)"""
+    t = theta.clone().requires_grad_(True)
+    (share,) = torch.autograd.grad(g.expected(t)[0], t)
+    rank = sorted((i for i in range(g.size) if theta[i] > 0 and not g.frozen[i]),
+                  key=lambda i: (float(theta[i]), -float(share[i])))
+    blocks, units = [i for i in rank if is_block[i]], [i for i in rank if not is_block[i]]
+    base = (theta > 0) | g.frozen
+    log_t, log_1t = theta.clamp_min(1e-9).log(), (1 - theta).clamp_min(1e-9).log()
 
-def theta_grad(losses_1: torch.Tensor, losses_2: torch.Tensor, u: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """ARM estimate of ∂E[L]/∂θ: :func:`arm_grad` / θ(1 − θ), 0 where θ is 0 or 1 (no randomness to learn from)."""
-    slope = theta * (1 - theta)
-    return torch.where(slope > 0, arm_grad(losses_1, losses_2, u) / slope.clamp_min(1e-12), torch.zeros_like(theta))
+    def kept(nb: int, nu: int) -> torch.Tensor:
+        k = base.clone()
+        k[blocks[:nb] + units[:nu]] = False
+        return k
 
+    def miss(k: torch.Tensor) -> float:
+        return abs(math.log(max(float(g.expected(k.float())[0]) * scale, 1.0) / budget))
 
-def relaxed_draw(theta: torch.Tensor, n: int, learnable: torch.Tensor, is_block: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ξ [n, G] with one gate per sample at t ~ U(0, 1), that gate k [n], its weight 1/(n p_k) [n]).
-
-    ``learnable`` gates may be the relaxed one: drawn among block gates for half of the samples and among unit gates
-    for the other half (all from one kind when the other has none).
-    """
-    xi = torch.bernoulli(theta.expand(n, -1), generator=generator)
-    pools = [torch.nonzero(learnable & is_block).flatten(), torch.nonzero(learnable & ~is_block).flatten()]
-    pools = [p for p in pools if len(p)]
-    if not pools:
-        return xi, torch.zeros(0, dtype=torch.long), torch.zeros(0)
-    kind = torch.randint(len(pools), (n,), generator=generator)
-    k, weight = torch.empty(n, dtype=torch.long), torch.empty(n)
-    for j, pool in enumerate(pools):
-        rows = torch.nonzero(kind == j).flatten()
-        k[rows] = pool[torch.randint(len(pool), (len(rows),), generator=generator)]
-        weight[rows] = len(pools) * len(pool) / n  # 1 / (n p_k), p_k = 1/len(pools) * 1/len(pool)
-    xi[torch.arange(n), k] = torch.rand(n, generator=generator)
-    return xi, k, weight
-
-
-def relaxed_grad(xi_grad: torch.Tensor, k: torch.Tensor, weight: torch.Tensor, n_gates: int) -> torch.Tensor:
-    """∂E[L]/∂θ from ``xi_grad`` = ∂(mean over the batch of L)/∂ξ at :func:`relaxed_draw`'s ξ."""
-    n = xi_grad.shape[0]
-    per_sample = xi_grad[torch.arange(len(k)), k] * n  # ∂L_i/∂ξ_(i, k_i)
-    return torch.zeros(n_gates).index_add_(0, k, per_sample * weight)
-
-
-def arm_pair(theta: torch.Tensor, n: int, generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(u, ξ¹, ξ²) for ``n`` samples."""
-    u = torch.rand(n, theta.numel(), generator=generator)
-    return u, (u > 1 - theta).float(), (u < theta).float()
+    candidates = []
+    for nb in range(len(blocks) + 1):
+        lo, hi = 0, len(units)  # MACs fall as more units go: bisect to the budget
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if float(g.expected(kept(nb, mid).float())[0]) * scale > budget else (lo, mid)
+        for nu in {lo, hi}:
+            k = kept(nb, nu)
+            candidates.append((miss(k), float(log_t[k].sum() + log_1t[~k].sum()), k))
+    close = [c for c in candidates if c[0] <= math.log(1.05)]
+    return max(close, key=lambda c: c[1])[2] if close else min(candidates, key=lambda c: c[0])[2]

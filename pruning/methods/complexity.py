@@ -10,7 +10,7 @@ with three knobs: ``strength`` s (accuracy vs pruning level), ``flops_vs_params`
 scales the complexity gradient of block gates by 2β and of unit gates by 2(1 − β) (0.5: as the complexity says). The
 per-structure regularisation weights are therefore not set by hand: structure k pays λ_k = s · ∂C/∂θ_k, its share of
 the expected complexity at the current θ (a convolution's cost depends on its input and output gates and its block
-gate). E[L]'s gradient in θ is an unbiased estimate (:mod:`pruning.gates`: ``relaxed`` by default, or ``arm``); W
+gate). E[L]'s gradient in θ is an unbiased estimate (:mod:`pruning.estimators`: ``relaxed`` by default, or ``arm``); W
 gets the pathwise gradient of the same pass. θ takes projected SGD steps θ ← clip(θ − η_θ ĝ, 0, 1), as the paper's
 projected stochastic optimisation: plain SGD keeps each structure's pressure proportional to its cost (Adam would give
 every gate the same step size).
@@ -41,7 +41,7 @@ import torch_pruning as tp
 from pydantic import Field
 from torch import nn
 
-from pruning import dependency, gates, residual
+from pruning import dependency, estimators, gates, residual
 from pruning.checkpoint import Edit, blocks_edit, channels_edit
 from pruning.counting import count_macs, example_input
 from pruning.data import Data, batches, forward
@@ -168,15 +168,15 @@ class _Run:
         theta = g.theta()
         self.opt_w.zero_grad(set_to_none=True)
         if cfg.estimator == "relaxed":
-            xi, k, weight = gates.relaxed_draw(theta, len(y), ~g.frozen, self.is_block, gen)
+            xi, k, weight = estimators.relaxed_draw(theta, len(y), ~g.frozen, self.is_block, gen)
             xi = xi.to(self.dev).requires_grad_(True)
             g.set(xi)
             loss = _per_sample(self.ctx.task, forward(self.net, x), y).mean()
             g.set(None)
             loss.backward()
-            estimate = torch.zeros(g.size) if xi.grad is None else gates.relaxed_grad(xi.grad.cpu(), k, weight, g.size)
+            estimate = torch.zeros(g.size) if xi.grad is None else estimators.relaxed_grad(xi.grad.cpu(), k, weight, g.size)
         else:
-            u, z1, z2 = gates.arm_pair(theta, len(y), gen)
+            u, z1, z2 = estimators.arm_pair(theta, len(y), gen)
             g.set(z1.to(self.dev))
             l1 = _per_sample(self.ctx.task, forward(self.net, x), y)
             g.set(z2.to(self.dev))
@@ -184,7 +184,7 @@ class _Run:
             g.set(None)
             loss = 0.5 * (l1.mean() + l2.mean())
             loss.backward()
-            estimate = gates.theta_grad(l1.detach().cpu(), l2.detach().cpu(), u, theta)
+            estimate = estimators.theta_grad(l1.detach().cpu(), l2.detach().cpu(), u, theta)
         self.opt_w.step()
         out = {"loss": float(loss.detach())}
         if phase == "settle" and g.size:
@@ -214,8 +214,8 @@ class _Run:
         return out
 
     def decide(self) -> None:
-        """The vertex each gate settles to: θ >= 0.5 (the mode); with a MACs target, θ >= τ with the cut τ whose network
-        is nearest the budget (θ's ranking decides what stays). A layer keeps at least one unit."""
+        """The vertex each gate settles to: θ >= 0.5 (the mode); with a MACs target, :meth:`_budget_cut`. A layer
+        keeps at least one unit."""
         g, cfg = self.gates, self.cfg
         theta = g.theta()
         keep = theta >= 0.5
@@ -225,15 +225,8 @@ class _Run:
             g.start = torch.where(fresh, theta, g.start)
             return
         if cfg.target_macs_reduction is not None:
-            budget = self.dense_total / cfg.target_macs_reduction
-
-            def miss(tau: float) -> float:
-                macs = float(g.expected((theta >= tau).float())[0]) * self.ungated
-                return abs(math.log(max(macs, 1.0) / budget))
-
-            cuts = sorted({float(t) for t in theta[theta > 0]})
-            if cuts:
-                keep = theta >= min(cuts, key=miss)
+            keep = gates.budget_cut(g, theta, self.dense_total / cfg.target_macs_reduction, self.ungated,
+                                    self.is_block)
         for grp in g.groups:
             span = slice(grp.offset, grp.offset + grp.size)
             if not bool(keep[span].any()):

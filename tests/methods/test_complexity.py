@@ -81,3 +81,14 @@ def test_config_rejects_what_it_cannot_do():
         complexity.Config(target_macs_reduction=1.0)
     with pytest.raises(ValueError):
         complexity.Config(estimator="straight_through")
+
+
+def test_a_macs_target_lands_within_ten_percent(data, tmp_path):
+    """The dual ascent steers the strength; the settle phase's cut (θ's ranking, nearest the budget) lands on it."""
+    cfg = complexity.Config(epochs=6, warmup_epochs=1, settle_epochs=2, target_macs_reduction=2.0, batch_size=32,
+                            theta_lr=0.2)
+    out = complexity.apply(Residual().eval(), cfg, _ctx(Residual, data, tmp_path))
+    achieved = count_macs(Residual(), SHAPE)[0] / count_macs(out.model, SHAPE)[0]
+    assert 1.8 <= achieved <= 2.2, achieved
+    assert out.report["undecided_at_end"] == 0.0  # every gate annealed to 0 or 1
+    assert out.report["epochs"][-1]["strength"] > 0

@@ -10,7 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning import dependency, gates
+from pruning import dependency, estimators, gates
 from pruning.counting import count_macs, example_input
 
 SHAPE = (2, 12)
@@ -83,7 +83,7 @@ def test_arm_estimate_is_unbiased_against_the_exact_expectation(tiny):
     # ARM over many independent draws (one sample, per-draw gates)
     n = 200_000
     gen = torch.Generator().manual_seed(1)
-    u, z1, z2 = gates.arm_pair(theta, n, gen)
+    u, z1, z2 = estimators.arm_pair(theta, n, gen)
     with torch.no_grad():
         xs, ys = x.expand(n, *SHAPE), y.expand(n)
         g.set(z1)
@@ -92,7 +92,7 @@ def test_arm_estimate_is_unbiased_against_the_exact_expectation(tiny):
         l2 = nn.functional.cross_entropy(model(xs), ys, reduction="none")
         g.set(None)
     per_draw = (l1 - l2).unsqueeze(1) * (u - 0.5)
-    estimate = gates.arm_grad(l1, l2, u)
+    estimate = estimators.arm_grad(l1, l2, u)
     se = per_draw.std(0) / n ** 0.5
     assert torch.all((estimate - exact).abs() <= 4 * se + 1e-6), (estimate, exact, se)
     # and it is not a lucky tolerance: the standard errors are far below the gradients' size
@@ -102,8 +102,8 @@ def test_arm_estimate_is_unbiased_against_the_exact_expectation(tiny):
     prob = (configs * theta_exact + (1 - configs) * (1 - theta_exact)).prod(1)
     (exact_theta,) = torch.autograd.grad((prob * losses).sum(), theta_exact)
     slope = theta * (1 - theta)
-    assert torch.all((gates.theta_grad(l1, l2, u, theta) - exact_theta).abs() <= 4 * se / slope + 1e-6)
-    assert torch.equal(gates.theta_grad(l1, l2, u, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])), torch.zeros(5))
+    assert torch.all((estimators.theta_grad(l1, l2, u, theta) - exact_theta).abs() <= 4 * se / slope + 1e-6)
+    assert torch.equal(estimators.theta_grad(l1, l2, u, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])), torch.zeros(5))
 
 
 def test_relaxed_estimate_is_unbiased_against_the_exact_expectation(tiny):
@@ -124,7 +124,7 @@ def test_relaxed_estimate_is_unbiased_against_the_exact_expectation(tiny):
     n = 100_000
     is_block = torch.zeros(g.size, dtype=torch.bool)
     is_block[[b.index for b in g.blocks]] = True
-    xi, k, weight = gates.relaxed_draw(theta, n, torch.ones(g.size, dtype=torch.bool), is_block,
+    xi, k, weight = estimators.relaxed_draw(theta, n, torch.ones(g.size, dtype=torch.bool), is_block,
                                        torch.Generator().manual_seed(2))
     assert set(k.tolist()) == set(range(g.size))  # every gate, the block's included, gets relaxed samples
     xi.requires_grad_(True)
@@ -132,7 +132,7 @@ def test_relaxed_estimate_is_unbiased_against_the_exact_expectation(tiny):
     loss = nn.functional.cross_entropy(model(x.expand(n, *SHAPE)), y.expand(n))
     g.set(None)
     (grad,) = torch.autograd.grad(loss, xi)
-    estimate = gates.relaxed_grad(grad, k, weight, g.size)
+    estimate = estimators.relaxed_grad(grad, k, weight, g.size)
     per_sample = torch.zeros(n, g.size)
     per_sample[torch.arange(n), k] = grad[torch.arange(n), k] * n * weight
     se = per_sample.std(0) * n ** 0.5  # a sum of n independent terms
