@@ -9,6 +9,7 @@ On mnist1d (generated offline) with a 1D ResNet of 3 stages x 3 blocks (``bench.
   distillation) and ``plain_tp`` (torch-pruning as it comes: l2, no recalibration, no distillation), both from a dense
   model trained E1 = ``bench.complexity_dense_epochs`` epochs, pruned one-shot to that MACs and fine-tuned E − E1;
 - ablations at 4x: unit gates only, block gates only, parameters-weighted complexity (``flops_vs_params: 1``);
+- the default knobs (strength 1, no MACs target): what a user gets without choosing anything;
 - the dense model trained E epochs (its accuracy, and the wall time complexity-aware training is compared with).
 
 Runs go to a pool of worker processes (``--workers``, one torch thread each; ``concurrent.futures``). Writes
@@ -122,7 +123,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         if r["kind"] != "dense":
             cells.setdefault((r["variant"], r["target"]), []).append(r)
     rows = []
-    for (variant, target), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (variant, target), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0)):
         acc, ci = _ci95([r["accuracy"] for r in rs])
         ach, ach_ci = _ci95([r["achieved"] for r in rs])
         row = {"variant": variant, "target": target, "n": len(rs), "accuracy": acc, "accuracy_ci95": ci,
@@ -168,6 +169,12 @@ def markdown(summary: dict[str, Any], b: BenchConfig, seeds: int, targets: list[
         stages = " / ".join(f"{s:.0f}" for s in c["stages"])
         out.append(f"| {variant} | {c['accuracy']:.1%} ± {c['accuracy_ci95']:.1%} | {c['achieved']:.2f}× | "
                    f"{c['blocks_removed']:.1f} | {stages} | {c['undecided_max']:.1e} | {c['seconds']:.0f} |")
+    c = by.get(("default knobs", None))
+    if c is not None:
+        out += ["", f"**Default knobs** (strength 1, no target; {c['n']} seed(s)): {c['accuracy']:.1%} ± "
+                f"{c['accuracy_ci95']:.1%} at {c['achieved']:.2f}× ± {c['achieved_ci95']:.2f}× MACs, "
+                f"{c['blocks_removed']:.1f} of 9 blocks removed, {c['units_alive']:.0f} units left (largest "
+                f"min(θ, 1 − θ) at the end: {c['undecided_max']:.1e})."]
     out += ["", f"Dense training of the same {epochs} epochs: {summary['dense_seconds']:.0f} s per seed (one torch "
             "thread; complexity-aware's steps cost one forward and one backward pass, as dense training's, on a network "
             "that shrinks as structures are removed)."]
@@ -222,6 +229,8 @@ def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_d
               "bench": bench} for s in range(seeds) for t in targets]
     specs += [{"kind": "complexity", "variant": v, "seed": s, "target": ABLATION_TARGET, "epochs": epochs,
                "knobs": knobs, "bench": bench} for s in range(seeds) for v, knobs in ABLATIONS.items()]
+    specs += [{"kind": "complexity", "variant": "default knobs", "seed": s, "target": None, "epochs": epochs,
+               "bench": bench} for s in range(seeds)]  # strength 1, no MACs target: what the defaults find
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -96,7 +96,8 @@ class Config(Section):
 
 
 def _per_sample(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The task's loss of every sample (ARM weighs each sample's own loss difference)."""
+    """The task's loss of every sample (ARM weighs each sample's own loss difference; a loss other than cross-entropy
+    is called once per sample)."""
     if task.loss is cross_entropy:
         return F.cross_entropy(out, y, reduction="none")
     return torch.stack([task.loss(out[i:i + 1], y[i:i + 1]) for i in range(len(y))])
@@ -171,7 +172,7 @@ class _Run:
             xi, k, weight = estimators.relaxed_draw(theta, len(y), ~g.frozen, self.is_block, gen)
             xi = xi.to(self.dev).requires_grad_(True)
             g.set(xi)
-            loss = _per_sample(self.ctx.task, forward(self.net, x), y).mean()
+            loss = self.ctx.task.loss(forward(self.net, x), y)  # the batch mean: n ∂loss/∂ξ_ik is sample i's own
             g.set(None)
             loss.backward()
             estimate = torch.zeros(g.size) if xi.grad is None else estimators.relaxed_grad(xi.grad.cpu(), k, weight, g.size)
