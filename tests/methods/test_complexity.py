@@ -92,3 +92,41 @@ def test_a_macs_target_lands_within_ten_percent(data, tmp_path):
     assert 1.8 <= achieved <= 2.2, achieved
     assert out.report["undecided_at_end"] == 0.0  # every gate annealed to 0 or 1
     assert out.report["epochs"][-1]["strength"] > 0
+
+
+class TwoInputs(torch.nn.Module):
+    """An image and a feature vector, fused before the classifier (a multi-input model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(4, 16), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, image: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.conv(image).mean((2, 3)), self.mlp(extra)], 1))
+
+
+def test_a_two_input_model_is_gated_pruned_and_rebuilt(data, tmp_path):
+    from pruning.methods import Context
+
+    x, y = data.train.x, data.train.y
+    extra = torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), x[:, 0].mean((1, 2)), x[:, 1].mean((1, 2))], 1)
+    xt = data.test.x
+    extra_t = torch.stack([xt.mean((1, 2, 3)), xt.std((1, 2, 3)), xt[:, 0].mean((1, 2)), xt[:, 1].mean((1, 2))], 1)
+    two = Data(Split((x, extra), y), Split((xt, extra_t), data.test.y), None, 10)
+    ctx = Context(data=two, seed=0, device="cpu", build=TwoInputs, latency_table=tmp_path / "t.json", opset=17)
+    torch.manual_seed(0)
+    out = complexity.apply(TwoInputs().eval(), complexity.Config(**EAGER), ctx)
+    assert out.edits and count_macs(out.model, two.spec)[0] < count_macs(TwoInputs(), two.spec)[0]
+    example = (xt[:3], extra_t[:3])
+    assert out.model.eval()(*example).shape == (3, 10)
+    path = tmp_path / "m.pt"
+    arch = "tests.methods.test_complexity:TwoInputs"
+    checkpoint.save_model(path, out.model, arch=arch, kwargs={}, input_shape=None, num_classes=10, edits=out.edits,
+                          example=two.example)
+    loaded, _ = checkpoint.load_model(path, arch=arch)
+    with torch.no_grad():
+        assert torch.equal(loaded(*example), out.model(*example))
