@@ -38,7 +38,8 @@ from bench.readme import markers, update_readme
 from pruning.allocation.uniform import search_ratio
 from pruning.config import Config
 from pruning.counting import count_macs
-from pruning.methods import Context, channel, complexity
+from pruning.methods import Context, channel
+from pruning.methods import complexity_aware as complexity
 from pruning.training import Distill, Optim, evaluate, fit
 from pruning.zoo import build_model
 

@@ -1,6 +1,6 @@
 """Bernoulli gates on units and residual blocks: sampling, the expected complexity, the ARM gradient of θ.
 
-Complexity-aware training (Guenter & Sideris 2024; :mod:`pruning.methods.complexity`) scales every prunable unit and
+Complexity-aware training (Guenter & Sideris 2024; :mod:`pruning.methods.complexity_aware`) scales every prunable unit and
 every removable residual block by a random ξ ~ Bernoulli(θ). Here:
 
 - **Unit gates**: one θ per channel of a torch-pruning dependency group, so coupled channels (a residual add's inputs,

@@ -28,7 +28,7 @@ def test_load_config_accepts_the_shipped_params_yaml():
         ({"prune": {"target_macs_reduction": 2.0}},
          'Invalid "prune" in params.yaml: set exactly one of ratio and target_macs_reduction'),
         ({"prune": {"method": "pixie"}}, 'Invalid "prune.method" in params.yaml: \'pixie\' (unknown method (valid: '
-                                         'channel, depth, unstructured, lottery))'),
+                                         'channel, depth, unstructured, lottery, complexity_aware))'),
         ({"prune": {"method": "unstructured", "sparsity": 1.5}}, 'Invalid "prune.sparsity" in params.yaml: 1.5'),
         ({"prune": {"method": "lottery", "rounds": 2, "epochs": 2, "rewind_epoch": 2}},
          'Invalid "prune" in params.yaml: rewind_epoch 2 must be below epochs (2)'),

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from pruning.methods import channel, complexity, depth, lottery, unstructured
+from pruning.methods import channel, complexity_aware, depth, lottery, unstructured
 from pruning.methods.base import Context, Outcome, step_record
 
 
@@ -29,7 +29,7 @@ def _name(module: ModuleType) -> str:
     return module.Config.model_fields["method"].default
 
 
-METHODS: dict[str, ModuleType] = {_name(m): m for m in (channel, depth, unstructured, lottery, complexity)}
+METHODS: dict[str, ModuleType] = {_name(m): m for m in (channel, depth, unstructured, lottery, complexity_aware)}
 DEFAULT = _name(channel)  # what params.yaml's prune section is when it names no method
 
 

@@ -9,7 +9,8 @@ import torch
 from pruning import checkpoint
 from pruning.counting import count_macs
 from pruning.data import Data, Split
-from pruning.methods import METHODS, complexity
+from pruning.methods import METHODS
+from pruning.methods import complexity_aware as complexity
 from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx
 
 

@@ -18,7 +18,7 @@ def _string_literals(path: Path) -> set[str]:
 
 
 def test_every_method_module_has_a_config_named_after_it_and_an_apply():
-    assert list(methods.METHODS) == ["channel", "depth", "unstructured", "lottery"]
+    assert list(methods.METHODS) == ["channel", "depth", "unstructured", "lottery", "complexity_aware"]
     for name, module in methods.METHODS.items():
         assert Path(module.__file__) == PACKAGE / "methods" / f"{name}.py"
         assert module.Config.model_fields["method"].default == name
@@ -40,7 +40,7 @@ def test_the_prune_stage_has_no_branch_on_a_method_and_dispatches_through_the_re
     assert "METHODS[cfg.prune.method].apply(" in ast.unparse(tree)
 
 
-@pytest.mark.parametrize("name", ["channel", "depth", "unstructured", "lottery"])
+@pytest.mark.parametrize("name", ["channel", "depth", "unstructured", "lottery", "complexity_aware"])
 def test_params_yaml_selects_each_method_by_name_and_validates_its_own_keys(name):
     cfg = parse_config(merge(TINY, {"prune": {"method": name}}))
     assert type(cfg.prune) is methods.METHODS[name].Config
