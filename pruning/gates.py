@@ -190,80 +190,18 @@ def build(model: nn.Module, spec: Any, ignored: list[nn.Module], carried: dict[s
           init: float = 0.95, unit_gates: bool = True, block_gates: bool = True) -> Gates:
     """Gates for ``model``; θ from ``carried`` (:func:`carry`) where a layer / block had one, else ``init``."""
     names = {m: n for n, m in model.named_modules()}
-    groups: list[UnitGroup] = []
-    in_map: dict[nn.Module, dict[int, int]] = {}  # layer -> input channel -> gate
-    out_map: dict[nn.Module, dict[int, int]] = {}
-    offset = 0
-    if unit_gates:
-        probe = dependency._pruner(model, spec, tp.importance.GroupMagnitudeImportance(p=2), 0.0, "uniform", 1, None,
-                                   1.0, ignored, None, None)
-        dg = probe.DG
-        for group in dg.get_all_groups(ignored_layers=probe.ignored_layers, root_module_types=probe.root_module_types):
-            root, fn = group[0].dep.target.module, group[0].dep.handler
-            n = dg.get_out_channels(root)
-            if not n:
-                continue
-            members = {dep.target.module for dep, _ in group}
-            points: dict[str, list[int]] = {}
-            for item in group.items:
-                dep, m = item.dep, item.dep.target.module
-                plain = [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs, strict=True)]
-                conv_like = isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.modules.batchnorm._BatchNorm)
-                if not conv_like:
-                    continue
-                if dg.is_out_channel_pruning_fn(dep.handler):
-                    out_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
-                    if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        point = _gate_point(dg, m, members)
-                        width = point.num_features if point is not m else dg.get_out_channels(m)
-                        if names[point] not in points and width:
-                            points[names[point]] = [0] * width
-                        for i, r in plain:
-                            if names[point] in points and i < len(points[names[point]]):
-                                points[names[point]][i] = r
-                if dg.is_in_channel_pruning_fn(dep.handler) and not isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    in_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
-            groups.append(UnitGroup(names[root], root, fn, offset, n, points))
-            offset += n
+    groups, in_map, out_map = _unit_groups(model, spec, ignored, names) if unit_gates else ([], {}, {})
+    offset = sum(g.size for g in groups)
     blocks: list[BlockGate] = []
-    if block_gates:
-        for b in residual.find(model, spec).values():
-            point = residual.branch_output(model, b)
-            if point is None:
-                log.info("complexity-aware: block %s has no gate (its branch does not end in a module call)", b.name)
-                continue
-            blocks.append(BlockGate(b.name, offset, point))
-            offset += 1
-    const = offset
-    shapes = _shapes(model, spec)
-    branch_of = {}
-    for b in residual.find(model, spec).values() if blocks else []:
-        branch_of[b.name] = b.branch
-    costs = []
-    for name, m in model.named_modules():
-        inside = [g.index for g in blocks if any(name == p or name.startswith(p + ".") for p in branch_of[g.name])]
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            out = [out_map.get(m, {}).get(c, const) for c in range(m.num_features)]
-            costs.append(_Cost(name, 0, 0, 1, torch.tensor([], dtype=torch.long), torch.tensor(out), [], False, inside,
-                               norm=True))
-        elif isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and m in shapes:
-            conv = isinstance(m, nn.modules.conv._ConvNd)
-            cin, cout = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
-            groups_n = m.groups if conv else 1
-            kernel = int(torch.tensor(m.kernel_size).prod()) if conv else 1
-            shape = shapes[m]
-            positions = int(torch.tensor(shape).prod()) // cout
-            gin = [in_map.get(m, {}).get(c, const) for c in range(cin)]
-            gout = [out_map.get(m, {}).get(c, const) for c in range(cout)]
-            same: Counter[int] = Counter()
-            per_in, per_out = cin // groups_n, cout // groups_n
-            for g in range(groups_n):
-                a = Counter(k for k in gin[g * per_in:(g + 1) * per_in] if k != const)
-                b = Counter(k for k in gout[g * per_out:(g + 1) * per_out] if k != const)
-                for k in a.keys() & b.keys():
-                    same[k] += a[k] * b[k]
-            costs.append(_Cost(name, kernel, positions, groups_n, torch.tensor(gin), torch.tensor(gout),
-                               sorted(same.items()), m.bias is not None, inside))
+    found = residual.find(model, spec) if block_gates else {}
+    for b in found.values():
+        point = residual.branch_output(model, b)
+        if point is None:
+            log.info("complexity-aware: block %s has no gate (its branch does not end in a module call)", b.name)
+            continue
+        blocks.append(BlockGate(b.name, offset, point))
+        offset += 1
+    costs = _costs(model, spec, in_map, out_map, {g.index: found[g.name].branch for g in blocks}, offset)
     gates = Gates(groups, blocks, costs, torch.full((offset,), float(init)), torch.zeros(offset, dtype=torch.bool),
                   torch.zeros(offset, dtype=torch.long), torch.full((offset,), -1.0), torch.full((offset,), float(init)))
     if carried:
@@ -274,6 +212,79 @@ def build(model: nn.Module, spec: Any, ignored: list[nn.Module], carried: dict[s
     for b in blocks:
         gates.points.setdefault(b.point, []).append((torch.tensor([b.index]), False))
     return gates
+
+
+Channels = dict[nn.Module, dict[int, int]]  # layer -> its channel -> gate
+
+
+def _unit_groups(model: nn.Module, spec: Any, ignored: list[nn.Module], names: dict[nn.Module, str]
+                 ) -> tuple[list[UnitGroup], Channels, Channels]:
+    """torch-pruning's groups as unit gates (gates 0 .. Σ sizes), and every layer's input / output channel -> gate."""
+    probe = dependency._pruner(model, spec, tp.importance.GroupMagnitudeImportance(p=2), 0.0, "uniform", 1, None,
+                               1.0, ignored, None, None)
+    dg = probe.DG
+    groups: list[UnitGroup] = []
+    in_map: Channels = {}
+    out_map: Channels = {}
+    offset = 0
+    for group in dg.get_all_groups(ignored_layers=probe.ignored_layers, root_module_types=probe.root_module_types):
+        root, fn = group[0].dep.target.module, group[0].dep.handler
+        n = dg.get_out_channels(root)
+        if not n:
+            continue
+        members = {dep.target.module for dep, _ in group}
+        points: dict[str, list[int]] = {}
+        for item in group.items:
+            dep, m = item.dep, item.dep.target.module
+            if not isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.modules.batchnorm._BatchNorm):
+                continue
+            plain = [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs, strict=True)]
+            norm = isinstance(m, nn.modules.batchnorm._BatchNorm)
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                out_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
+                if not norm:  # a BatchNorm is gated as its conv's gate point, not on its own
+                    point = _gate_point(dg, m, members)
+                    width = point.num_features if point is not m else dg.get_out_channels(m)
+                    chans = points.setdefault(names[point], [0] * width) if width else None
+                    for i, r in plain if chans is not None else ():
+                        if i < len(chans):
+                            chans[i] = r
+            if dg.is_in_channel_pruning_fn(dep.handler) and not norm:
+                in_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
+        groups.append(UnitGroup(names[root], root, fn, offset, n, points))
+        offset += n
+    return groups, in_map, out_map
+
+
+def _costs(model: nn.Module, spec: Any, in_map: Channels, out_map: Channels, branches: dict[int, tuple[str, ...]],
+           const: int) -> list[_Cost]:
+    """Each conv / linear / BatchNorm layer's cost terms: its gates (``const``: the constant 1) and block gates."""
+    shapes = _shapes(model, spec)
+    costs = []
+    for name, m in model.named_modules():
+        inside = [k for k, branch in branches.items() if any(name == p or name.startswith(p + ".") for p in branch)]
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out = [out_map.get(m, {}).get(c, const) for c in range(m.num_features)]
+            costs.append(_Cost(name, 0, 0, 1, torch.tensor([], dtype=torch.long), torch.tensor(out), [], False, inside,
+                               norm=True))
+        elif isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and m in shapes:
+            conv = isinstance(m, nn.modules.conv._ConvNd)
+            cin, cout = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
+            groups_n = m.groups if conv else 1
+            kernel = int(torch.tensor(m.kernel_size).prod()) if conv else 1
+            positions = int(torch.tensor(shapes[m]).prod()) // cout
+            gin = [in_map.get(m, {}).get(c, const) for c in range(cin)]
+            gout = [out_map.get(m, {}).get(c, const) for c in range(cout)]
+            same: Counter[int] = Counter()  # (input, output) pairs of one convolution group sharing a gate
+            per_in, per_out = cin // groups_n, cout // groups_n
+            for g in range(groups_n):
+                a = Counter(k for k in gin[g * per_in:(g + 1) * per_in] if k != const)
+                b = Counter(k for k in gout[g * per_out:(g + 1) * per_out] if k != const)
+                for k in a.keys() & b.keys():
+                    same[k] += a[k] * b[k]
+            costs.append(_Cost(name, kernel, positions, groups_n, torch.tensor(gin), torch.tensor(gout),
+                               sorted(same.items()), m.bias is not None, inside))
+    return costs
 
 
 def _is_linear(model: nn.Module, name: str) -> bool:
