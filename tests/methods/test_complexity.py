@@ -13,14 +13,6 @@ from pruning.methods import METHODS
 from pruning.methods import complexity_aware as complexity
 from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx
 
-
-@pytest.fixture(scope="module")
-def data() -> Data:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(192, *SHAPE, generator=gen)
-    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-    return Data(Split(x[:128], y[:128]), Split(x[128:], y[128:]), SHAPE, 10)
-
 # pressure high enough that a few steps of 2-batch epochs remove structures: what matters here is that removal works
 # on every family, not the trade-off (bench complexity measures that)
 EAGER = {"epochs": 4, "warmup_epochs": 0, "strength": 50.0, "theta_lr": 0.5, "patience": 1, "batch_size": 32}

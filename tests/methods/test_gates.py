@@ -54,6 +54,21 @@ def _configs(n: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)))
 
 
+def _exact_gradient(model, g, x, y, theta, logits=False):
+    """∂E_ξ[L]/∂θ (or ∂/∂φ, φ = logit θ) exactly, over all 2^G gate configurations of one sample."""
+    configs = _configs(g.size)
+    with torch.no_grad():
+        g.set(configs)
+        losses = nn.functional.cross_entropy(model(x.expand(len(configs), *SHAPE)), y.expand(len(configs)),
+                                             reduction="none")
+        g.set(None)
+    param = (torch.logit(theta) if logits else theta).clone().requires_grad_(True)
+    t = torch.sigmoid(param) if logits else param
+    prob = (configs * t + (1 - configs) * (1 - t)).prod(1)
+    (grad,) = torch.autograd.grad((prob * losses).sum(), param)
+    return grad
+
+
 def test_tiny_net_has_unit_gates_per_group_and_a_block_gate(tiny):
     _, g = tiny
     assert [b.name for b in g.blocks] == ["body"]
@@ -67,18 +82,8 @@ def test_arm_estimate_is_unbiased_against_the_exact_expectation(tiny):
     model, g = tiny
     torch.manual_seed(0)
     x, y = torch.randn(1, *SHAPE), torch.tensor([1])
-    phi = torch.tensor([1.2, -0.4, 0.3, -1.5, 0.8])  # a spread of θ in (0.18, 0.77)
-    theta = torch.sigmoid(phi)
-    configs = _configs(g.size)  # all 2^5 gate configurations: the exact E[L] and its gradient
-    with torch.no_grad():
-        g.set(configs)
-        losses = nn.functional.cross_entropy(model(x.expand(len(configs), *SHAPE)), y.expand(len(configs)),
-                                             reduction="none")
-        g.set(None)
-    phi_exact = phi.clone().requires_grad_(True)
-    t = torch.sigmoid(phi_exact)
-    prob = (configs * t + (1 - configs) * (1 - t)).prod(1)
-    (exact,) = torch.autograd.grad((prob * losses).sum(), phi_exact)
+    theta = torch.sigmoid(torch.tensor([1.2, -0.4, 0.3, -1.5, 0.8]))  # a spread of θ in (0.18, 0.77)
+    exact = _exact_gradient(model, g, x, y, theta, logits=True)  # all 2^5 gate configurations
     assert exact.abs().max() > 0.02  # the gates matter: a test against zero could not fail
     # ARM over many independent draws (one sample, per-draw gates)
     n = 200_000
@@ -98,9 +103,7 @@ def test_arm_estimate_is_unbiased_against_the_exact_expectation(tiny):
     # and it is not a lucky tolerance: the standard errors are far below the gradients' size
     assert se.max() < 0.2 * exact.abs().max()
     # in θ: E[L | ξ_k = 1] - E[L | ξ_k = 0], what the projected SGD step on θ uses
-    theta_exact = theta.clone().requires_grad_(True)
-    prob = (configs * theta_exact + (1 - configs) * (1 - theta_exact)).prod(1)
-    (exact_theta,) = torch.autograd.grad((prob * losses).sum(), theta_exact)
+    exact_theta = _exact_gradient(model, g, x, y, theta)
     slope = theta * (1 - theta)
     assert torch.all((estimators.theta_grad(l1, l2, u, theta) - exact_theta).abs() <= 4 * se / slope + 1e-6)
     assert torch.equal(estimators.theta_grad(l1, l2, u, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])), torch.zeros(5))
@@ -111,15 +114,7 @@ def test_relaxed_estimate_is_unbiased_against_the_exact_expectation(tiny):
     torch.manual_seed(0)
     x, y = torch.randn(1, *SHAPE), torch.tensor([2])
     theta = torch.sigmoid(torch.tensor([1.2, -0.4, 0.3, -1.5, 0.8]))
-    configs = _configs(g.size)
-    with torch.no_grad():
-        g.set(configs)
-        losses = nn.functional.cross_entropy(model(x.expand(len(configs), *SHAPE)), y.expand(len(configs)),
-                                             reduction="none")
-        g.set(None)
-    t = theta.clone().requires_grad_(True)
-    prob = (configs * t + (1 - configs) * (1 - t)).prod(1)
-    (exact,) = torch.autograd.grad((prob * losses).sum(), t)  # E[L | ξ_k = 1] - E[L | ξ_k = 0]
+    exact = _exact_gradient(model, g, x, y, theta)  # E[L | ξ_k = 1] - E[L | ξ_k = 0]
     assert exact.abs().max() > 0.02
     n = 100_000
     is_block = torch.zeros(g.size, dtype=torch.bool)
