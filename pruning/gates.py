@@ -44,7 +44,6 @@ class UnitGroup:
 
     name: str  # the root layer's name
     root: nn.Module
-    fn: Any  # torch-pruning's pruning function of the root's output channels
     offset: int
     size: int
     points: dict[str, list[int]]  # gated module name -> for each of its output channels, the group channel
@@ -228,7 +227,7 @@ def _unit_groups(model: nn.Module, spec: Any, ignored: list[nn.Module], names: d
     out_map: Channels = {}
     offset = 0
     for group in dg.get_all_groups(ignored_layers=probe.ignored_layers, root_module_types=probe.root_module_types):
-        root, fn = group[0].dep.target.module, group[0].dep.handler
+        root = group[0].dep.target.module
         n = dg.get_out_channels(root)
         if not n:
             continue
@@ -251,7 +250,7 @@ def _unit_groups(model: nn.Module, spec: Any, ignored: list[nn.Module], names: d
                             chans[i] = r
             if dg.is_in_channel_pruning_fn(dep.handler) and not norm:
                 in_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
-        groups.append(UnitGroup(names[root], root, fn, offset, n, points))
+        groups.append(UnitGroup(names[root], root, offset, n, points))
         offset += n
     return groups, in_map, out_map
 

@@ -143,9 +143,8 @@ class _Run:
         self.opt_w = torch.optim.SGD(self.net.parameters(), lr=self._lr(), momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
 
-    def _lr(self, base: float | None = None) -> float:
-        base = self.cfg.lr if base is None else base
-        return 0.5 * base * (1 + math.cos(math.pi * min(self.step, self.total_steps) / self.total_steps))
+    def _lr(self) -> float:
+        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * min(self.step, self.total_steps) / self.total_steps))
 
     def weights(self) -> torch.Tensor:
         """λ weighting per gate: 2(1 − β) for units, 2β for blocks."""
@@ -308,7 +307,7 @@ def train(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Ed
     """Complexity-aware training of ``net`` (modified): (the pruned network, its edits, the report)."""
     data = ctx.data
     run = _Run(net, cfg, ctx)
-    dense_macs, dense_params = count_macs(run.net, data.spec)
+    dense_macs = run.dense_total
     gen = torch.Generator().manual_seed(ctx.seed)
     order = torch.Generator().manual_seed(ctx.seed + 1)
     torch.manual_seed(ctx.seed)
