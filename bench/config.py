@@ -1,5 +1,6 @@
-"""The benchmarks' section of params.yaml (``bench:``), validated here when a benchmark runs: the pipeline's own
-configuration (pruning/config.py) carries it untouched, since no stage reads it."""
+"""The benchmarks' settings, bench/params.yaml, validated here when a benchmark runs. They live outside params.yaml
+because no pipeline stage reads them (so `dvc exp show`, a run's MLflow params and its params_hash leave them out); a
+benchmark still loads params.yaml for what it shares with the pipeline (paths.bench_dir, export, evaluate, ...)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 from rich.console import Console
 
-from pruning.config import Config, load_config
+from pruning.config import Config, load_config, read_yaml
 from pruning.criteria import CriterionName
 from pruning.errors import ConfigError, PruningError
 from pruning.schema import Section
@@ -62,23 +63,37 @@ class BenchConfig(Section):
     complexity_dense_epochs: int = Field(18, ge=1)  # E1: the baselines' dense training (they fine-tune E - E1)
 
 
-def bench_config(cfg: Config, file: str = "params.yaml") -> BenchConfig:
-    """The validated ``bench`` section (ConfigError naming the key, as for the pipeline's own sections)."""
+BENCH_PARAMS = Path("bench") / "params.yaml"  # relative to the repository root, where benchmarks run
+
+
+def bench_config(raw: Any, file: str = str(BENCH_PARAMS)) -> BenchConfig:
+    """The validated settings (ConfigError naming the key and the file, as for params.yaml)."""
+    if not isinstance(raw, dict | None):
+        raise ConfigError(f"{file} must hold a mapping of settings, got {type(raw).__name__}")
     try:
-        return BenchConfig.model_validate(cfg.bench)
+        return BenchConfig.model_validate(raw or {})
     except ValidationError as exc:
         e = exc.errors()[0]
-        key = ".".join(["bench", *(str(p) for p in e["loc"])])
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             raise ConfigError(f'Unknown key "{key}" in {file}: remove it or fix its spelling') from None
         raise ConfigError(f'Invalid "{key}" in {file}: {e.get("input")!r} ({e["msg"]})') from None
 
 
-def main(fn: Callable[[Config, BenchConfig, Path], Any], params: str | Path = "params.yaml") -> int:
-    """Load params.yaml and the bench section, run ``fn(cfg, bench, out_dir)``; a PruningError is one line, exit 2."""
+def load_bench(path: str | Path = BENCH_PARAMS) -> BenchConfig:
+    """Read and validate bench/params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Benchmark settings {path} not found (run from the repository root)")
+    return bench_config(read_yaml(path), str(path))
+
+
+def main(fn: Callable[[Config, BenchConfig, Path], Any], params: str | Path = "params.yaml",
+         bench_params: str | Path = BENCH_PARAMS) -> int:
+    """Load params.yaml and bench/params.yaml, run ``fn(cfg, bench, out_dir)``; a PruningError is one line, exit 2."""
     try:
         cfg = load_config(params)
-        fn(cfg, bench_config(cfg, str(params)), Path(cfg.paths.bench_dir))
+        fn(cfg, load_bench(bench_params), Path(cfg.paths.bench_dir))
     except PruningError as exc:
         Console(stderr=True).print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         return 2

@@ -226,7 +226,7 @@ def run_criteria(cfg: Config, b: BenchConfig, quick: bool, out_dir: Path, readme
     if not b.methods:
         from pruning.errors import ConfigError
 
-        raise ConfigError('Missing "bench.methods" in params.yaml: name at least one method to compare')
+        raise ConfigError('Missing "methods" in bench/params.yaml: name at least one method to compare')
     seeds = 1 if quick else b.seeds
     targets = b.quick_targets if quick else b.targets
     regimes = [r for r in REGIMES if not (quick and r == "long")]

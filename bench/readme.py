@@ -63,7 +63,7 @@ def params_table() -> str:
     and its meaning; the ``prune`` keys once per method."""
     out = ["| key | default | meaning |", "|---|---|---|"]
     for name, field in Config.model_fields.items():
-        if name in ("paths", "bench"):
+        if name == "paths":
             continue
         if name == "prune":
             for method, module in METHODS.items():

@@ -11,8 +11,12 @@ stage's ``python -m pruning``, which imports torch), ~3 s x 7 stages — more th
 is not byte-identical to the package this process imported, the flow falls back to ``dvc repro --single-item``, so it
 never runs other code than DVC would.
 
-Prefect adds the schedule, retries on I/O, logs, and a markdown artifact with the summary. Tasks pass nothing but
-file paths (the DVC outs). Run it with ``python -m pruning run`` (or ``python -m flows.pipeline``).
+Prefect adds the schedule, retries on I/O, logs, and a markdown artifact with the summary and the MLflow run. Tasks pass
+nothing but file paths (the DVC outs). Run it with ``python -m pruning run`` (or ``python -m flows.pipeline``).
+
+What the Prefect UI shows is the truth: a run whose gates fail is tagged ``gates:failed`` (else ``gates:passed``) and,
+with ``strict``, ends Failed; an interrupted run (Ctrl-C, SIGTERM) ends Crashed — Prefect's own handling, given the
+time and the server (flows/server.py) to report it — and the process exits 130 with one line (or dies of the SIGTERM).
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 
 import pruning  # noqa: E402
 from flows import server  # noqa: E402
+from flows.summary import mlflow_markdown, tag_gates  # noqa: E402
 from pruning.cli import SUMMARY_BY_FLOW, child_env, record_timing  # noqa: E402
 from pruning.stages import STAGES, Stage  # noqa: E402
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from pruning.config import Config
 
 PARAMS = "params.yaml"  # dvc.yaml reads params.yaml next to it: the repository root is the workspace
@@ -57,6 +64,14 @@ _DVC_HINTS = ("To track the changes with git", "git add dvc.lock", "To enable au
 
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message is the stage's own one-line error."""
+
+
+class GatesFailed(RuntimeError):
+    """A strict run's gates failed: the flow run ends Failed. ``result`` is what the flow would have returned."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -132,7 +147,7 @@ def _describe(changes: dict[str, Any]) -> str:
 def _user_error(exc: BaseException | None) -> bool:
     from pruning.errors import PruningError
 
-    return isinstance(exc, PruningError | StageFailed)
+    return isinstance(exc, PruningError | StageFailed | GatesFailed)
 
 
 def _io_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -178,10 +193,12 @@ def promote(run_id: str, repo: str) -> dict[str, Any]:
 
 
 @flow(name="pruning-pipeline")
-def pipeline(repo: str = ".") -> dict[str, Any]:
+def pipeline(repo: str = ".", strict: bool = False) -> dict[str, Any]:
     """prepare -> train -> prune -> finetune -> export -> quantize -> evaluate -> promote, in ``repo``.
 
     Returns the metrics, the gate verdict, which stages ran and the registry promotion (None if tracking is off).
+    The flow run is tagged ``gates:passed`` or ``gates:failed``; with ``strict`` a failing gate raises
+    :class:`GatesFailed`, and the flow run ends Failed.
     """
     from pruning.acceptance.metrics import merged
     from pruning.acceptance.report import summary_markdown
@@ -194,13 +211,18 @@ def pipeline(repo: str = ".") -> dict[str, Any]:
         sys.path.insert(0, str(root))
     cfg = load_config(root / PARAMS)  # validated once, before any stage runs
     ran = {t.name: t(str(root)) for t in TASKS}
-    run_id = read_json(paths(cfg, root).mlflow_run, "evaluate")["run_id"]
+    recorded = read_json(paths(cfg, root).mlflow_run, "evaluate")
+    run_id = recorded["run_id"]
     promotion = promote(run_id, str(root)) if run_id else None
     metrics, timed, verdict = read_results(cfg, root)
-    create_markdown_artifact(summary_markdown(metrics, timed, verdict, promotion, ran), key="pruning-summary",
-                             description="Dense vs pruned vs INT8 and the gate verdicts")
-    return {"metrics": merged(metrics, timed), "gates": verdict, "ran": ran, "promotion": promotion,
-            "run_id": run_id}
+    tag_gates(verdict["passed"])
+    create_markdown_artifact(summary_markdown(metrics, timed, verdict, promotion, ran) + mlflow_markdown(recorded, root),
+                             key="pruning-summary", description="Dense vs pruned vs INT8, the gate verdicts, the MLflow run")
+    result = {"metrics": merged(metrics, timed), "gates": verdict, "ran": ran, "promotion": promotion, "run_id": run_id}
+    if strict and not verdict["passed"]:
+        failed = ", ".join(c["name"] for c in verdict["checks"] if not c["passed"])
+        raise GatesFailed(f"gates failed: {failed}", result)
+    return result
 
 
 def _warm_up(cfg: Config, process: subprocess.Popen[bytes] | None) -> AbstractContextManager[Any]:
@@ -253,6 +275,20 @@ def _one_run_per_workspace(repo: Path) -> Any:
 
 def main() -> int:
     """Entry point of ``python -m pruning run``: run the flow, print the summary, map failures to exit codes."""
+    import signal
+
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    try:
+        return _main(err)
+    except KeyboardInterrupt:  # Ctrl-C: Prefect has already reported a running flow run Crashed
+        # (A SIGTERM is Prefect's too: it reports the run Crashed, then ends this process by that same signal.)
+        err.print("[red]error:[/] interrupted", highlight=False)
+        return 128 + signal.SIGINT  # as a shell reports a process that Ctrl-C ended, without the traceback
+
+
+def _main(err: Console) -> int:
     import argparse
 
     from rich.console import Console
@@ -260,11 +296,10 @@ def main() -> int:
     from pruning.errors import PruningError
 
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline")
-    parser.add_argument("--strict", action="store_true", help="exit 2 when a gate fails")
+    parser.add_argument("--strict", action="store_true", help="exit 2 when a gate fails (the flow run ends Failed)")
     parser.add_argument("--params", "-p", default=PARAMS, help="the workspace's params.yaml (its directory, with "
                         "dvc.yaml, is where the pipeline runs)")
     args = parser.parse_args()
-    err = Console(stderr=True)
     params = Path(args.params)
     if params.name != PARAMS:  # DVC reads params.yaml next to dvc.yaml: another name would be a second truth
         err.print(f"[red]error:[/] --params {params}: the flow runs DVC, which reads the params.yaml next to dvc.yaml; "
@@ -289,7 +324,9 @@ def main() -> int:
             # Everything imported so far lives until exit: keep it out of the collector's full passes (CPython docs,
             # gc.freeze), which otherwise rescan ~1 M objects during the run and again at interpreter shutdown (2.5 s).
             gc.freeze()
-            result = pipeline(repo=str(repo))
+            result = pipeline(repo=str(repo), strict=args.strict)
+    except GatesFailed as exc:
+        result = exc.result  # the flow run ended Failed; the summary below is the same, then exit 2
     except (PruningError, StageFailed, server.ServerFailed) as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         return 2

@@ -46,7 +46,11 @@ def launch() -> subprocess.Popen[bytes] | None:
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
-         "--lifespan", "on"], env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 - it must not outlive this process
+         "--lifespan", "on"], env=env, preexec_fn=die_with_parent,  # noqa: PLW1509 - it must not outlive this process
+        # Its own process group: a Ctrl-C at the terminal goes to the foreground group, and a server in it would shut
+        # down at once, before the interrupted flow run could report its Crashed state to it (left "Running" forever).
+        # It stops after that report instead: at this process's exit (atexit, below) or with it (die_with_parent).
+        process_group=0)
     atexit.register(_stop, process)
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     refresh_global_settings_context()  # Prefect's settings, in every thread, now see the URL

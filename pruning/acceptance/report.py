@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from pruning.acceptance.metrics import Latency, Metrics, ModelLatency, ModelMetrics
+
+# Rich lays out a stream that is not a terminal (a pipe, a CI log, `| tee`) at 80 columns, which splits the summary
+# table's labels ("size on / disk") and one-line errors over two lines: there, $COLUMNS decides, else this width.
+PIPED_WIDTH = 200
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console on stdout (or stderr) as wide as $COLUMNS, else the terminal, else (piped) :data:`PIPED_WIDTH`."""
+    piped = not (sys.stderr if stderr else sys.stdout).isatty()
+    sized = os.environ.get("COLUMNS", "").isdigit()  # Rich reads $COLUMNS itself
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped and not sized else None)
+
 
 Row = tuple[str, Callable[[ModelMetrics, ModelLatency], float], Callable[[float], str]]
 _ROWS: list[Row] = [
@@ -31,12 +45,13 @@ def _cells(metrics: Metrics, latency: Latency) -> list[list[str]]:
         (f"÷{m.macs_reduction:.2f}", f"÷{m.macs_reduction:.2f}"),
         (f"÷{m.params_reduction:.2f}", f"÷{m.params_reduction:.2f}"),
         (f"÷{m.dense.size_bytes / m.pruned.size_bytes:.2f}", f"÷{m.size_reduction:.2f}"),
-        (f"×{t.speedup_b1:.2f} faster", f"×{t.quantized_speedup_b1:.2f} faster"),
-        (f"×{t.speedup_bN:.2f} faster", f"×{t.quantized_speedup_bN:.2f} faster"),
+        (f"×{t.speedup_b1:.2f} faster", f"×{t.int8_vs_dense_speedup_b1:.2f} faster"),
+        (f"×{t.speedup_bN:.2f} faster", f"×{t.int8_vs_dense_speedup_bN:.2f} faster"),
     ]
     cells = [[label, *(fmt(get(a, b)) for a, b in models), *ratio] for (label, get, fmt), ratio in zip(_ROWS, ratios,
                                                                                                      strict=True)]
     cells[0][0] = m.metric_name
+    cells[5][0] = f"latency p50 batch {t.batch_size_N}"  # N said, not hidden
     if share:
         cells[0][1:4] = [f"{x.metric:.2%}" for x, _ in models]
     return cells
@@ -58,8 +73,13 @@ def sparsity_note(metrics: Metrics) -> str | None:
 
 
 def shipped_note(latency: Latency) -> str:
-    """Which model ships and why (INT8 where it pays, else the pruned fp32 model)."""
-    return f"Ships: {'INT8' if latency.shipped == 'quantized' else 'pruned fp32'} — {latency.shipped_why}."
+    """Which model ships and why (INT8 where it pays, else the pruned fp32 model); a warning first when the timings
+    were too spread to trust."""
+    note = f"Ships: {'INT8' if latency.shipped == 'quantized' else 'pruned fp32'} — {latency.shipped_why}."
+    if not latency.latency_reliable:
+        note = (f"UNRELIABLE TIMINGS: p95/p50 up to {latency.latency_spread:.3g} (a busy machine); the latency figures "
+                f"and this choice mean little, and no latency gate passed on them. {note}")
+    return note
 
 
 def summary_table(metrics: Metrics, latency: Latency) -> Table:
@@ -75,7 +95,8 @@ def summary_table(metrics: Metrics, latency: Latency) -> Table:
 
 
 def _value(c: dict[str, Any]) -> str:
-    return "missing" if c["value"] is None else f"{c['value']:.4g}"
+    value = "missing" if c["value"] is None else f"{c['value']:.4g}"
+    return f"{value} ({c['why']})" if c.get("why") else value
 
 
 def gates_table(verdict: dict[str, Any]) -> Table:
@@ -91,8 +112,8 @@ def gates_table(verdict: dict[str, Any]) -> Table:
 
 
 def print_report(metrics: Metrics, latency: Latency, verdict: dict[str, Any], console: Console | None = None) -> None:
-    """Print both tables."""
-    console = console or Console()
+    """Print both tables (on stdout, unwrapped when piped, unless a console is given)."""
+    console = console or make_console()
     console.print(summary_table(metrics, latency))
     console.print(gates_table(verdict))
 
@@ -109,8 +130,8 @@ def summary_markdown(metrics: Metrics, latency: Latency, verdict: dict[str, Any]
     stages = ", ".join(f"{name} ({'ran' if did else 'up to date'})" for name, did in ran.items())
     note = sparsity_note(metrics)
     lines = ["# Pruning pipeline", "",
-             f"MACs ÷{metrics.macs_reduction:.2f}, speedup batch N ×{latency.speedup_bN:.2f} (INT8 "
-             f"×{latency.quantized_speedup_bN:.2f}), {metrics.metric_name} drop {metrics.metric_drop:.4g} (INT8 "
+             f"MACs ÷{metrics.macs_reduction:.2f}, speedup batch {latency.batch_size_N} ×{latency.speedup_bN:.2f} (INT8 "
+             f"×{latency.int8_vs_dense_speedup_bN:.2f}), {metrics.metric_name} drop {metrics.metric_drop:.4g} (INT8 "
              f"{metrics.quantized_metric_drop:.4g}).", "", shipped_note(latency), "", *rows,
              *(["", note] if note else []), "",
              f"## Gates: {'PASSED' if verdict['passed'] else 'FAILED'}", "", *gates, "", f"Stages: {stages}."]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
+from rich import get_console
 from rich.progress import Progress
 
 from pruning.errors import QuantizationError
@@ -76,7 +77,7 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
                 name = onnx.load(str(src), load_external_data=False).graph.input[0].name
                 calibration = [{name: calibration[i:i + ORT_CALIBRATION_BATCH]}
                                for i in range(0, len(calibration), ORT_CALIBRATION_BATCH)]
-            with Progress(transient=False) as progress:
+            with Progress(transient=False, disable=not get_console().is_terminal) as progress:  # no bar in a log
                 reader = _Calibration(calibration, progress)
                 quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                                 activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,

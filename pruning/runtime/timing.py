@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import get_console
 from rich.progress import Progress
 
 from pruning.runtime.session import feeds, session, tiled
@@ -46,7 +47,7 @@ def latency(models: dict[str, str | Path | bytes], x: Any, batch_sizes: dict[str
     sessions = {name: session(path, threads, (levels or {}).get(name, "all")) for name, path in models.items()}
     batches = {label: tiled(x, bs) for label, bs in batch_sizes.items()}
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {(n, lb): [] for n in models for lb in batch_sizes}
-    with Progress(disable=desc is None) as progress:
+    with Progress(disable=desc is None or not get_console().is_terminal) as progress:  # no bar in a log file
         task = progress.add_task(desc or "", total=protocol.rounds * len(models) * len(batch_sizes))
         for _ in range(protocol.rounds):
             for label, batch in batches.items():

@@ -9,7 +9,9 @@ Adding a stage = one file here and one row. This module imports nothing heavy: a
 
 from __future__ import annotations
 
+import functools
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +34,20 @@ class Stage:
 
     @property
     def fn(self) -> Callable[..., Any]:
-        """The stage function, imported on first use."""
-        return importlib.import_module(f"pruning.stages.{self.name}").run
+        """The stage function, imported on first use; each call records when it started and ended
+        (:func:`pruning.stages.common.stamp`: the MLflow runs of the pipeline show real times)."""
+        run = importlib.import_module(f"pruning.stages.{self.name}").run
+
+        @functools.wraps(run)
+        def timed(cfg: Any, root: Any = ".") -> Any:
+            from pruning.stages.common import stamp
+
+            start = time.time()
+            result = run(cfg, root)
+            stamp(cfg, root, self.name, start, time.time())  # after success only: a failing stage writes nothing
+            return result
+
+        return timed
 
 
 _DATA = ("train_data", "test_data", "data_meta")
@@ -60,7 +74,7 @@ STAGES: tuple[Stage, ...] = (
           params=("seed", "quantize"), reads=("train_data", "data_meta", "pruned_onnx"),
           writes=("quantized_onnx", "quantize_report"), reports=("quantize_report",), models={"int8": "quantized_onnx"}),
     Stage("evaluate", "Measure dense / pruned / INT8 in ONNX Runtime, write metrics.json, check the gates.",
-          params=("model.arch", "task", "evaluate", "gates", "tracking"),
+          params=("data", "model.arch", "task", "evaluate", "gates", "tracking"),
           reads=("test_data", "data_meta", "dense_model", "finetuned_model", "dense_onnx", "pruned_onnx",
                  "quantized_onnx", "train_report", "prune_report", "prune_steps", "finetune_report", "export_report",
                  "quantize_report", "latency_table"),

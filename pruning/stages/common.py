@@ -86,3 +86,27 @@ def read_json(path: str | Path, stage: str) -> Any:
     if not path.is_file():
         raise DataError(f"{path} not found: run the {stage} stage first (python -m pruning {stage})")
     return json.loads(path.read_text())
+
+
+def stamp(cfg: Config, root: str | Path, stage: str, start: float, end: float) -> None:
+    """Record in paths.stage_times when ``stage`` last ran to completion in this workspace (Unix seconds). Why a file
+    of its own: DVC runs each stage in its own process and may reuse a stage's outputs without running it; the
+    evaluate stage, which logs the whole pipeline to MLflow, reads this to give every run its real start and end, and
+    to tell a stage that ran in this pipeline from one whose outputs DVC reused."""
+    path = Path(paths(cfg, root).stage_times)
+    times = stage_times(path)
+    times[stage] = {"start": start, "end": end}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, times)
+    except (OSError, PruningError):  # bookkeeping for the MLflow view only: never the reason a stage fails
+        pass
+
+
+def stage_times(path: str | Path) -> dict[str, dict[str, Any]]:
+    """paths.stage_times as a dict (empty when missing or unreadable: the times are then unknown, not an error)."""
+    try:
+        times = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return times if isinstance(times, dict) else {}

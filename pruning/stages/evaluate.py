@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pruning import sparse
-from pruning.acceptance.gates import evaluate_gates
-from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, choose_shipped, dump, merged
+from pruning.acceptance.gates import distrust_latency, evaluate_gates
+from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, choose_shipped, dump, merged, spread
 from pruning.checkpoint import load_model
 from pruning.counting import count_macs, structural_sparsity
 from pruning.data import EVAL_BATCH, take
 from pruning.errors import DataError
 from pruning.runtime.session import score, size_bytes
 from pruning.runtime.timing import Protocol, latency
-from pruning.stages.common import git_commit, params_hash, paths, prepared_data, read_json, write_json
+from pruning.stages.common import git_commit, params_hash, paths, prepared_data, read_json, stage_times, write_json
 from pruning.task import build_task
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ def _onnx(p: PathsConfig) -> dict[str, str]:
 
 def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     """Measure the three models on the test split and check the gates. A failing gate is a verdict, not an error."""
+    started = time.time()  # this stage's MLflow run spans it, logging included
     p, e = paths(cfg, root), cfg.evaluate
     data = prepared_data(cfg, root)
     onnx_paths = _onnx(p)
@@ -77,12 +78,14 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     metrics = Metrics.derive(models["dense"], models["pruned"], models["quantized"], exported["parity_max_abs"],
                              exported["parity_score"], task.metric_name, task.greater_is_better)
     timed_samples = take(data.test, range(min(len(data.test), e.batch_size))).x  # tiled when the split is smaller
-    timings = latency(onnx_paths, timed_samples, {"b1": 1, "bN": e.batch_size}, e.threads,
-                      Protocol(e.warmup, e.repeats, e.rounds))
+    timings = _timed(onnx_paths, timed_samples, e)
     shipped = choose_shipped(metrics, timings, e.ship, e.int8_min_speedup, e.int8_max_metric_loss)
     log.info("shipped: %s — %s", "INT8" if shipped[0] == "quantized" else "pruned fp32", shipped[1])
-    timed = Latency.derive(timings, e.batch_size, e.threads, shipped)
+    timed = Latency.derive(timings, e.batch_size, e.threads, shipped, e.max_latency_spread)
     verdict = evaluate_gates(merged(metrics, timed), cfg.gates)
+    if not timed.latency_reliable:
+        verdict = distrust_latency(verdict, f"unreliable timing: p95/p50 = {timed.latency_spread:.3g} > "
+                                            f"{e.max_latency_spread:g} after {1 + _REMEASURE} measurements")
     write_json(p.metrics, dump(metrics))
     write_json(p.latency_metrics, dump(timed))
     write_json(p.gates, verdict)
@@ -91,11 +94,27 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     write_json(p.mlflow_run, {"run_id": None, "experiment": cfg.tracking.experiment})
     start = time.perf_counter()
     example = take(data.test, range(min(4, len(data.test)))).x
-    run_id = _track(cfg, root, p, merged(metrics, timed), verdict, example, timed.shipped) \
-        if cfg.tracking.enabled else None
+    run_id = _track(cfg, root, p, (metrics, timed), verdict, example, started) if cfg.tracking.enabled else None
     tracking_seconds = time.perf_counter() - start
     write_json(p.mlflow_run, {"run_id": run_id, "experiment": cfg.tracking.experiment})
     return EvaluateResult(metrics, timed, verdict, run_id, tracking_seconds)
+
+
+_REMEASURE = 2  # further measurements when the machine was too busy for the first
+
+
+def _timed(onnx_paths: dict[str, str], samples: Any, e: Any) -> dict[str, dict[str, float]]:
+    """The timing protocol's medians; measured again (at most twice) while a p95 / p50 says the machine is too busy
+    for them (a p95 of 11 ms against a p50 of 2 ms made INT8 look 62 times faster on a loaded machine)."""
+    for attempt in range(1 + _REMEASURE):
+        timings = latency(onnx_paths, samples, {"b1": 1, "bN": e.batch_size}, e.threads,
+                          Protocol(e.warmup, e.repeats, e.rounds))
+        if (widest := spread(timings)) <= e.max_latency_spread:
+            break
+        log.warning("latency p95/p50 = %.3g > %g (evaluate.max_latency_spread): the machine is busy; %s", widest,
+                    e.max_latency_spread, "measuring again" if attempt < _REMEASURE else
+                    "the latency figures are unreliable and no gate passes on them")
+    return timings
 
 
 def read_results(cfg: Config, root: str | Path = ".") -> tuple[Metrics, Latency, dict[str, Any]]:
@@ -110,14 +129,41 @@ def _file_md5(path: str) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def _track(cfg: Config, root: str | Path, p: PathsConfig, metrics: dict[str, Any], verdict: dict[str, Any],
-           example: Any, shipped: str) -> str:
+def _track(cfg: Config, root: str | Path, p: PathsConfig, results: tuple[Metrics, Latency], verdict: dict[str, Any],
+           example: Any, started: float) -> str:
     """Log the whole pipeline run to MLflow from the stages' outputs. Returns the parent run id."""
+    from pruning.acceptance.report import summary_markdown
     from pruning.tracking import PipelineRecord, log_pipeline
+    from pruning.tracking.pipeline import spans
 
+    metrics, timed = results
     tags = {"git_commit": git_commit(root) or "unknown", "params_hash": params_hash(cfg),
             "data_md5_train": _file_md5(p.train_data), "data_md5_test": _file_md5(p.test_data),
-            "shipped": "int8" if shipped == "quantized" else "fp32"}
-    record = PipelineRecord(params=cfg.model_dump(mode="json"), paths=p, metrics=metrics, gates=verdict, tags=tags,
-                            example=example)
+            "shipped": "int8" if timed.shipped == "quantized" else "fp32"}
+    times = {**stage_times(p.stage_times), "evaluate": {"start": started, "end": None}}  # evaluate: running now
+    ran = {name: did for name, (_, _, did) in spans(times, time.time())[1].items()}
+    record = PipelineRecord(params=cfg.model_dump(mode="json"), paths=p, metrics=merged(metrics, timed), gates=verdict,
+                            tags=tags, example=example, times=times, shipped=timed.shipped,
+                            summary=summary_markdown(metrics, timed, verdict, None, ran) + "\n" + consumer_note(cfg, p))
     return log_pipeline(record, cfg.tracking.experiment, root)
+
+
+def consumer_note(cfg: Config, p: PathsConfig) -> str:
+    """What a consumer of the shipped ONNX model needs to feed it: its inputs, the preprocessing, the classes."""
+    import json
+
+    import onnx
+
+    from pruning.data import preprocessing
+
+    meta = json.loads(Path(p.data_meta).read_text())
+    graph = onnx.load(p.pruned_onnx, load_external_data=False).graph
+    inputs = ", ".join(f"`{i.name}` {[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}"
+                       for i in graph.input)
+    lines = ["## Using the model", "", f"- inputs: {inputs} (float32; the batch dimension is dynamic)",
+             f"- preprocessing (not in the model): {preprocessing(cfg.data)}; sample shape {meta.get('input_shape')}"]
+    if meta.get("num_classes"):
+        names = meta.get("class_names") or meta.get("classes")
+        lines.append(f"- outputs: scores of {meta['num_classes']} classes"
+                     + (f" ({', '.join(map(str, names))})" if names else " (index = class id)"))
+    return "\n".join(lines) + "\n"

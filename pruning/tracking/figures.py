@@ -5,7 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 
+def tradeoff(metrics: dict[str, Any], batch_n: int, shipped: str):
+    """What ships: the task metric of dense, pruned (after fine-tuning) and INT8 against their MACs and their measured
+    ONNX Runtime latency at batch 1 and batch N (``metrics``: metrics.json and latency.json merged; ``shipped``: the
+    variant that ships)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"dense": "dense fp32", "pruned": "pruned fp32", "quantized": "pruned INT8"}
+    axes_spec = [("macs", 1e-6, "MACs (M)"), ("latency_ms_b1", 1.0, "latency p50, batch 1 (ms)"),
+                 ("latency_ms_bN", 1.0, f"latency p50, batch {batch_n} (ms)")]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.5), sharey=True)
+    for ax, (key, scale, label) in zip(axes, axes_spec, strict=True):
+        for i, (variant, name) in enumerate(names.items()):
+            m = metrics[variant]
+            ax.plot(m[key] * scale, m["metric"], "o", color=f"C{i}", markersize=9 if variant == shipped else 6,
+                    label=name + (" (ships)" if variant == shipped else ""))
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test {metrics.get('metric_name', 'metric')}")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("What ships: metric vs cost (pruned after fine-tuning; latency measured by ONNX Runtime)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_vs_macs(steps: list[dict[str, Any]]):
+    """The pruning steps of the prune stage: accuracy right after each step, before the fine-tune stage."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,8 +46,8 @@ def accuracy_vs_macs(steps: list[dict[str, Any]]):
     for s, m in zip(steps, macs, strict=True):
         ax.annotate(f"step {s['step']}", (m, s["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("MACs (M)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy vs MACs over the pruning steps")
+    ax.set_ylabel("test accuracy (before fine-tuning)")
+    ax.set_title("Accuracy vs MACs over the pruning steps (prune stage)", fontsize=9)
     ax.invert_xaxis()
     fig.tight_layout()
     return fig

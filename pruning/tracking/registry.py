@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pruning import faults
 from pruning.errors import PruningError
 from pruning.tracking import FP32_MODEL_TAG, INT8_MODEL_TAG, lock, setup, store_errors
+from pruning.tracking.pipeline import metric_name
 
 if TYPE_CHECKING:
     from pruning.config import Config
@@ -32,10 +33,17 @@ def _champion_value(client: Any, champion: Any, metric: str) -> float | None:
         return float(champion.tags[metric])
     run_id = champion.tags.get("run_id")
     try:
-        value = client.get_run(run_id).data.metrics.get(metric) if run_id else None
+        value = logged(client.get_run(run_id), metric) if run_id else None
     except Exception:  # noqa: BLE001 - a deleted run: nothing to compare with
         return None
     return float(value) if value is not None else None
+
+
+def logged(run: Any, metric: str) -> float | None:
+    """A run's value of a metrics.json / latency.json name (``..._bN`` is logged under its batch size, ``..._b32``)."""
+    n = run.data.params.get("latency.batch_size_N")
+    value = run.data.metrics.get(metric_name(metric, int(n) if n and n.isdigit() else None))
+    return run.data.metrics.get(metric) if value is None else value
 
 
 def _beats(new: float, old: float, greater_is_better: bool) -> bool:
@@ -70,7 +78,7 @@ def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
         if model_tag not in run.data.tags:
             raise PruningError(f"MLflow run {run_id!r} has no {shipped} model (tag {model_tag}); is it a pipeline run?")
         gates = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/gates.json")
-        value = run.data.metrics.get(cfg.registry.primary_metric)
+        value = logged(run, cfg.registry.primary_metric)
         if value is None:
             raise PruningError(f'the primary metric "{cfg.registry.primary_metric}" was not logged in run {run_id}',
                                field="primary_metric")
@@ -88,7 +96,6 @@ def _registered(client: Any, name: str, run_id: str) -> Any | None:
 
 def _promote(client: Any, run: Any, cfg: Config, model_tag: str, shipped: str, gates: dict[str, Any],
              value: float) -> Promotion:
-    import mlflow
 
     run_id, name, metric = run.info.run_id, cfg.registry.model_name, cfg.registry.primary_metric
     mv = _registered(client, name, run_id)
@@ -98,18 +105,53 @@ def _promote(client: Any, run: Any, cfg: Config, model_tag: str, shipped: str, g
         return Promotion(name, str(mv.version), aliases[0] if aliases else None,
                          f"already registered ({mv.tags['decision']})")
     if mv is None:
-        mv = mlflow.register_model(run.data.tags[model_tag], name, tags={"run_id": run_id})
+        mv = _register(client, name, run, model_tag, gates)
         faults.point("promote:registered")
-    tags = {"shipped": shipped, "gates": "passed" if gates["passed"] else "failed", metric: str(value),
+    tags = {"shipped": shipped, "gates": "passed" if gates["passed"] else "failed", metric: f"{value:.6g}",
             "params_hash": run.data.tags.get("params_hash", ""), "git_commit": run.data.tags.get("git_commit", "")}
     for check in gates["checks"]:
         tags[f"gate.{check['name']}"] = (f"{'pass' if check['passed'] else 'FAIL'}: {check['metric']} = "
-                                         f"{check['value']} {check['op']} {check['threshold']}")
+                                         f"{_g(check['value'])} {check['op']} {_g(check['threshold'])}")
     for key, text in tags.items():
         client.set_model_version_tag(name, mv.version, key, text)
     promotion = _decide(client, cfg, mv, value, gates)
+    client.update_model_version(name, mv.version, description=_verdict(gates, promotion) + "\n\n" +
+                                (run.data.tags.get("mlflow.note.content") or ""))
     client.set_model_version_tag(name, mv.version, "decision", promotion.reason)  # last: the promotion is complete
     return promotion
+
+
+def _g(value: Any) -> str:
+    """A gate's number as the summary prints it: 4 significant digits."""
+    return "missing" if value is None else f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+def _verdict(gates: dict[str, Any], promotion: Promotion | None) -> str:
+    """The first line of a version's description: the gate verdict and the alias decision, where the UI shows it
+    (the version list's green check only means the files were registered)."""
+    if gates["passed"]:
+        head = f"**GATES PASSED** ({len(gates['checks'])} of {len(gates['checks'])})"
+    else:
+        failed = [c["name"] for c in gates["checks"] if not c["passed"]]
+        head = f"**GATES FAILED**: {', '.join(failed)} — not for deployment"
+    return head + (f" · {promotion.alias or 'no alias'}: {promotion.reason}" if promotion else "")
+
+
+def _register(client: Any, name: str, run: Any, model_tag: str, gates: dict[str, Any]) -> Any:
+    """A new version of ``name`` from the run's shipped model, its Source Run the pipeline (parent) run — not the
+    nested stage run that logged the ONNX file, which holds neither the gates nor the summary."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="Pruned ONNX models of the pruning pipeline; alias "
+                                       "`champion`: the best version that passed every gate.")
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    uri = run.data.tags[model_tag]
+    model_id = uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
+    return client.create_model_version(name, uri, run_id=run.info.run_id, tags={"run_id": run.info.run_id},
+                                       description=_verdict(gates, None), model_id=model_id)
 
 
 def _decide(client: Any, cfg: Config, mv: Any, value: float, gates: dict[str, Any]) -> Promotion:

@@ -26,7 +26,7 @@ def test_derive_computes_reductions_and_drops_from_the_three_models():
     assert m.macs_reduction == 2.5 and m.size_reduction == 8.0
     assert math.isclose(m.accuracy_drop, 0.01) and math.isclose(m.quantized_accuracy_drop, 0.015)
     t = _latency()
-    assert (t.speedup_b1, t.quantized_speedup_bN, t.int8_speedup_b1) == (2.0, 8.0, 4.0)
+    assert (t.speedup_b1, t.int8_vs_dense_speedup_bN, t.int8_vs_pruned_speedup_b1) == (2.0, 8.0, 4.0)
 
 
 def test_dump_keeps_the_schema_order_and_leaves_out_what_does_not_apply():
@@ -42,7 +42,7 @@ def test_dump_keeps_the_schema_order_and_leaves_out_what_does_not_apply():
 
 
 def test_known_metrics_cover_both_files_but_not_the_measurement_settings():
-    assert {"accuracy_drop", "int8_speedup_b1", "quantized.accuracy", "pruned.latency_ms_bN",
+    assert {"accuracy_drop", "int8_vs_pruned_speedup_b1", "quantized.accuracy", "pruned.latency_ms_bN",
             "pruned.weight_sparsity"} <= KNOWN_METRICS
     assert not {"threads", "batch_size_N", "dense"} & KNOWN_METRICS
     both = merged(Metrics.derive(_model(0.99, 1000, 4000), _model(0.98, 400, 1600), _model(0.98, 400, 500), 0.0, 0.1),

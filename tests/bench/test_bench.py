@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from bench.config import bench_config
+from bench.config import BENCH_PARAMS, bench_config, load_bench
 from bench.criteria import README_END, README_START, _ci95, run_criteria
 from pruning.config import parse_config
 from pruning.errors import ConfigError
-from tests.conftest import TINY, merge
+from tests.conftest import REPO, TINY, merge
 
 BENCH = {"samples": 300, "base_epochs": 2, "seeds": 1, "quick_targets": [2.0], "short_epochs": 2,
          "calibration_samples": 64, "batch_size": 64,
@@ -26,11 +26,11 @@ def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = parse_config(merge(TINY, {"bench": BENCH, "paths": {"bench_dir": "reports/bench-test"},
+    cfg = parse_config(merge(TINY, {"paths": {"bench_dir": "reports/bench-test"},
                                     "tracking": {"enabled": True, "experiment": "c"}}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{README_START}\nold\n{README_END}\ntail\n")
-    result = run_criteria(cfg, bench_config(cfg), quick=True, out_dir=tmp_path / "bench", readme=readme)
+    result = run_criteria(cfg, bench_config(BENCH), quick=True, out_dir=tmp_path / "bench", readme=readme)
 
     records = result["records"]
     assert {(r["method"], r["regime"]) for r in records} == {(m, g) for m in ("plain_tp", "taylor")
@@ -57,7 +57,7 @@ def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monke
     from bench.sparse import run_sparse
 
     bench = {**BENCH, "unstructured_sparsity": 0.9, "lottery_rounds": 2, "lottery_epochs": 2, "lottery_rewind_epoch": 1}
-    cfg = parse_config(merge(TINY, {"bench": bench, "evaluate": {"batch_size": 16, "repeats": 3, "rounds": 1, "warmup": 1},
+    cfg = parse_config(merge(TINY, {"evaluate": {"batch_size": 16, "repeats": 3, "rounds": 1, "warmup": 1},
                                     "tracking": {"enabled": True, "experiment": "t"}}))
     import mlflow
 
@@ -65,7 +65,7 @@ def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monke
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     readme = tmp_path / "README.md"
     readme.write_text(f"{START}\nold\n{END}\n")
-    result = run_sparse(cfg, bench_config(cfg), tmp_path / "bench", readme)
+    result = run_sparse(cfg, bench_config(bench), tmp_path / "bench", readme)
     un, lt = result["unstructured"], result["lottery"]
     assert un["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert un["csr_bytes"] < un["dense_bytes"] and un["csr_vs_dense"] == pytest.approx(un["csr_bytes"] / un["dense_bytes"])
@@ -84,8 +84,8 @@ def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, 
 
     monkeypatch.chdir(tmp_path)  # paths.latency_table is relative
     monkeypatch.setattr(bl, "SHAPE", (3, 32, 32))  # the ImageNet nets at a small resolution: same graph, seconds
-    cfg = parse_config(merge(TINY, {"bench": {"latency_repeats": 3, "latency_rounds": 1, "latency_warmup": 1}}))
-    report = bl.run_latency(cfg, bench_config(cfg), ["mobilenetv2"], [1, 4], 2.0, [None, 8], tmp_path, step=8)
+    b = bench_config({"latency_repeats": 3, "latency_rounds": 1, "latency_warmup": 1})
+    report = bl.run_latency(parse_config(TINY), b, ["mobilenetv2"], [1, 4], 2.0, [None, 8], tmp_path, step=8)
     rows = report["archs"]["mobilenetv2"]
     assert set(rows) == {"dense", "dense, ORT basic optimisation", "dense + INT8",
                          "pruned, MACs allocation, round_to None", "pruned, MACs allocation, round_to 8",
@@ -103,9 +103,17 @@ def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, 
     assert "| dense |" in (tmp_path / "latency.md").read_text()
 
 
-def test_bench_config_names_the_key_of_a_bad_bench_value():
-    cfg = parse_config(merge(TINY, {"bench": {"seeds": 0}}))  # the pipeline carries the section untouched
-    with pytest.raises(ConfigError, match='Invalid "bench.seeds" in params.yaml: 0'):
-        bench_config(cfg)
-    with pytest.raises(ConfigError, match='Unknown key "bench.seedz"'):
-        bench_config(parse_config(merge(TINY, {"bench": {"seedz": 1}})))
+def test_bench_config_names_the_key_of_a_bad_bench_value_and_its_file():
+    with pytest.raises(ConfigError, match='Invalid "seeds" in bench/params.yaml: 0'):
+        bench_config({"seeds": 0})
+    with pytest.raises(ConfigError, match='Unknown key "methods.l2.scoep" in bench/params.yaml'):
+        bench_config({"methods": {"l2": {"criterion": "l2", "scoep": "global"}}})
+    with pytest.raises(ConfigError, match="bench/params.yaml must hold a mapping of settings, got list"):
+        bench_config([1])
+
+
+def test_the_shipped_bench_params_validate_and_params_yaml_points_an_old_bench_section_there():
+    shipped = load_bench(REPO / BENCH_PARAMS)
+    assert shipped.seeds == 5 and shipped.targets == [2, 4, 8, 16] and shipped.methods["l2_kd"].distill is True
+    with pytest.raises(ConfigError, match='The "bench" section of params.yaml moved to bench/params.yaml'):
+        parse_config(merge(TINY, {"bench": {"seeds": 5}}))

@@ -56,11 +56,15 @@ def repo(tmp_path, monkeypatch):
 
 
 def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(harness, repo):
-    from flows.pipeline import pipeline
+    from flows.pipeline import GatesFailed, pipeline
+    from tests.e2e.test_flow_states import latest
 
     first = pipeline(repo=str(repo))  # the flow works in the repository it is given, wherever it runs from
     assert set(first["ran"]) == STAGES and all(first["ran"].values())
     assert first["gates"]["passed"] is True
+    run, summary = latest()  # the run list shows the verdict; the summary says where the MLflow run is
+    assert "gates:passed" in run.tags and f"Parent run `{first['run_id']}` in experiment `flow-test`" in summary
+    assert f"`mlflow ui --backend-store-uri sqlite:///{repo}/mlflow.db`, then <http://127.0.0.1:5000/#/" in summary
     name = "tiny-int8"
     assert first["promotion"]["alias"] == "champion"
 
@@ -75,7 +79,7 @@ def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(har
     assert parent.data.params["prune.ratio"] == "0.5"
     assert {"git_commit", "params_hash", "data_md5_train", "gates"} <= parent.data.tags.keys()
     artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
-    assert {"gates.json", "metrics.json", "prune_layers.csv", "accuracy_vs_macs.png"} <= artifacts
+    assert {"gates.json", "metrics.json", "prune_layers.csv", "tradeoff.png", "prune_steps.png"} <= artifacts
     by_stage = {c.data.tags["stage"]: c.info.run_id for c in children}
     assert len(client.get_metric_history(by_stage["train"], "test_accuracy")) == 4  # one point per epoch
     assert [m.step for m in client.get_metric_history(by_stage["prune"], "macs")] == [0, 1, 2]
@@ -107,6 +111,12 @@ def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(har
     version = client.get_model_version(name, failing["promotion"]["version"])
     assert version.tags["gates"] == "failed" and version.tags["gate.impossible"].startswith("FAIL")
     assert str(client.get_model_version_by_alias(name, "champion").version) == first["promotion"]["version"]
+    run, _ = latest()
+    assert run.state.is_completed() and "gates:failed" in run.tags and "gates:passed" not in run.tags
+    with pytest.raises(GatesFailed, match="gates failed: impossible") as strict:  # --strict: the flow run fails
+        pipeline(repo=str(repo), strict=True)
+    run, _ = latest()
+    assert run.state.is_failed() and "gates:failed" in run.tags and strict.value.result["promotion"]["alias"] is None
 
 
 def test_serve_builds_a_deployment_on_the_cron_of_params_yaml(harness, tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_cop
     metrics = merged(*read_results(cfg)[:2])  # metrics.json (deterministic) + latency.json (measured), as one dict
     assert metrics == json.loads(json.dumps(merged(result.metrics, result.latency)))
     timed = json.loads(Path(cfg.paths.latency_metrics).read_text())
-    assert {"speedup_b1", "int8_speedup_b1", "threads"} <= timed.keys() and "latency_ms_b1" in timed["pruned"]
+    assert {"speedup_b1", "int8_vs_pruned_speedup_b1", "threads"} <= timed.keys() and "latency_ms_b1" in timed["pruned"]
     assert not any("latency" in k or "speedup" in k for k in json.loads(Path(cfg.paths.metrics).read_text()))
     for variant in ("dense", "pruned", "quantized"):
         assert metrics[variant].keys() >= METRIC_KEYS

@@ -1,0 +1,98 @@
+"""DVC experiments compare what they claim to: real DVC in a real git repository, the shipped dvc.yaml and .gitignore
+on the tiny params. The metrics and plots files are versioned by git (cache: false), so `dvc exp show`, `dvc metrics
+diff` and `dvc plots diff` read them at every commit and experiment, and a run leaves exactly those files (plus
+dvc.lock) for `git status` to show."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.test_dvc import _run, repo  # noqa: F401 - repo is a fixture
+
+pytestmark = pytest.mark.e2e
+DVC = (sys.executable, "-m", "dvc")
+
+
+def _json(*args: str, cwd: Path):
+    """A dvc command's --json answer (stdout only: DVC writes its warnings to stderr), with _run's environment."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    out = subprocess.run([*DVC, *args, "--json"], cwd=cwd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "failed to load" not in out.stderr, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def _in_git(repo_dir: Path) -> set[str]:
+    """The files dvc.yaml hands to git: its metrics and its plots' data files (all cache: false), plus the MLflow run
+    pointer (an experiment's commit holds its run id: README "With DVC"), resolved through params.yaml's paths."""
+    dvc = yaml.safe_load((repo_dir / "dvc.yaml").read_text())
+    names = {next(iter(m)) for s in dvc["stages"].values() for m in s.get("metrics", [])}
+    names |= {f for p in dvc["plots"] for spec in p.values() for f in spec["y"]}
+    names.add("${paths.mlflow_run}")
+    paths = yaml.safe_load((repo_dir / "params.yaml").read_text())["paths"]
+    return {re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m[1]], n) for n in names}
+
+
+def _metrics(rev: dict) -> dict[str, dict]:
+    files = rev["data"]["metrics"]
+    assert all("error" not in f and f["data"] for f in files.values()), (rev["name"], files)
+    return {path: f["data"] for path, f in files.items()}
+
+
+def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_then_one_is_promoted(repo):  # noqa: F811
+    _run(*DVC, "repro", cwd=repo)
+    # what a run leaves for git: dvc.lock and the metrics / plots files, nothing else (data, models and the other
+    # reports are DVC's: ignored)
+    status = _run("git", "status", "--porcelain", "--untracked-files=all", cwd=repo).splitlines()
+    metric_files = _in_git(repo)
+    assert {"reports/metrics.json", "reports/latency.json", "reports/gates.json", "reports/prune_steps.json"} <= \
+        metric_files
+    assert sorted(status) == sorted(f"?? {f}" for f in {"dvc.lock", *metric_files})
+    baseline = json.loads((repo / "reports/metrics.json").read_text())
+    _run("git", "add", "-A", cwd=repo)
+    _run("git", "commit", "-qm", "baseline run", cwd=repo)
+
+    # a cheap param: only evaluate reruns (prepare runs on every repro); one threshold passes the MACs gate, one not
+    for name, threshold in (("passing", 1.5), ("failing", 100)):
+        log = _run(*DVC, "exp", "run", "-n", name, "-S", f"gates.macs.threshold={threshold}", cwd=repo)
+        assert "Running stage 'evaluate'" in log and "Running stage 'prune'" not in log
+
+    workspace, head = _json("exp", "show", cwd=repo)  # the workspace row, then the baseline commit with its experiments
+    assert workspace["rev"] == "workspace"
+    exps = {r["name"]: r for e in head["experiments"] for r in e["revs"]}
+    assert set(exps) == {"passing", "failing"}
+    shown = {"baseline": _metrics(head), **{n: _metrics(r) for n, r in exps.items()}}
+    for name, metrics in shown.items():
+        assert set(metrics) == metric_files - {"reports/mlflow_run.json", "reports/prune_steps.json"}, name
+        # metrics.json is deterministic: the same numbers at every revision, read from each one's own commit
+        assert metrics["reports/metrics.json"]["macs_reduction"] == baseline["macs_reduction"], name
+        assert metrics["reports/latency.json"]["pruned"]["latency_ms_b1"] > 0, name
+    assert [shown[n]["reports/gates.json"]["passed"] for n in ("baseline", "passing", "failing")] == [True, True, False]
+    assert exps["failing"]["data"]["params"]["params.yaml"]["data"]["gates"]["macs"]["threshold"] == 100
+
+    diff = _json("metrics", "diff", "passing", "failing", cwd=repo)
+    assert diff["reports/gates.json"]["passed"] == {"old": True, "new": False, "diff": -1}
+    assert "reports/metrics.json" not in diff  # deterministic, so unchanged: not listed
+    assert "failed to load" not in _run(*DVC, "metrics", "diff", cwd=repo)  # HEAD against the workspace (failing)
+    plots = _json("plots", "diff", "passing", "failing", cwd=repo)
+    assert "errors" not in plots
+    assert {name: [d["revisions"] for d in data] for name, data in plots["data"].items()} == \
+        {"accuracy_over_prune_steps": [["passing", "failing"]], "macs_over_prune_steps": [["passing", "failing"]]}
+
+    import mlflow
+
+    # README "With DVC": promote an experiment = apply it (its commit holds its MLflow run id), then promote that run
+    _run(*DVC, "exp", "apply", "passing", cwd=repo)
+    assert _json("status", cwd=repo) == {"prepare": ["always changed"]}  # the workspace is that experiment, in sync
+    run_id = json.loads((repo / "reports/mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.data.tags["gates"] == "passed" and run.data.params["gates.macs.threshold"] == "1.5"
+    out = _run(sys.executable, "-m", "pruning", "promote", "--run-id", run_id, cwd=repo)
+    assert "registry: tiny-int8 v1 -> champion" in out

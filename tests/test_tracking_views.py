@@ -1,0 +1,129 @@
+"""What a reviewer sees in MLflow after a pipeline run (issue 14): curves without stray points, runs as long as the
+stages were, the registered version linked to the pipeline run, rounded gate tags, lean params, the dataset."""
+
+import json
+import time
+
+import mlflow
+import pytest
+
+from pruning.acceptance.gates import distrust_latency
+from pruning.acceptance.metrics import Latency, spread
+from tests.conftest import write_params
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """Every stage of the tiny config run here, evaluate logging to a fresh sqlite store, then promote; each stage
+    timed from outside."""
+    from pruning.config import load_config
+    from pruning.stages import STAGES
+    from pruning.tracking import promote
+
+    root = tmp_path_factory.mktemp("views")
+    uri = f"sqlite:///{root}/mlflow.db"
+    saved = mlflow.get_tracking_uri()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = load_config(write_params(root, {"tracking": {"enabled": True}}))
+    seconds = {}
+    for stage in STAGES:
+        start = time.perf_counter()
+        stage.fn(cfg, root)
+        seconds[stage.name] = time.perf_counter() - start
+    run_id = json.loads((root / "reports" / "mlflow_run.json").read_text())["run_id"]
+    promotion = promote(run_id, cfg, root)
+    client = mlflow.MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("pruning").experiment_id])}
+    yield {"root": root, "client": client, "runs": runs, "parent": client.get_run(run_id), "seconds": seconds,
+           "promotion": promotion, "cfg": cfg}
+    mp.undo()
+    mlflow.set_tracking_uri(saved)
+
+
+def test_a_curve_has_no_summary_point_at_step_0(logged):
+    """train.json's final loss was logged as `loss` at step 0 beside the per-epoch `loss` curve."""
+    train = logged["runs"]["train"]
+    report = json.loads((logged["root"] / "reports" / "train.json").read_text())
+    epochs = report["epochs"]
+    history = logged["client"].get_metric_history(train.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(e["epoch"], pytest.approx(e["loss"])) for e in epochs]
+    assert train.data.metrics["final_loss"] == pytest.approx(report["loss"])  # the report's summary (test loss)
+    prune = logged["runs"]["prune"]  # prune.json's accuracy (after the last step) vs the per-step accuracy curve
+    steps = json.loads((logged["root"] / "reports" / "prune_steps.json").read_text())
+    assert [m.step for m in logged["client"].get_metric_history(prune.info.run_id, "accuracy")] == \
+        [s["step"] for s in steps]
+    assert "final_accuracy" in prune.data.metrics
+
+
+def test_runs_last_as_long_as_their_stages_did(logged):
+    parent, seconds = logged["parent"], logged["seconds"]
+    for name, measured in seconds.items():
+        run = logged["runs"][name]
+        duration = (run.info.end_time - run.info.start_time) / 1000
+        assert run.data.tags["dvc"] == "ran" and run.info.status == "FINISHED"
+        # the run spans the stage function (times stamped inside the call the test timed from outside)
+        assert measured * 0.9 - 0.05 <= duration <= measured + 0.05, (name, duration, measured)
+        assert parent.info.start_time <= run.info.start_time and run.info.end_time <= parent.info.end_time
+    assert (parent.info.end_time - parent.info.start_time) / 1000 >= sum(seconds.values()) * 0.9
+
+
+def test_the_registered_version_links_to_the_pipeline_run_and_says_its_verdict(logged):
+    cfg, client, promotion = logged["cfg"], logged["client"], logged["promotion"]
+    version = client.get_model_version(cfg.registry.model_name, promotion.version)
+    assert version.run_id == logged["parent"].info.run_id  # Source Run: the parent, not the quantize run
+    assert version.description.startswith("**GATES PASSED** (2 of 2) · champion: first champion")
+    assert "## Using the model" in version.description and "pixel values / 16" in version.description
+    gate = version.tags["gate.parity"]  # 4 significant digits, as the summary prints
+    value = gate.split(" = ")[1].split(" ")[0]
+    assert gate.startswith("pass: parity_score = ") and len(value.replace(".", "").lstrip("0")) <= 4
+
+
+def test_the_parent_run_holds_what_a_reviewer_reads_and_nothing_else(logged):
+    parent, runs, client = logged["parent"], logged["runs"], logged["client"]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"]
+    assert parent.data.tags["mlflow.note.content"].startswith("# Pruning pipeline")
+    assert not [k for k in parent.data.params if k.startswith(("bench.", "paths.", "schedule."))]
+    assert {"prune.ratio", "registry.model_name", "latency.batch_size_N", "latency.threads"} <= parent.data.params.keys()
+    metrics = parent.data.metrics
+    assert "threads" not in metrics and "batch_size_N" not in metrics
+    assert "shipped.latency_ms_b16" in metrics and not [k for k in metrics if k.endswith("_bN")]  # N = 16 here
+    assert {"int8_vs_dense_speedup_b1", "int8_vs_pruned_speedup_b1"} <= metrics.keys()
+    assert runs["evaluate"].data.metrics == {}  # the parent's figures, not repeated
+    artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"tradeoff.png", "prune_steps.png", "gates.json", "metrics.json"} <= artifacts
+    inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
+    md5 = parent.data.tags["data_md5_train"]
+    assert inputs["digits:train.npz"].dataset.digest == md5
+    assert {t.key: t.value for t in inputs["digits:train.npz"].tags}["mlflow.data.context"] == "training"
+
+
+def test_a_stage_dvc_reused_is_a_zero_length_run_that_says_so():
+    from pruning.tracking.pipeline import spans
+
+    times = {"prepare": {"start": 100.0, "end": 101.0}, "train": {"start": 50.0, "end": 90.0},  # an earlier run's
+             "prune": {"start": 101.0, "end": 110.0}, "export": {"start": 99.0, "end": 99.5},  # before prepare
+             "evaluate": {"start": 112.0, "end": None}}
+    first, out = spans(times, now=120.0)
+    assert first == 100.0
+    assert out["train"] == (100.0, 100.0, False) and out["prune"] == (101.0, 110.0, True)
+    assert out["export"] == (100.0, 100.0, False) and out["evaluate"] == (112.0, 120.0, True)
+    assert spans({}, now=5.0) == (5.0, {s: (5.0, 5.0, False) for s in out})  # no record at all: nothing ran here
+
+
+def test_a_timing_too_spread_to_trust_decides_no_gate():
+    timings = {v: {"latency_ms_b1": 2.0, "latency_p95_ms_b1": 11.0, "latency_ms_bN": 4.0, "latency_p95_ms_bN": 5.0}
+               for v in ("dense", "pruned", "quantized")}
+    assert spread(timings) == 5.5
+    timed = Latency.derive(timings, 32, 1, max_spread=3.0)
+    assert (timed.latency_spread, timed.latency_reliable) == (5.5, False)
+    verdict = {"passed": True, "checks": [
+        {"name": "speed", "metric": "speedup_bN", "op": ">=", "threshold": 1.5, "value": 9.0, "passed": True},
+        {"name": "fast", "metric": "shipped.latency_ms_b1 (ratio vs dense)", "op": "<=", "threshold": 1, "value": 0.5,
+         "passed": True},
+        {"name": "macs", "metric": "macs_reduction", "op": ">=", "threshold": 2.0, "value": 3.0, "passed": True}]}
+    out = distrust_latency(verdict, "unreliable timing")
+    assert not out["passed"] and [c["passed"] for c in out["checks"]] == [False, False, True]
+    assert out["checks"][0]["why"] == "unreliable timing" and "why" not in out["checks"][2]
