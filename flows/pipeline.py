@@ -108,6 +108,10 @@ def _stage(stage: Stage, repo: Path) -> bool:
     from dvc.lock import LockError
     from dvc.repo import Repo, lock_repo
 
+    # Importing dvc sets its loggers to INFO: it would say "Updating lock file 'dvc.lock'" after each commit, through
+    # its own handler and again through Prefect's; the task's "Running stage" / "Finished" lines say it already
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+
     from pruning.config import load_config
 
     logger = get_run_logger()
@@ -277,9 +281,9 @@ def main() -> int:
     """Entry point of ``python -m pruning run``: run the flow, print the summary, map failures to exit codes."""
     import signal
 
-    from rich.console import Console
+    from pruning.acceptance.report import make_console
 
-    err = Console(stderr=True)
+    err = make_console(stderr=True)  # not wrapped at 80 columns when piped
     try:
         return _main(err)
     except KeyboardInterrupt:  # Ctrl-C: Prefect has already reported a running flow run Crashed
@@ -290,8 +294,6 @@ def main() -> int:
 
 def _main(err: Console) -> int:
     import argparse
-
-    from rich.console import Console
 
     from pruning.errors import PruningError
 
@@ -330,14 +332,14 @@ def _main(err: Console) -> int:
     except (PruningError, StageFailed, server.ServerFailed) as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         return 2
-    from pruning.acceptance.report import print_report
+    from pruning.acceptance.report import make_console, print_report
     from pruning.stages.evaluate import read_results
 
     print_report(*read_results(load_config(params), repo))
     if result["promotion"]:
         p = result["promotion"]
-        Console().print(f"registry: {p['model_name']} v{p['version']} -> {p['alias'] or 'no alias'} ({p['reason']})",
-                        highlight=False)
+        make_console().print(f"registry: {p['model_name']} v{p['version']} -> {p['alias'] or 'no alias'} ({p['reason']})",
+                             highlight=False)
     gc.freeze()  # the run's objects too: interpreter shutdown need not collect them one by one
     if args.strict and not result["gates"]["passed"]:
         err.print("[red]error:[/] gates failed", highlight=False)
