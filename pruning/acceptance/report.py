@@ -39,7 +39,7 @@ def _cells(metrics: Metrics, latency: Latency) -> list[list[str]]:
     models = [(metrics.dense, latency.dense), (metrics.pruned, latency.pruned), (metrics.quantized, latency.quantized)]
     m, t = metrics, latency
     share = _is_share(m)
-    drop = (lambda v: f"{-v:+.2%}") if share else (lambda v: f"{-v:+.4g}")
+    drop = (lambda v: f"{0.0 - v:+.2%}") if share else (lambda v: f"{0.0 - v:+.4g}")  # 0.0 - 0.0: "+0", not "-0"
     ratios = [
         (drop(m.metric_drop), drop(m.quantized_metric_drop)),  # > 0: better than dense, either direction
         (f"÷{m.macs_reduction:.2f}", f"÷{m.macs_reduction:.2f}"),
