@@ -162,3 +162,10 @@ def test_stage_params_are_the_keys_the_stage_reads():
               "train": {"lr": 0.1}}
     assert _stage_params(params, ("seed", "prune", "export.opset")) == {
         "seed": "0", "prune.method": "channel", "prune.ratio": "0.3", "export.opset": "17"}
+
+
+def test_an_equal_metric_does_not_beat_the_champion_through_a_rounded_tag(store):
+    """The champion's value is read back from its version tag: a rounded tag (0.333333) let an equal run (1/3) win."""
+    cfg = parse_config(TINY)
+    assert promote(_pipeline_run(store, 1 / 3, True), cfg).alias == "champion"
+    assert promote(_pipeline_run(store, 1 / 3, True), cfg).alias == "challenger"

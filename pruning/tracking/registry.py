@@ -107,7 +107,8 @@ def _promote(client: Any, run: Any, cfg: Config, model_tag: str, shipped: str, g
     if mv is None:
         mv = _register(client, name, run, model_tag, gates)
         faults.point("promote:registered")
-    tags = {"shipped": shipped, "gates": "passed" if gates["passed"] else "failed", metric: f"{value:.6g}",
+    # the primary metric in full precision: the next promote compares its own value with this tag
+    tags = {"shipped": shipped, "gates": "passed" if gates["passed"] else "failed", metric: repr(value),
             "params_hash": run.data.tags.get("params_hash", ""), "git_commit": run.data.tags.get("git_commit", "")}
     for check in gates["checks"]:
         tags[f"gate.{check['name']}"] = (f"{'pass' if check['passed'] else 'FAIL'}: {check['metric']} = "
