@@ -1,7 +1,9 @@
 """``python -m bench.latency``: is the pruned model as much faster as it is smaller, on ONNX Runtime?
 
-For each architecture (ImageNet shape 3x224x224, random init: latency does not depend on the weights' values), one
-process builds and times, alternately (``bench.latency_rounds`` rounds, medians):
+For each architecture (``--arch``: an ImageNet-shape zoo name, a family of :mod:`bench.families` -- EfficientNet-B0,
+ResNeXt, DenseNet, ShuffleNetV2 -- or the user's ``module:callable``; ``--input-shape`` 3x224x224 and ``--classes`` 1000
+by default; random init: latency does not depend on the weights' values), one process builds and times, alternately
+(``bench.latency_rounds`` rounds, medians):
 
 - dense, with ORT's full graph optimisation (the shipped setting) and with basic optimisation only (the factor of the
   layout optimisations: NCHWc convolutions, fusions), and dense + INT8 (INT8 alone);
@@ -12,7 +14,9 @@ process builds and times, alternately (``bench.latency_rounds`` rounds, medians)
 
 Efficiency = speedup / MACs reduction: 1.0 means the model got exactly as much faster as it got cheaper. The latency
 allocation measures its table at batch ``--alloc-batch`` and ``evaluate.threads``; the table is kept in
-``paths.latency_table`` and reused by later runs.
+``paths.latency_table`` and reused by later runs. A variant torch-pruning cannot build (a MACs target out of reach,
+an architecture it cannot trace or prune, such as ShuffleNetV2's channel shuffle) is listed under ``skipped`` with the
+one-line reason, and the run goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ import torch
 import torch_pruning as tp
 
 from bench.config import BenchConfig, main
+from bench.families import FAMILIES
 from bench.readme import markers, update_readme
 from pruning import dependency
 from pruning.allocation import latency as lat
@@ -39,96 +45,155 @@ from pruning.allocation.uniform import search_ratio
 from pruning.config import Config
 from pruning.counting import count_macs
 from pruning.data import Data, Split
-from pruning.errors import ConfigError, GraphTraceError, PruningError
+from pruning.errors import ConfigError, GraphTraceError, ModelError, PruningError
 from pruning.methods import channel
 from pruning.runtime.export import export_onnx
+from pruning.runtime.int8_select import select
 from pruning.runtime.quantize import quantize
 from pruning.runtime.timing import Protocol, latency
-from pruning.zoo import build_model
+from pruning.zoo import ZOO, build_model, check_builder, resolve_callable
 
 log = logging.getLogger(__name__)
 
-SHAPE = (3, 224, 224)
+SHAPE = (3, 224, 224)  # the default --input-shape
+CLASSES = 1000  # the default --classes
+ARCHS = "resnet50,mobilenetv2,efficientnet_b0_like,resnext_like,densenet_like,shufflenetv2_like"  # the default --arch
 README_START, README_END = markers("latency")
 # the ImageNet-shape zoo entries under the names users know them by
 ALIASES = {"mobilenetv2": "mobilenetv2_imagenet"}
+PROBE_RATIO = 0.25  # one uniform trial at this ratio tells whether torch-pruning can prune the architecture at all
+
+Builder = Callable[[tuple[int, ...], int], torch.nn.Module]  # (input shape, classes) -> dense model
 
 
-def _macs_allocation(dense: torch.nn.Module, target: float, round_to: int | None, split: Split) -> torch.nn.Module:
+def resolve_arch(entry: str) -> Builder:
+    """The builder of one ``--arch`` entry: a zoo name (or an alias), a family of bench/families.py, or the user's
+    ``module:callable`` (imported now, trusted code; called with ``num_classes`` only). ConfigError naming the entry."""
+    name = ALIASES.get(entry.strip(), entry.strip())
+    if name in FAMILIES:
+        family = FAMILIES[name]
+        return lambda shape, classes: family(num_classes=classes)
+    if ":" in name:
+        try:
+            check_builder(name, resolve_callable(name))
+        except ModelError as exc:
+            raise ConfigError(f"bench latency --arch entry {entry!r}: {exc}") from None
+        return lambda shape, classes: build_model(name, {"num_classes": classes}, shape, classes)
+    if name in ZOO:
+        return lambda shape, classes: build_model(name, {}, shape, classes)
+    raise ConfigError(f"bench latency --arch entry {entry!r} is not a zoo name ({', '.join([*ZOO, *ALIASES])}), a "
+                      f"family ({', '.join(FAMILIES)}) or a module:callable")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _macs_allocation(dense: torch.nn.Module, target: float, round_to: int | None, split: Split,
+                     num_classes: int = CLASSES) -> torch.nn.Module:
+    """A copy of ``dense`` pruned by torch-pruning's uniform l2 ratio searched for ``target`` MACs reduction; the
+    input shape is the calibration data's (``split``)."""
+    shape = tuple(split.x.shape[1:])
     pcfg = channel.Config(criterion="l2", ratio=None, target_macs_reduction=target, round_to=round_to,
                           bn_recalibration=False, calibration_batches=1, step_finetune_epochs=0)
     model = copy.deepcopy(dense)
-    ratio = search_ratio(lambda r: channel.macs_after(model, SHAPE, pcfg, r, split, 0), count_macs(model, SHAPE)[0],
+    ratio = search_ratio(lambda r: channel.macs_after(model, shape, pcfg, r, split, 0), count_macs(model, shape)[0],
                          target)
-    _ = channel.run_schedule(model, Data(split, Split(split.x[:4], split.y[:4]), SHAPE, 1000), pcfg, ratio, seed=0)
+    _ = channel.run_schedule(model, Data(split, Split(split.x[:4], split.y[:4]), shape, num_classes), pcfg, ratio,
+                             seed=0)
     return model
 
 
+def check_prunable(dense: torch.nn.Module, split: Split) -> None:
+    """GraphTraceError (torch-pruning's own failure, named) when a plain uniform ratio cannot prune ``dense``: the MACs
+    target search would report that as "out of reach at ratio 0.000", since it counts every failure as too far."""
+    pcfg = channel.Config(criterion="l1", ratio=PROBE_RATIO, round_to=None, bn_recalibration=False,
+                          calibration_batches=1, step_finetune_epochs=0)
+    channel.macs_after(dense, tuple(split.x.shape[1:]), pcfg, PROBE_RATIO, split, 0)
+
+
 def _latency_allocation(dense: torch.nn.Module, table: lt.LatencyTable, step: int, cfg: Config, *,
-                        target_macs: float | None = None, target_speedup: float | None = None
-                        ) -> tuple[torch.nn.Module, dict[str, Any]]:
+                        target_macs: float | None = None, target_speedup: float | None = None,
+                        shape: tuple[int, ...] = SHAPE) -> tuple[torch.nn.Module, dict[str, Any]]:
     imp = tp.importance.GroupMagnitudeImportance(p=2)
     ignored = dependency.ignored_modules(dense, [])
-    batch, threads, opset = table.batch, table.threads, cfg.export.opset
-    alloc = lat.allocate(dense, SHAPE, imp, ignored, table, step=step, max_layer_ratio=0.9,
+    yardstick = lt.Yardstick(dense, shape, [], table.batch, table.threads, cfg.export.opset)
+    alloc = lat.allocate(dense, shape, imp, ignored, table, step=step, max_layer_ratio=0.9,
                          target_macs_reduction=target_macs, target_speedup=target_speedup,
-                         measure=lambda r: lt.measure_pruned(dense, SHAPE, r, [], batch, threads, opset),
-                         strict=False, count_macs=lambda r: lt.pruned_macs(dense, SHAPE, r, []),
-                         profile=lambda r: lt.profile_pruned(dense, SHAPE, r, [], batch, threads, opset))
+                         measure=yardstick.speedup, strict=False, count_macs=yardstick.macs, profile=yardstick.profile)
     model = copy.deepcopy(dense)
     twin = dict(zip(dense.modules(), model.modules(), strict=True))
-    pruner, _ = dependency.build_pruner(model, SHAPE, imp, ratio=0.0, scope="uniform", iterative_steps=1, round_to=None,
+    pruner, _ = dependency.build_pruner(model, shape, imp, ratio=0.0, scope="uniform", iterative_steps=1, round_to=None,
                                      max_layer_ratio=1.0, ignored=dependency.ignored_modules(model, []),
                                      ratio_dict={twin[m]: r for m, r in alloc.ratios.items()})
     dependency.prune_step(pruner, model)
     return model, alloc.report
 
 
-def _variants(arch: str, cfg: Config, target: float, round_to: list[int | None], step: int, alloc_batch: int,
-              tmp: Path, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Build, prune, export (and quantize) every variant of ``arch``; returns name -> {path, macs, params, ...}.
+def _variants(build: Builder, shape: tuple[int, ...], classes: int, cfg: Config, target: float,
+              round_to: list[int | None], step: int, alloc_batch: int, tmp: Path, skipped: dict[str, str]
+              ) -> dict[str, dict[str, Any]]:
+    """Build, prune, export (and quantize) every variant of one architecture; returns name -> {path, macs, params, ...}.
 
-    A MACs allocation that cannot reach the target is left out, with the reason in ``skipped``.
+    A variant that cannot be built (a MACs target out of reach, a network torch-pruning cannot prune) is left out, with
+    the one-line reason in ``skipped``; the dense ones always are built.
     """
     torch.manual_seed(0)
-    dense = build_model(arch, {}, SHAPE, 1000).eval()
-    x = torch.randn(32, *SHAPE)  # calibration / BatchNorm data: random, like the weights
+    dense = build(shape, classes).eval()
+    x = torch.randn(32, *shape)  # calibration / BatchNorm data: random, like the weights
     split = Split(x, torch.zeros(32, dtype=torch.long))
     calibration = x.numpy()[:16]
     out: dict[str, dict[str, Any]] = {}
 
     def add(name: str, model: torch.nn.Module, **extra: Any) -> Path:
-        macs, params = count_macs(model, SHAPE)
+        macs, params = count_macs(model, shape)
         path = tmp / f"{len(out)}.onnx"
-        export_onnx(model.eval(), SHAPE, path, cfg.export.opset)
+        export_onnx(model.eval(), shape, path, cfg.export.opset)
         out[name] = {"path": path, "macs": macs, "params": params, **extra}
         return path
 
-    def add_int8(name: str, of: str) -> None:
+    def add_int8(name: str, of: str, selected: bool = False) -> None:
         path = tmp / f"{len(out)}.int8.onnx"
-        quantize(out[of]["path"], path, "static", calibration, per_channel=True,
-                 activation_type=cfg.quantize.activation_type)
-        out[name] = {**out[of], "path": path}
+        if not selected:  # every operator ORT can quantize (INT8 alone)
+            quantize(out[of]["path"], path, "static", calibration, per_channel=True,
+                     activation_type=cfg.quantize.activation_type)
+            out[name] = {**out[of], "path": path}
+            return
+        # the pipeline's per-operator selection (quantize.select: auto): the fastest measured operator set
+        sel = select(out[of]["path"], path, calibration, per_channel=True, activation_type=cfg.quantize.activation_type,
+                     threads=cfg.evaluate.threads, protocol=Protocol(2, 10, 3))
+        out[name] = {**out[of], "path": path, "int8_selection": sel.report()}
+
+    def skip(name: str, exc: Exception) -> None:
+        log.warning("%s: %s", name, exc)
+        skipped[name] = _one_line(exc)
 
     add("dense", dense)
     out["dense, ORT basic optimisation"] = {**out["dense"], "level": "basic"}
     add_int8("dense + INT8", "dense")
+    try:
+        check_prunable(dense, split)
+    except GraphTraceError as exc:  # e.g. ShuffleNetV2's channel shuffle: no allocation can prune it
+        skip("pruned (every allocation)", exc)
+        return out
     for rt in round_to:
         try:
-            model = _macs_allocation(dense, target, rt, split)
+            model = _macs_allocation(dense, target, rt, split, classes)
         except GraphTraceError as exc:  # e.g. round_to 16 on MobileNetV2's 16-channel layers: no ratio reaches it
-            log.warning("%s, MACs allocation with round_to %s: %s", arch, rt, exc)
-            skipped[f"pruned, MACs allocation, round_to {rt}"] = str(exc)
+            skip(f"pruned, MACs allocation, round_to {rt}", exc)
             continue
         add(f"pruned, MACs allocation, round_to {rt}", model, round_to=rt)
     table = lt.LatencyTable.load(cfg.paths.latency_table, alloc_batch, cfg.evaluate.threads)
+    name = f"pruned, latency allocation, {target:g}x MACs"
     try:
-        model, report = _latency_allocation(dense, table, step, cfg, target_macs=target)
-        add(f"pruned, latency allocation, {target:g}x MACs", model, allocation=report)
-        model, report = _latency_allocation(dense, table, step, cfg, target_speedup=target)
-        name = f"pruned, latency allocation, {target:g}x speedup target"
+        model, report = _latency_allocation(dense, table, step, cfg, target_macs=target, shape=shape)
         add(name, model, allocation=report)
-        add_int8(f"{name} + INT8", name)
+        name = f"pruned, latency allocation, {target:g}x speedup target"
+        model, report = _latency_allocation(dense, table, step, cfg, target_speedup=target, shape=shape)
+        add(name, model, allocation=report)
+        add_int8(f"{name} + INT8", name, selected=True)
+    except PruningError as exc:  # a target out of reach, or a network the allocation cannot prune
+        skip(name, exc)
     finally:
         table.save(cfg.paths.latency_table)
     return out
@@ -136,21 +201,25 @@ def _variants(arch: str, cfg: Config, target: float, round_to: list[int | None],
 
 def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int], target: float,
                 round_to: list[int | None], out_dir: Path, step: int = 16, alloc_batch: int = 1,
-                readme: Path | None = None) -> dict[str, Any]:
-    """Measure every variant of every architecture; writes latency.json and latency.md into ``out_dir`` (and the
-    tables into ``readme`` between its bench:latency markers)."""
+                readme: Path | None = None, shape: tuple[int, ...] | None = None,
+                num_classes: int = CLASSES) -> dict[str, Any]:
+    """Measure every variant of every architecture (``archs``: --arch entries, all resolved before anything runs) at
+    input ``shape`` (default :data:`SHAPE`); writes latency.json and latency.md into ``out_dir`` (and the tables into
+    ``readme`` between its bench:latency markers)."""
+    shape = tuple(shape or SHAPE)
+    builders = {name: resolve_arch(name) for name in archs}  # a misspelt entry fails now, not an hour in
     results: dict[str, Any] = {}
     skipped: dict[str, dict[str, str]] = {}
     report: dict[str, Any] = {}
-    for name in archs:
-        arch = ALIASES.get(name, name)
+    for name, build in builders.items():
         skipped[name] = {}
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                variants = _variants(arch, cfg, target, round_to, step, alloc_batch, Path(tmp), skipped[name])
-            except PruningError as exc:  # a target out of reach for the latency allocation
-                raise ConfigError(f"bench latency, {name}: {exc}") from None
-            x = np.random.default_rng(0).normal(size=(max(batches), *SHAPE)).astype(np.float32)
+                variants = _variants(build, shape, num_classes, cfg, target, round_to, step, alloc_batch, Path(tmp),
+                                     skipped[name])
+            except PruningError as exc:  # the user's builder failed, or its model does not export
+                raise ConfigError(f"bench latency, {name}: {_one_line(exc)}") from None
+            x = np.random.default_rng(0).normal(size=(max(batches), *shape)).astype(np.float32)
             times = latency({n: v["path"] for n, v in variants.items()}, x, {f"b{bs}": bs for bs in batches},
                             cfg.evaluate.threads, Protocol(b.latency_warmup, b.latency_repeats, b.latency_rounds),
                             levels={n: v["level"] for n, v in variants.items() if "level" in v})
@@ -163,18 +232,40 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
                 speedup = times["dense"][f"latency_ms_b{bs}"] / p50
                 row.update({f"p50_ms_b{bs}": p50, f"p95_ms_b{bs}": times[vname][f"latency_p95_ms_b{bs}"],
                             f"speedup_b{bs}": speedup, f"efficiency_b{bs}": speedup / row["macs_reduction"]})
-            if "allocation" in v:
-                row["allocation"] = v["allocation"]
+            for key in ("allocation", "int8_selection"):
+                if key in v:
+                    row[key] = v[key]
             rows[vname] = row
+        _ship(rows, target, cfg.evaluate.int8_min_speedup)
         results[name] = rows
         report = _write(out_dir, {"target": target, "batches": batches, "threads": cfg.evaluate.threads,
                                   "rounds": b.latency_rounds, "repeats": b.latency_repeats, "step": step,
-                                  "alloc_batch": alloc_batch, "archs": results, "skipped": skipped,
+                                  "alloc_batch": alloc_batch, "input_shape": list(shape), "classes": num_classes,
+                                  "archs": results, "skipped": skipped,
                                   "markdown": markdown(results, batches, skipped)})
         log.info("bench latency: %s done\n%s", name, markdown({name: rows}, batches, skipped))
     if readme is not None:
         update_readme(report["markdown"], readme, (README_START, README_END))
     return report
+
+
+def _ship(rows: dict[str, dict[str, Any]], target: float, min_speedup: float) -> None:
+    """The row the pipeline would ship for the speedup-target model (INT8 only where it is ``min_speedup`` times
+    faster than pruned fp32 at batch 1, as evaluate's choice), and the issue's checks on it, as ``summary``."""
+    fp32 = f"pruned, latency allocation, {target:g}x speedup target"
+    int8 = f"{fp32} + INT8"
+    if fp32 not in rows or int8 not in rows:
+        return
+    over = rows[fp32]["p50_ms_b1"] / rows[int8]["p50_ms_b1"]
+    shipped = "int8" if over >= min_speedup else "fp32"
+    rows[f"{fp32}, shipped"] = {**rows[int8 if shipped == "int8" else fp32], "shipped": shipped}
+    macs = [r["speedup_b1"] for n, r in rows.items() if n.startswith("pruned, MACs allocation")]
+    latency_at_macs = rows.get(f"pruned, latency allocation, {target:g}x MACs", {}).get("speedup_b1")
+    rows[fp32]["summary"] = {
+        "speedup_b1": rows[fp32]["speedup_b1"], "efficiency_b1": rows[fp32]["efficiency_b1"],
+        "within_target_band": target <= rows[fp32]["speedup_b1"] <= 1.15 * target,
+        "latency_vs_best_macs_allocation_b1": latency_at_macs / max(macs) if macs and latency_at_macs else None,
+        "int8_over_pruned_fp32_b1": over, "shipped": shipped}
 
 
 def _write(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -195,33 +286,54 @@ def markdown(results: dict[str, Any], batches: list[int], skipped: dict[str, dic
         for name, r in rows.items():
             cells = " | ".join(f"{r[f'p50_ms_b{b}']:.2f} | {r[f'p95_ms_b{b}']:.2f} | {r[f'speedup_b{b}']:.2f}× | "
                                f"{r[f'efficiency_b{b}']:.2f}" for b in batches)
-            lines.append(f"| {name} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | {r['macs_reduction']:.2f}× "
+            label = f"{name} ({r['shipped']})" if "shipped" in r else name
+            lines.append(f"| {label} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | {r['macs_reduction']:.2f}× "
                          f"| {cells} |")
         lines.append("")
+        summary = next((r["summary"] for r in rows.values() if "summary" in r), None)
+        if summary:
+            vs = summary["latency_vs_best_macs_allocation_b1"]
+            lines += [f"Speedup target: {summary['speedup_b1']:.2f}× at batch 1 (in [target, 1.15 × target]: "
+                      f"{'yes' if summary['within_target_band'] else 'no'}), efficiency {summary['efficiency_b1']:.2f}; "
+                      f"at equal MACs latency / best MACs allocation "
+                      f"{'n/a' if vs is None else f'{vs:.2f}×'}; INT8 over pruned fp32 "
+                      f"{summary['int8_over_pruned_fp32_b1']:.2f}× → ships {summary['shipped']}.", ""]
         for name, why in (skipped or {}).get(arch, {}).items():
             lines += [f"Not built: {name}: {why}", ""]
     return "\n".join(lines)
 
 
+def _ints(parser: argparse.ArgumentParser, flag: str, text: str, allow_none: bool = False) -> list[int | None]:
+    try:
+        return [None if allow_none and v.strip().lower() == "none" else int(v) for v in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag} {text!r}: comma-separated integers{' or none' if allow_none else ''}")
+
+
 def _cli() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--arch", default="resnet50,mobilenetv2", help="comma-separated ImageNet-shape zoo names")
+    parser.add_argument("--arch", default=ARCHS, help="comma-separated: zoo names (ImageNet shape: resnet50, "
+                        f"mobilenetv2), families of bench/families.py ({', '.join(FAMILIES)}) or module:callable "
+                        "(your code, called with num_classes=)")
+    parser.add_argument("--input-shape", default=",".join(map(str, SHAPE)), help="per-sample input shape, C,H,W")
+    parser.add_argument("--classes", type=int, default=CLASSES, help="classifier width")
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
     parser.add_argument("--target", type=float, default=2.0, help="MACs reduction / speedup target of the variants")
     parser.add_argument("--round-to", default="none,8,16", help="channel roundings of the MACs allocation")
     parser.add_argument("--step", type=int, default=16, help="channel step of the latency allocation")
     parser.add_argument("--alloc-batch", type=int, default=1, help="batch size the latency table is measured at")
-    parser.add_argument("--no-readme", action="store_true", help="do not write README.md's tables")
+    parser.add_argument("--readme", action="store_true", help="also write the tables into README.md (off by default)")
     args = parser.parse_args()
-    try:
-        batches = [int(v) for v in args.batch.split(",")]
-        roundings = [None if v.strip().lower() == "none" else int(v) for v in args.round_to.split(",")]
-    except ValueError:
-        parser.error(f"--batch {args.batch!r} / --round-to {args.round_to!r}: comma-separated integers")
+    batches = _ints(parser, "--batch", args.batch)
+    roundings = _ints(parser, "--round-to", args.round_to, allow_none=True)
+    shape = tuple(_ints(parser, "--input-shape", args.input_shape))
+    if any(v is None or v < 1 for v in [*batches, *shape]) or args.classes < 1:
+        parser.error("--batch, --input-shape and --classes take positive integers")
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     return main(lambda cfg, b, out: print(run_latency(
-        cfg, b, args.arch.split(","), batches, args.target, roundings, out, args.step, args.alloc_batch,
-        None if args.no_readme else Path("README.md"))["markdown"]), args.params)
+        cfg, b, archs, batches, args.target, roundings, out, args.step, args.alloc_batch,
+        Path("README.md") if args.readme else None, shape, args.classes)["markdown"]), args.params)
 
 
 if __name__ == "__main__":

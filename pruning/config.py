@@ -96,6 +96,10 @@ class QuantizeConfig(Section):
     calibration_samples: int = Field(256, ge=1, le=1_000_000, description="training samples that calibrate the activation ranges")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="minmax | entropy | "
                                                                          "percentile")
+    select: Literal["auto", "all"] = Field("auto", description="static only: auto (quantize every operator ORT can, "
+                                           "and also leave depthwise / squeeze-excitation / elementwise ops in fp32; "
+                                           "keep the fastest, timed at batch 1 as evaluate times) | all (every "
+                                           "operator, no timing)")
 
 
 class EvaluateConfig(Section):

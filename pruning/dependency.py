@@ -114,6 +114,8 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
             ratio_dict: dict[nn.Module, float] | None) -> tp.pruner.BasePruner:
     entered: list[str] = []  # the layers whose forward started during tracing, to name the one that failed
     hooks = [m.register_forward_pre_hook(lambda *_, n=name: entered.append(n)) for name, m in model.named_modules()]
+    # the whole forward ran: a failure after it is torch-pruning's graph analysis, not the last layer entered
+    hooks.append(model.register_forward_hook(lambda *_: entered.append("")))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -124,7 +126,11 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
                 iterative_pruning_ratio_scheduler=scheduler or linear_scheduler, pruning_ratio_dict=ratio_dict,
             )
     except Exception as exc:  # torch-pruning raises assorted errors from inside model.forward during tracing
-        where = f"layer {entered[-1]!r}" if entered and entered[-1] else "the model's own forward"
+        if entered and entered[-1] == "":
+            where = ("its dependency analysis after the forward pass: an operation it cannot map, e.g. a reshape / "
+                     "channel shuffle over several units")
+        else:
+            where = f"layer {entered[-1]!r}" if entered and entered[-1] else "the model's own forward"
         raise GraphTraceError(f"torch-pruning cannot trace the model (failed in {where}): "
                               f"{type(exc).__name__}: {exc}") from None
     finally:
@@ -164,9 +170,6 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
             continue
         name = names.get(root, type(root).__name__)
         target = channels * (1 - ratio)
-        if target < 1:
-            raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: ratio {ratio} leaves none "
-                                  f"of its {channels} channels", field="ratio")
         g = _channel_groups(pruner, group)
         grid, note = math.lcm(round_to, g), ""
         if g > 1 and grid >= channels:
@@ -177,6 +180,11 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
                          "note": f"kept dense: narrower than round_to {round_to}" if channels <= round_to else
                          f"kept dense: no multiple of {grid} below {channels} within max_layer_ratio"})
             continue
+        # checked after the kept-dense groups: a 1-channel squeeze-excitation bottleneck, which no ratio can prune,
+        # made every ratio an error and a MACs target "out of reach at ratio 0.000"
+        if target < 1:
+            raise GraphTraceError(f"pruning would remove every channel of layer {name!r}: ratio {ratio} leaves none "
+                                  f"of its {channels} channels", field="ratio")
         low = min(max(floor, int(target // grid) * grid), channels)
         high = min(low + grid, channels)
         rows.append({"layer": name, "channels": channels, "keep": low, "groups": g, "note": note, "root": root})

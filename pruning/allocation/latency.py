@@ -8,16 +8,23 @@ al. 2022):
 1. A lookup table of per-layer latency: every convolution / linear layer of the model, as a one-layer ONNX model at
    the channel counts the search asks for, timed in ONNX Runtime at the target batch size and thread count with the
    session options the product ships (:func:`pruning.runtime.session.session`). Keys carry the ORT version, CPU model, batch
-   and threads, so one table file can serve several architectures and is never reused on the wrong machine. It is
-   measured lazily (only the entries the search visits) and saved as JSON — the prune stage's cached artifact.
-2. The table's one-layer times are calibrated, layer by layer, to the kernel times of a profile of the real network.
-3. A greedy allocation over torch-pruning's dependency groups: every step removes ``step`` channels (``round_to``) from
-   the group whose removal saves the most estimated time per unit of importance lost (the share of what the group
-   still has, so deeper cuts into one group cost more), until the MACs or the latency target is met. Channel counts
-   stay multiples of ``step``.
-4. For a latency target, the estimate (sum of layers + the measured rest of the network) is checked against the real
-   pruned network, exported and timed, and the search corrected until the measured speedup holds. The uniform ratio on
-   the same grid is timed as a second candidate; the least-pruned candidate reaching the target wins.
+   and threads, so one table file can serve several architectures and is never reused on the wrong machine; entries
+   keep when and how steadily they were measured, and old or noisy ones are measured again. It is measured lazily
+   (only the entries the search visits) and saved as JSON — the prune stage's cached artifact.
+2. Calibration against a profile of the real network: each layer's table time is scaled to what its kernel took in
+   the network, and the kernels that are not convolutions (SiLU's sigmoid and multiply, squeeze-excitation's pool
+   and gating, concat, reorders, pooling) are charged to the convolution they follow, scaling with its output
+   channels. The dense estimate's error against the measured dense latency is reported.
+3. A greedy path over torch-pruning's dependency groups: every step cuts the group whose cut saves the most estimated
+   time per unit of importance lost (the share of what the group still has, so deeper cuts into one group cost more).
+   A cut is one, two or four ``step``s (the channel grid): the table prices each count, so counts a kernel handles
+   badly are jumped over — the rounding is chosen per group by measurement, not one global ``round_to``. A group
+   narrower than a step (a squeeze-excitation's squeeze) keeps its width instead of blocking the others.
+4. For a MACs target the path stops at the target (checked on torch-pruning's count). For a speedup target
+   (:mod:`pruning.allocation.speedup`) the position on the path — one scalar, monotone in the estimated time — is
+   bracketed and bisected on the *measured* speedup: every candidate is timed alternately with the dense network,
+   with a confidence interval, and accepted only when the interval's lower bound meets the target; the search stops
+   inside [target, 1.15 x target] or at the closest step above the target.
 
 The result is a ``{module: ratio}`` map for torch-pruning's ``pruning_ratio_dict``, so the pruning itself (which
 channels, the history replayed on load) is the same code path as MACs allocation.
@@ -25,9 +32,8 @@ channels, the history replayed on load) is the same code path as MACs allocation
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import math
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +44,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.allocation.latency_table import Kernel, LatencyTable, LayerSpec, layer_specs
+from pruning.allocation.latency_table import LatencyTable, LayerSpec, Node, Profile, layer_specs
+from pruning.allocation.speedup import search
 from pruning.counting import example_input
 from pruning.errors import PruningError
+from pruning.runtime.timing import Speedup
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,7 @@ class _Group:
     scores: np.ndarray  # importance per channel, ascending, mean 1
     outs: list[nn.Module]  # layers whose output channels are this group's
     ins: list[nn.Module]  # layers whose input channels are this group's
+    step: int = 1  # its channel grid: lcm(step, the channel groups of its grouped convolutions)
 
 
 @dataclass
@@ -94,24 +103,28 @@ def _groups(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impor
                 outs.append(m)
             elif dg.is_in_channel_pruning_fn(dep.handler):
                 ins.append(m)
-        floor = max(step, int(np.ceil(channels * (1 - max_layer_ratio) / step)) * step)
+        # a grouped convolution loses the same channels in every group: counts stay multiples of its groups (as
+        # torch-pruning's own channel-group count; depthwise convolutions are not grouped in that sense)
+        grid = math.lcm(step, *(m.groups for m in (*outs, *ins) if isinstance(m, nn.Conv1d | nn.Conv2d)
+                                and 1 < m.groups != m.in_channels))
+        floor = max(grid, int(np.ceil(channels * (1 - max_layer_ratio) / grid)) * grid)
         groups.append(_Group(root, names.get(root, type(root).__name__), channels, channels, min(floor, channels),
-                             scores, outs, ins))
+                             scores, outs, ins, grid))
     return groups
 
 
-def _next_keep(g: _Group, step: int) -> int | None:
-    """The next smaller channel count on the ``step`` grid, or None at the floor."""
-    nxt = (g.keep - 1) // step * step
-    return nxt if nxt >= g.floor else None
+JUMPS = (1, 2, 4)  # a greedy cut removes this many steps of channels: the table decides which count is worth it
 
 
 class _Estimator:
-    """Estimated network latency = sum over its layers of the table's latency at their current channel counts."""
+    """Estimated network latency: per layer, the table's time at its current channel counts (scaled to what it took
+    in the network) plus the time of the non-convolution kernels that follow it (scaled with its output channels)."""
 
     def __init__(self, specs: dict[nn.Module, LayerSpec], groups: list[_Group], table: LatencyTable):
         self.specs, self.table = specs, table
         self.factor: dict[nn.Module, float] = {}  # in-network / one-layer time, from a profile of the real network
+        self.tail: dict[nn.Module, float] = {}  # ms of the kernels after the layer (activations, SE gating, concat)
+        self.head = 0.0  # ms of the kernels before the first layer
         self.out_of: dict[nn.Module, _Group] = {}
         self.in_of: dict[nn.Module, _Group] = {}
         for g in groups:
@@ -136,30 +149,45 @@ class _Estimator:
         return {m for m in (*g.outs, *g.ins) if m in self.specs}
 
     def ms(self, m: nn.Module, spec: LayerSpec) -> float:
-        return self.table.ms(spec) * self.factor.get(m, 1.0)
+        tail = self.tail.get(m, 0.0) * spec.cout / max(self.specs[m].cout, 1)
+        return self.table.ms(spec) * self.factor.get(m, 1.0) + tail
 
     def total(self) -> float:
-        return sum(self.ms(m, self.spec(m)) for m in self.specs)
+        return self.head + sum(self.ms(m, self.spec(m)) for m in self.specs)
 
-    def calibrate(self, kernels: list[Kernel]) -> int:
-        """Scale each layer's table time to what its kernel took inside the network (a profile of the network at the
-        current channel counts). Kernels are matched to layers by input and weight shapes, in order. Returns the
-        number of layers matched."""
+    def calibrate(self, nodes: list[Node]) -> int:
+        """From a profile of the network at the current channel counts: scale each layer's table time to what its
+        kernel took inside the network, and charge every other kernel to the convolution it follows (graph order).
+        Convolution kernels are matched to layers by input and weight shapes, in order. Returns the number of layers
+        matched."""
         queues: dict[tuple[int, ...], deque[nn.Module]] = defaultdict(deque)
         for m in self.specs:
             sp = self.spec(m)
             if sp.kind == "conv":
                 queues[(sp.cin, *sp.spatial, sp.cout, sp.cin // sp.groups, *sp.kernel)].append(m)
-        matched = 0
-        for x, w, ms in kernels:
-            queue = queues.get((*x[1:], *w)) if len(x) >= 3 and len(w) == len(x) else None
+        self.tail, self.head = {}, 0.0
+        matched, last = 0, None
+        for node in nodes:
+            queue = queues.get((*node.x[1:], *node.w)) if node.op in ("Conv", "FusedConv") and \
+                len(node.x) >= 3 and len(node.w) == len(node.x) else None
             if queue:
-                m = queue.popleft()
+                last = m = queue.popleft()
                 one = self.table.ms(self.spec(m))
-                if one > 0 and ms > 0:
-                    self.factor[m] = ms / one
+                if one > 0 and node.ms > 0:
+                    self.factor[m] = node.ms / one
                     matched += 1
+            elif last is None:
+                self.head += node.ms
+            else:  # scaled by the layer's output channels at calibration, stored per dense channel
+                self.tail[last] = self.tail.get(last, 0.0) + node.ms * self.specs[last].cout / max(self.spec(last).cout, 1)
         return matched
+
+    def scale(self, by: float) -> None:
+        """Every time of the calibrated estimate times ``by`` (the profiler's slowdown, measured)."""
+        self.factor = {m: f * by for m, f in self.factor.items()}
+        self.factor.update({m: by for m in self.specs if m not in self.factor})
+        self.tail = {m: t * by for m, t in self.tail.items()}
+        self.head *= by
 
     def macs(self) -> int:
         return sum(self.spec(m).macs() for m in self.specs)
@@ -174,44 +202,86 @@ class _Estimator:
         return ms, macs
 
 
-def _greedy(groups: list[_Group], est: _Estimator, step: int, done: Callable[[float, int], bool]) -> tuple[float, int]:
-    """Cut ``step`` channels at a time where the most time is saved per importance lost, until ``done(ms, macs)``."""
-    for g in groups:
-        g.keep = g.channels
-    ms, macs = est.total(), est.macs()
-    while not done(ms, macs):
-        best, best_score = None, -np.inf
+class GreedyPath:
+    """The greedy allocation as a path: cut after cut, each where the most estimated time is saved per importance
+    lost. A position on the path (the number of cuts) is the one scalar the speedup search bisects; the estimated
+    time falls monotonically along it. Grown on demand, cached per group (a cut only changes the groups that share a
+    layer with it)."""
+
+    def __init__(self, groups: list[_Group], est: _Estimator, step: int):
+        self.groups, self.est, self.step = groups, est, step
         for g in groups:
-            nxt = _next_keep(g, step)
-            if nxt is None:
-                continue
-            saved_ms, saved_macs = est.saving(g, nxt)
-            removed = g.channels - g.keep
-            # the share of what the group still has: each further cut into the same group costs more
-            lost = float(g.scores[removed:removed + g.keep - nxt].sum() / g.scores[removed:].sum()) + 1e-9
+            g.keep = g.channels
+        self.cuts: list[tuple[_Group, int]] = []  # (group, channels it keeps after the cut)
+        self.ms, self.macs = [est.total()], [est.macs()]
+        self.at = 0  # the position the groups' counts are at
+        self.best: dict[_Group, tuple[float, int, float, int] | None] = {}
+        layers = {g: est.layers(g) for g in groups}
+        self.neighbours = {g: [h for h in groups if layers[g] & layers[h]] for g in groups}
+        self.exhausted = False
+
+    def _best(self, g: _Group) -> tuple[float, int, float, int] | None:
+        best = None
+        removed = g.channels - g.keep
+        left = g.scores[removed:].sum()
+        for jump in JUMPS:
+            nxt = ((g.keep - 1) // g.step - (jump - 1)) * g.step
+            if nxt < g.floor:
+                break
+            saved_ms, saved_macs = self.est.saving(g, nxt)
+            lost = float(g.scores[removed:removed + g.keep - nxt].sum() / left) + 1e-9
             # time per importance; a layer whose timing did not move (noise, below resolution) still ranks by MACs
             score = max(saved_ms, 0.0) / lost + 1e-12 * saved_macs / lost
-            if score > best_score:
-                best, best_score = (g, nxt, saved_ms, saved_macs), score
-        if best is None:
-            break  # every group at its floor
-        g, nxt, saved_ms, saved_macs = best
-        g.keep = nxt
-        ms, macs = ms - saved_ms, macs - saved_macs
-    return ms, macs
+            if best is None or score > best[0]:
+                best = (score, nxt, saved_ms, saved_macs)
+        return best
+
+    def go(self, k: int) -> None:
+        """Set the groups' counts to position ``k`` (at most the path's length)."""
+        if k < self.at:
+            for g in self.groups:
+                g.keep = g.channels
+            self.at = 0
+        for g, keep in self.cuts[self.at:k]:
+            g.keep = keep
+        self.at = k
+
+    def grow(self, done: Callable[[float, int], bool], limit: int = 1_000_000) -> bool:
+        """Cut until ``done(estimated ms, macs)`` of the path's end holds; False if every group reached its floor."""
+        self.go(len(self.cuts))
+        while not done(self.ms[-1], self.macs[-1]) and len(self.cuts) < limit:
+            if self.exhausted:
+                return False
+            for g in self.groups:
+                if g not in self.best:
+                    self.best[g] = self._best(g)
+            options = [(b[0], i) for i, g in enumerate(self.groups) if (b := self.best[g]) is not None]
+            if not options:
+                self.exhausted = True
+                return False
+            g = self.groups[max(options)[1]]
+            _, nxt, saved_ms, saved_macs = self.best[g]  # type: ignore[misc]
+            g.keep = nxt
+            self.cuts.append((g, nxt))
+            self.ms.append(self.ms[-1] - saved_ms)
+            self.macs.append(self.macs[-1] - saved_macs)
+            self.at = len(self.cuts)
+            for h in self.neighbours[g]:
+                self.best.pop(h, None)
+        return True
 
 
-def _uniform(groups: list[_Group], est: _Estimator, step: int, macs_reduction: float) -> int:
-    """Every group keeps the same fraction of its channels, rounded down to the ``step`` grid (torch-pruning's
-    uniform ratio with ``round_to``): the largest fraction whose layers' MACs reach ``macs_reduction``. Sets the
-    groups' counts; returns the MACs."""
+def _uniform(groups: list[_Group], est: _Estimator, macs_reduction: float) -> int:
+    """Every group keeps the same fraction of its channels, rounded to the nearest count on its grid (as
+    torch-pruning's uniform ratio with ``round_to``, :func:`pruning.dependency.plan_uniform`): the largest fraction
+    whose layers' MACs reach ``macs_reduction``. Sets the groups' counts; returns the MACs."""
     for g in groups:
         g.keep = g.channels
     dense = est.macs()
 
     def apply(f: float) -> int:
         for g in groups:
-            g.keep = min(g.channels, max(g.floor, int(g.channels * f) // step * step))
+            g.keep = min(g.channels, max(g.floor, round(g.channels * f / g.step) * g.step))
         return est.macs()
 
     lo, hi = 0.0, 1.0
@@ -224,18 +294,7 @@ def _uniform(groups: list[_Group], est: _Estimator, step: int, macs_reduction: f
     return apply(lo)
 
 
-def _dense_total(groups: list[_Group], est: _Estimator) -> float:
-    """The estimate for the dense network with the current calibration; leaves the groups as they were."""
-    keeps = {g: g.keep for g in groups}
-    for g in groups:
-        g.keep = g.channels
-    total = est.total()
-    for g in groups:
-        g.keep = keeps[g]
-    return total
-
-
-def _ratios(groups: list[_Group]) -> dict[nn.Module, float]:
+def ratios(groups: list[_Group]) -> dict[nn.Module, float]:
     # torch-pruning keeps int(channels * (1 - ratio)): half a channel of slack makes that exactly ``keep``
     return {g.root: (g.channels - g.keep - 0.5) / g.channels for g in groups if g.keep < g.channels}
 
@@ -243,142 +302,98 @@ def _ratios(groups: list[_Group]) -> dict[nn.Module, float]:
 def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance,
              ignored: list[nn.Module], table: LatencyTable, *, step: int, max_layer_ratio: float,
              target_macs_reduction: float | None = None, target_speedup: float | None = None,
-             measure: Callable[[dict[nn.Module, float]], float] | None = None, dense_ms: float | None = None,
-             max_rounds: int = 4, strict: bool = True,
+             measure: Callable[[dict[nn.Module, float]], Speedup] | None = None, strict: bool = True,
              count_macs: Callable[[dict[nn.Module, float]], int] | None = None,
-             profile: Callable[[dict[nn.Module, float]], list[Kernel]] | None = None) -> Allocation:
+             profile: Callable[[dict[nn.Module, float]], Profile] | None = None,
+             max_measurements: int = 14) -> Allocation:
     """Channels per group for a MACs-reduction target or a measured-speedup target.
 
     Args:
         importance: a torch-pruning importance, ready (gradients computed if it needs them).
         table: the latency lookup table (filled as needed).
         step: channel granularity (the channel method's ``round_to``): counts stay multiples of it.
-        measure: the measured latency (ms) of the model pruned with a ratio map (needed for a speedup target; with a
-            MACs target it picks between the candidates). ``dense_ms`` defaults to ``measure({})``. Measurements are
-            kept in the table, so a rerun with the table reproduces the allocation.
-        strict: for a speedup target out of reach, raise PruningError (True) or return the fastest round (False, with
-            ``report["reached"]`` False).
+        measure: the measured speedup (dense / pruned, timed alternately, with its interval) of the model pruned
+            with a ratio map (:meth:`Yardstick.speedup`); needed for a speedup target, with a MACs target it picks
+            between the greedy and the uniform candidate.
+        strict: for a speedup target out of reach, raise PruningError (True) or return the fastest candidate (False,
+            with ``report["reached"]`` False).
         count_macs: the MACs (torch-pruning's counter, which also counts BatchNorm, pooling and adds) of the model
             pruned with a ratio map: a MACs target is then met on that count, not only on the layers' sum.
-        profile: the per-kernel profile (:func:`network_kernels`) of the model pruned with a ratio map. The table's
-            one-layer times are then scaled, layer by layer, to what the kernels take inside the network (dense
-            first, then after every measured round of a speedup target).
+        profile: the per-kernel profile of the model pruned with a ratio map (:meth:`Yardstick.profile`); the
+            estimate is calibrated on the dense network's.
+        max_measurements: of candidates, for a speedup target.
     """
     if (target_macs_reduction is None) == (target_speedup is None):
         raise ValueError("give exactly one of target_macs_reduction and target_speedup")
     specs = layer_specs(model, input_shape)
     groups = _groups(model, input_shape, importance, ignored, step, max_layer_ratio)
     est = _Estimator(specs, groups, table)
-    arch = hashlib.sha256(json.dumps([s.key() for s in specs.values()]).encode()).hexdigest()[:16]
-
-    def cached(kind: str, fn: Callable[[dict[nn.Module, float]], Any] | None) -> Callable[[dict], Any] | None:
-        """``fn`` for the groups' current counts, from the table's file if this network was measured before."""
-        if fn is None:
-            return None
-
-        def call(ratios: dict[nn.Module, float]) -> Any:
-            key = f"{kind}:{arch}:" + ",".join(str(g.keep) for g in groups)
-            if key not in table.networks:
-                table.networks[key] = fn(ratios)
-            return table.networks[key]
-        return call
-
-    measure, profile = cached("latency", measure), cached("kernels", profile)
     for g in groups:
         g.keep = g.channels
     report: dict[str, Any] = {"step": step, "groups": len(groups)}
     if profile is not None:
-        report["calibrated_layers"] = est.calibrate([(tuple(x), tuple(w), ms) for x, w, ms in profile({})])
-    dense_est, dense_macs = est.total(), est.macs()
+        prof = profile({})
+        cal = report["calibration"] = {"layers": len(specs), "matched": est.calibrate(prof.nodes),
+                                       "profile_run_ms": prof.run_ms}
+        # what the per-layer estimate (layers + the kernels charged to them) misses of a whole profiled run
+        cal["profile_error"] = est.total() / prof.run_ms - 1
+        if prof.timed_ms:  # the profiler's own slowdown, measured: the estimate in plain-run milliseconds
+            cal["timed_ms"] = prof.timed_ms
+            est.scale(prof.timed_ms / prof.run_ms)
+    path = GreedyPath(groups, est, step)
+    dense_est, dense_macs = path.ms[0], path.macs[0]
     report["dense_estimated_ms"] = dense_est
     if target_macs_reduction is not None:
-        aim = target_macs_reduction
-        full = count_macs({}) if count_macs else None
-        for _ in range(64):  # each round cuts at least one more step, so this ends at the target or the floors
-            ms, macs = _greedy(groups, est, step, lambda _ms, m, a=aim: dense_macs / m >= a)
-            if dense_macs / macs < aim:
-                raise PruningError(f"a {target_macs_reduction}x MACs reduction is out of reach with step {step} "
-                                   f"(at most {dense_macs / macs:.2f}x before every group is at its floor)",
-                                   field="target_macs_reduction")
-            if full is None:
-                break
-            reached = full / count_macs(_ratios(groups))
-            report["counted_macs_reduction"] = reached
-            if reached >= target_macs_reduction:
-                break
-            # the layers' sum misses a few per cent of the count: aim higher, at least one step past where we are
-            aim = max(aim * target_macs_reduction / reached * 1.002, dense_macs / macs * 1.0001)
-        if measure is not None:  # the greedy's allocation against the uniform grid at the same MACs: keep the faster
-            greedy = {g: g.keep for g in groups}
-            greedy_ms = measure(_ratios(groups))
-            _uniform(groups, est, step, dense_macs / macs)
-            uniform_ms = measure(_ratios(groups))
-            # the MACs target holds on torch-pruning's count for the uniform grid too, or it is no candidate
-            counted = full / count_macs(_ratios(groups)) if full else dense_macs / est.macs()
-            report["candidates"] = {"greedy": {"measured_ms": greedy_ms, "macs_reduction": dense_macs / macs},
-                                    "uniform": {"measured_ms": uniform_ms, "macs_reduction": dense_macs / est.macs()}}
-            # only at (nearly) equal MACs: the grid's coarse steps may overshoot the target, then it is no comparison
-            if (uniform_ms < greedy_ms and counted >= target_macs_reduction
-                    and 1.0 <= (dense_macs / est.macs()) / (dense_macs / macs) <= 1.03):
-                report["chosen"] = "uniform"
-                ms, macs = est.total(), est.macs()
-            else:
-                report["chosen"] = "greedy"
-                for g in groups:
-                    g.keep = greedy[g]
+        _macs_target(path, target_macs_reduction, count_macs, measure, step, report)
     else:
         if measure is None:
             raise ValueError("a speedup target needs measure()")
-        if dense_ms is None:  # measured like every candidate, and kept in the table with them
-            keeps = {g: g.keep for g in groups}
-            for g in groups:
-                g.keep = g.channels
-            dense_ms = measure({})
-            for g in groups:
-                g.keep = keeps[g]
-        rest = dense_ms - dense_est  # what the layers' sum does not see (pooling, adds, reorders); kept constant
-        goal = dense_ms / target_speedup
-        aim = goal  # the latency the estimate must reach; corrected by the measurements
-        rounds = []
-        tried: list[tuple[float, dict[_Group, int], float, int]] = []
-        for _ in range(max_rounds):
-            ms, macs = _greedy(groups, est, step, lambda e, _m, a=aim, r=rest: e + r <= a)
-            measured = measure(_ratios(groups))
-            rounds.append({"candidate": "greedy", "aim_ms": aim, "estimated_ms": ms + rest, "measured_ms": measured,
-                           "speedup": dense_ms / measured, "macs_reduction": dense_macs / macs})
-            log.info("latency allocation: aim %.2f ms, estimate %.2f ms, measured %.2f ms (%.2fx)", aim, ms + rest,
-                     measured, dense_ms / measured)
-            tried.append((measured, {g: g.keep for g in groups}, ms, macs))
-            if abs(measured - goal) <= 0.03 * goal and measured <= goal * 1.02:
-                break
-            if profile is not None:  # what the layers took in this network: the next round's estimate
-                est.calibrate([(tuple(x), tuple(w), k) for x, w, k in profile(_ratios(groups))])
-                rest = dense_ms - _dense_total(groups, est)
-            aim = max(aim * goal / measured, 1e-3)
-        for t in tried:
-            t[1]["candidate"] = "greedy"  # type: ignore[index]
-        # the uniform grid as a second candidate, its MACs target steered by its own measurements
-        macs_aim = dense_macs / min(tried, key=lambda t: abs(t[0] - goal))[3]
-        for _ in range(max(2, max_rounds // 2)):
-            umacs = _uniform(groups, est, step, macs_aim)
-            measured = measure(_ratios(groups))
-            rounds.append({"candidate": "uniform", "macs_aim": macs_aim, "measured_ms": measured,
-                           "speedup": dense_ms / measured, "macs_reduction": dense_macs / umacs})
-            tried.append((measured, {**{g: g.keep for g in groups}, "candidate": "uniform"}, est.total(), umacs))
-            if abs(measured - goal) <= 0.03 * goal and measured <= goal * 1.02:
-                break
-            macs_aim *= (measured / goal) ** 1.1  # latency ~ MACs on the grid; a little more to land on the safe side
-        reached = [t for t in tried if t[0] <= goal * 1.02]
-        if not reached and strict:
-            raise PruningError(f"a {target_speedup}x measured speedup is out of reach with step {step} "
-                               f"(best {max(r['speedup'] for r in rounds):.2f}x)", field="target_speedup")
-        # the least pruned model that reaches the target; else the fastest one
-        _, keeps, ms, macs = max(reached, key=lambda t: t[3]) if reached else min(tried, key=lambda t: t[0])
-        report["reached"] = bool(reached)
-        report["chosen"] = keeps["candidate"]  # type: ignore[index]
-        for g in groups:
-            g.keep = keeps[g]
-        report.update({"dense_measured_ms": dense_ms, "rounds": rounds, "target_speedup": target_speedup})
+        search(path, measure, target_speedup, strict, max_measurements, report, ratios,  # type: ignore[arg-type]
+               uniform=lambda r: _uniform(groups, est, r))
+    ms, macs = est.total(), est.macs()
     report.update({"estimated_ms": ms, "macs_reduction": dense_macs / macs, "table_entries": len(table.entries),
-                   "table_measured": table.measured, "table_seconds": table.seconds})
-    return Allocation(_ratios(groups), {g.name: (g.channels, g.keep) for g in groups}, macs, ms, dense_est, report)
+                   "table_measured": table.measured, "table_stale": table.stale, "table_seconds": table.seconds})
+    return Allocation(ratios(groups), {g.name: (g.channels, g.keep) for g in groups}, macs, ms, dense_est, report)
+
+
+def _macs_target(path: GreedyPath, target: float, count_macs: Callable[[dict[nn.Module, float]], int] | None,
+                 measure: Callable[[dict[nn.Module, float]], Speedup] | None, step: int, report: dict[str, Any]) -> None:
+    """Cut along the path until the MACs target holds (on torch-pruning's count if given); with ``measure``, the
+    uniform grid at the same MACs is timed against it and the faster kept."""
+    groups, est, dense_macs = path.groups, path.est, path.macs[0]
+    aim = target
+    full = count_macs({}) if count_macs else None
+    for _ in range(64):  # each round cuts at least one more step, so this ends at the target or the floors
+        path.grow(lambda _ms, m, a=aim: dense_macs / m >= a)
+        macs = path.macs[-1]
+        if dense_macs / macs < aim:
+            raise PruningError(f"a {target}x MACs reduction is out of reach with step {step} "
+                               f"(at most {dense_macs / macs:.2f}x before every group is at its floor)",
+                               field="target_macs_reduction")
+        if full is None:
+            break
+        reached = full / count_macs(ratios(groups))  # type: ignore[misc]
+        report["counted_macs_reduction"] = reached
+        if reached >= target:
+            break
+        # the layers' sum misses a few per cent of the count: aim higher, at least one step past where we are
+        aim = max(aim * target / reached * 1.002, dense_macs / macs * 1.0001)
+    report["chosen"] = "greedy"
+    if measure is None:
+        return
+    greedy = {g: g.keep for g in groups}
+    macs = est.macs()
+    greedy_sp = measure(ratios(groups))
+    umacs = _uniform(groups, est, dense_macs / macs)
+    uniform_sp = measure(ratios(groups))
+    # the MACs target holds on torch-pruning's count for the uniform grid too, or it is no candidate
+    counted = full / count_macs(ratios(groups)) if full and count_macs else dense_macs / umacs
+    report["candidates"] = {"greedy": {**greedy_sp.as_dict(), "macs_reduction": dense_macs / macs},
+                            "uniform": {**uniform_sp.as_dict(), "macs_reduction": dense_macs / umacs}}
+    # only at (nearly) equal MACs; each a median of paired rounds against dense, never a single timing
+    if (uniform_sp.median > greedy_sp.median and counted >= target
+            and 1.0 <= (dense_macs / umacs) / (dense_macs / macs) <= 1.03):
+        report["chosen"] = "uniform"
+    else:
+        for g in groups:
+            g.keep = greedy[g]

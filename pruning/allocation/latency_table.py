@@ -28,15 +28,18 @@ from pruning import dependency
 from pruning.atomic import write_bytes
 from pruning.counting import count_macs
 from pruning.runtime.export import export_onnx
-from pruning.runtime.session import session_options
-from pruning.runtime.timing import Protocol, latency
+from pruning.runtime.session import session, session_options
+from pruning.runtime.timing import Protocol, Speedup, latency, paired_speedup
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 3
-# timing a candidate network during the search: alternating rounds are pointless for one model, so three rounds of
-# 20 runs, the median of the rounds' medians (the protocol of every latency figure, pruning/runtime/timing.py)
-SEARCH_PROTOCOL = Protocol(warmup=3, repeats=20, rounds=3)
+TABLE_VERSION = 4  # 4: entries keep their conditions, no whole-network timings
+MAX_AGE_DAYS = 30
+MAX_SPREAD = 1.5
+STEADY_MS = 0.05
+# timing a candidate during the search: dense and candidate alternately, 10 runs each per round, at least 5 rounds
+# (more while the interval on the ratio is wide), the median of the rounds' ratios (pruning/runtime/timing.py)
+SEARCH_PROTOCOL = Protocol(warmup=2, repeats=10, rounds=5)
 
 
 @dataclass(frozen=True)
@@ -135,12 +138,28 @@ def _one_layer_onnx(spec: LayerSpec, batch: int) -> bytes:
     return model.SerializeToString()
 
 
-Kernel = tuple[tuple[int, ...], tuple[int, ...], float]  # (input shape, weight shape, ms) of one conv kernel
+@dataclass(frozen=True)
+class Node:
+    """One node of a network's ORT profile: its operator, input and weight shapes ([] when it has none), median ms."""
+
+    op: str
+    x: tuple[int, ...]
+    w: tuple[int, ...]
+    ms: float
 
 
-def network_kernels(onnx_model: str | Path | bytes, batch: int, threads: int, input_shape: tuple[int, ...],
-                    runs: int = 10) -> list[Kernel]:
-    """Median time of every Conv kernel of a whole network, in graph order, from ONNX Runtime's profiler."""
+@dataclass(frozen=True)
+class Profile:
+    """Every kernel of a whole network in execution order, and the median wall time of a whole run."""
+
+    nodes: list[Node]
+    run_ms: float  # a whole run while profiling (the profiler slows every node down a little)
+    timed_ms: float | None = None  # the same network timed without the profiler (the timing protocol), if known
+
+
+def network_profile(onnx_model: str | Path | bytes, batch: int, threads: int, input_shape: tuple[int, ...],
+                    runs: int = 10) -> Profile:
+    """Median time of every kernel of a whole network, in execution order, from ONNX Runtime's profiler."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,28 +174,39 @@ def network_kernels(onnx_model: str | Path | bytes, batch: int, threads: int, in
             sess.run(None, {inp.name: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
     times: dict[str, list[float]] = {}
-    shapes: dict[str, list[list[int]]] = {}
+    meta: dict[str, tuple[str, list[list[int]]]] = {}
+    runs_ms = [e["dur"] / 1e3 for e in events if e.get("name") == "model_run"]
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["args"].get("op_name") in (
-                "Conv", "FusedConv"):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             times.setdefault(e["name"], []).append(e["dur"] / 1e3)
-            shapes[e["name"]] = [next(iter(v.values())) for v in e["args"].get("input_type_shape", [])]
-    return [(tuple(shapes[n][0]), tuple(shapes[n][1]), float(np.median(t[2:] or t))) for n, t in times.items()
-            if len(shapes[n]) >= 2]
+            meta[e["name"]] = (e["args"].get("op_name", ""),
+                               [next(iter(v.values())) for v in e["args"].get("input_type_shape", [])])
+    nodes = []
+    for name, t in times.items():
+        op, shapes = meta[name]
+        nodes.append(Node(op, tuple(shapes[0]) if shapes else (), tuple(shapes[1]) if len(shapes) > 1 else (),
+                          float(np.median(t[2:] or t))))
+    return Profile(nodes, float(np.median(runs_ms[2:] or runs_ms)) if runs_ms else sum(n.ms for n in nodes))
 
 
 @dataclass
 class LatencyTable:
-    """Per-layer latency (ms) on ONNX Runtime at one batch size and thread count, measured on demand, saved as JSON."""
+    """Per-layer latency (ms) on ONNX Runtime at one batch size and thread count, measured on demand, saved as JSON.
+
+    Every entry keeps its conditions: ``[ms, spread, measured_at]`` (spread = p90 / p10 of its runs). An entry older
+    than :data:`MAX_AGE_DAYS` or measured while the machine was noisy (spread above :data:`MAX_SPREAD`) is measured
+    again when asked for. Whole-network timings are never kept: the search times every candidate afresh against the
+    dense network, alternately (:func:`pruning.runtime.timing.paired_speedup`), so an old noisy moment can only make
+    an estimate worse, never decide which model ships; what is reproducible is the decision (the allocation, in
+    prune.json and the model file), not the timings.
+    """
 
     batch: int
     threads: int
-    entries: dict[str, float] = field(default_factory=dict)
-    # whole-network measurements (latency, kernel profile) by architecture + channel counts: with them in the file, a
-    # rerun of the same allocation reproduces it exactly instead of re-timing (DVC reruns must give the same model)
-    networks: dict[str, Any] = field(default_factory=dict)
+    entries: dict[str, list[float]] = field(default_factory=dict)
     measured: int = 0  # entries measured in this process (the rest came from the file)
     seconds: float = 0.0  # spent measuring them
+    stale: int = 0  # entries found in the file but measured again (too old or too noisy)
 
     @property
     def context(self) -> str:
@@ -191,41 +221,54 @@ class LatencyTable:
         if path and Path(path).is_file():
             try:
                 doc = json.loads(Path(path).read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("latency table %s is not valid JSON: measuring afresh", path)
                 return table
-            if doc.get("version") == TABLE_VERSION:
-                table.entries = dict(doc.get("tables", {}).get(table.context, {}))
-                table.networks = dict(doc.get("networks", {}).get(table.context, {}))
+            if isinstance(doc, dict) and doc.get("version") == TABLE_VERSION:
+                entries = doc.get("tables", {}).get(table.context, {})
+                table.entries = {k: [float(x) for x in v] for k, v in entries.items()
+                                 if isinstance(v, list) and len(v) == 3 and all(isinstance(x, int | float) for x in v)}
         return table
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        doc: dict[str, Any] = {"version": TABLE_VERSION, "tables": {}, "networks": {}}
+        doc: dict[str, Any] = {"version": TABLE_VERSION, "tables": {}}
         if path.is_file():
             try:
                 old = json.loads(path.read_text())
-                if old.get("version") == TABLE_VERSION:
-                    doc["tables"], doc["networks"] = old.get("tables", {}), old.get("networks", {})
-            except json.JSONDecodeError:
+                if isinstance(old, dict) and old.get("version") == TABLE_VERSION:
+                    doc["tables"] = old.get("tables", {})
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 pass
         doc["tables"][self.context] = dict(sorted(self.entries.items()))
-        doc["networks"][self.context] = dict(sorted(self.networks.items()))
         write_bytes(path, (json.dumps(doc, indent=0) + "\n").encode())
 
+    def usable(self, entry: list[float]) -> bool:
+        ms, spread, at = entry
+        # below STEADY_MS the timer's jitter, not the machine's load, makes the spread
+        steady = spread <= MAX_SPREAD or ms < STEADY_MS
+        return ms > 0 and steady and 0 <= time.time() - at <= MAX_AGE_DAYS * 86_400
+
     def ms(self, spec: LayerSpec) -> float:
-        """The layer's latency, measured now if the table does not have it yet."""
+        """The layer's latency, measured now if the table does not have a usable entry for it."""
         key = spec.key()
-        if key not in self.entries:
+        entry = self.entries.get(key)
+        if entry is None or not self.usable(entry):
+            self.stale += entry is not None
             start = time.perf_counter()
-            self.entries[key] = kernel_ms(_one_layer_onnx(spec, self.batch), self.threads)
+            model = _one_layer_onnx(spec, self.batch)
+            ms, spread = kernel_ms(model, self.threads)
+            if spread > MAX_SPREAD and ms >= STEADY_MS:  # a noisy moment: once more, and keep the steadier of the two
+                again = kernel_ms(model, self.threads)
+                ms, spread = min((ms, spread), again, key=lambda t: t[1])
+            self.entries[key] = entry = [ms, spread, time.time()]
             self.measured += 1
             self.seconds += time.perf_counter() - start
-        return self.entries[key]
+        return entry[0]
 
 
-def kernel_ms(model: bytes, threads: int, runs: int = 15) -> float:
-    """Median time (ms) of the model's Conv/Gemm kernels, from ONNX Runtime's profiler.
+def kernel_ms(model: bytes, threads: int, runs: int = 15) -> tuple[float, float]:
+    """(median time in ms, p90 / p10 spread) of the model's Conv/Gemm kernels, from ONNX Runtime's profiler.
 
     Only the layer's own kernel counts: in a one-layer model ORT adds layout reorders (NCHW <-> NCHWc) around the
     convolution that inside the network happen once, not per layer; timing the whole session would charge them to
@@ -246,7 +289,8 @@ def kernel_ms(model: bytes, threads: int, runs: int = 15) -> float:
     times = [e["dur"] / 1e3 for e in events  # one Conv (NCHWc or fused) or Gemm kernel per run
              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
              and e["args"].get("op_name") in ("Conv", "FusedConv", "Gemm")]
-    return float(np.median(times[3:]))  # the first runs are warm-up
+    t = np.array(times[3:])  # the first runs are warm-up
+    return float(np.median(t)), float(np.percentile(t, 90) / max(np.percentile(t, 10), 1e-9))
 
 
 # Whole-network measurements of a candidate allocation: the pruned network itself, built by torch-pruning.
@@ -273,22 +317,35 @@ def pruned_macs(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.
     return count_macs(pruned_copy(model, input_shape, ratios, ignored_names), input_shape)[0]
 
 
-def measure_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
-                   ignored_names: list[str], batch: int, threads: int, opset: int) -> float:
-    """Latency (ms, ORT, :data:`SEARCH_PROTOCOL`) of ``model`` pruned with ``ratios``: the search's yardstick."""
-    trial = pruned_copy(model, input_shape, ratios, ignored_names)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trial.onnx"
-        export_onnx(trial.eval(), input_shape, path, opset)
-        x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-        return latency({"trial": path}, x, {"b": batch}, threads, SEARCH_PROTOCOL, desc=None)["trial"]["latency_ms_b"]
+class Yardstick:
+    """The search's measurements of a candidate allocation: ``model`` pruned with a ratio map (torch-pruning, l1
+    picks the channels), exported, and timed alternately with the dense network — a fresh pairing for every
+    candidate, so a noisy moment hits both (:func:`pruning.runtime.timing.paired_speedup`)."""
 
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], ignored_names: list[str], batch: int,
+                 threads: int, opset: int, protocol: Protocol = SEARCH_PROTOCOL):
+        self.model, self.shape, self.ignored = model, input_shape, ignored_names
+        self.batch, self.threads, self.opset, self.protocol = batch, threads, opset, protocol
+        self.x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+        self.dense_onnx = self._export(model)
+        self.dense = session(self.dense_onnx, threads)
 
-def profile_pruned(model: nn.Module, input_shape: tuple[int, ...], ratios: dict[nn.Module, float],
-                   ignored_names: list[str], batch: int, threads: int, opset: int) -> list[Kernel]:
-    """The per-kernel ORT profile of ``model`` pruned with ``ratios`` (the dense model for an empty map)."""
-    trial = pruned_copy(model, input_shape, ratios, ignored_names)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trial.onnx"
-        export_onnx(trial.eval(), input_shape, path, opset)
-        return network_kernels(path, batch, threads, input_shape)
+    def _export(self, model: nn.Module) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trial.onnx"
+            export_onnx(model.eval(), self.shape, path, self.opset)
+            return path.read_bytes()
+
+    def speedup(self, ratios: dict[nn.Module, float]) -> Speedup:
+        trial = self._export(pruned_copy(self.model, self.shape, ratios, self.ignored))
+        return paired_speedup(self.dense, trial, self.x, self.threads, self.protocol)
+
+    def profile(self, ratios: dict[nn.Module, float]) -> Profile:
+        """The per-kernel ORT profile of the model pruned with ``ratios`` (the dense model for an empty map)."""
+        onnx = self.dense_onnx if not ratios else self._export(pruned_copy(self.model, self.shape, ratios, self.ignored))
+        prof = network_profile(onnx, self.batch, self.threads, self.shape)
+        timed = latency({"net": onnx}, self.x, {"b": self.batch}, self.threads, self.protocol, desc=None)
+        return replace(prof, timed_ms=timed["net"]["latency_ms_b"])
+
+    def macs(self, ratios: dict[nn.Module, float]) -> int:
+        return pruned_macs(self.model, self.shape, ratios, self.ignored)

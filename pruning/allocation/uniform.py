@@ -25,8 +25,12 @@ def search_ratio(macs_at: Callable[[float], int], reference_macs: int, target: f
     def reduction(ratio: float) -> float | None:
         try:
             return reference_macs / macs_at(ratio)
-        except GraphTraceError:
+        except GraphTraceError as exc:
+            if ratio <= 0.0:  # not "too far": the model cannot be traced at all (say why, not "out of reach")
+                raise exc
             return None
+
+    reduction(0.0)
 
     lo, hi = 0.0, MAX_SEARCH_RATIO
     for _ in range(iterations):

@@ -27,7 +27,7 @@ from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
 from pruning import criteria, dependency
 from pruning.allocation.latency import Allocation, allocate
-from pruning.allocation.latency_table import LatencyTable, measure_pruned, profile_pruned, pruned_macs
+from pruning.allocation.latency_table import LatencyTable, Yardstick
 from pruning.allocation.uniform import search_ratio
 from pruning.checkpoint import blocks_edit, channels_edit
 from pruning.counting import count_macs
@@ -187,13 +187,12 @@ def _allocate_by_latency(model: nn.Module, cfg: Config, ctx: Context, dense_macs
     # the MACs target is the dense model's, also after depth pruning (as search_ratio's reference)
     target_macs = None if cfg.target_macs_reduction is None else \
         cfg.target_macs_reduction * count_macs(model, shape)[0] / dense_macs
+    yardstick = Yardstick(model, shape, cfg.ignored_layers, batch, threads, ctx.opset)
     try:
         allocation = allocate(
             model, shape, imp, ignored, table, step=cfg.round_to or 8, max_layer_ratio=cfg.max_layer_ratio,
             target_macs_reduction=target_macs, target_speedup=cfg.target_speedup,
-            measure=lambda r: measure_pruned(model, shape, r, cfg.ignored_layers, batch, threads, ctx.opset),
-            count_macs=lambda r: pruned_macs(model, shape, r, cfg.ignored_layers),
-            profile=lambda r: profile_pruned(model, shape, r, cfg.ignored_layers, batch, threads, ctx.opset))
+            measure=yardstick.speedup, count_macs=yardstick.macs, profile=yardstick.profile)
     finally:
         table.save(ctx.latency_table)  # what was measured is kept even if the target was out of reach
     model.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,27 @@ class _Calibration(CalibrationDataReader):
         self._i = 0
 
 
+def preprocess(src: str | Path, dst: str | Path) -> None:
+    """ORT's shape pre-processing of ``src`` into ``dst``, every node given a unique name (ORT excludes nodes from
+    quantization by name, so an unnamed node could not be told apart)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst))
+    model = onnx.load(str(dst))
+    seen: set[str] = set()
+    renamed = False
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name, renamed = f"{node.op_type}_{i}_unnamed", True
+        seen.add(node.name)
+    if renamed:
+        onnx.save(model, str(dst))
+
+
 def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarray | list[dict[str, np.ndarray]],
-             per_channel: bool = True, method: str = "minmax", activation_type: str = "uint8") -> None:
+             per_channel: bool = True, method: str = "minmax", activation_type: str = "uint8", *,
+             exclude: Collection[str] = (), preprocessed: bool = False, ranges: str | Path | None = None) -> None:
     """Quantize ``src`` into ``dst``.
 
     Args:
@@ -57,17 +77,21 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
             (input name -> batch), one dict per calibration batch.
         method: static calibration method: minmax, entropy or percentile.
         activation_type: static activations as ``uint8`` or ``int8`` (weights are always int8).
+        exclude: names of nodes left in fp32 (static), as named in the pre-processed model.
+        preprocessed: ``src`` is already the output of :func:`preprocess`.
+        ranges: a file caching the calibrated activation ranges (static): written by the first call, read by the next
+            ones, so quantizing one model several ways calibrates it once.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            pre = Path(tmp) / "preprocessed.onnx"
-            quant_pre_process(str(src), str(pre))
+            pre = Path(src) if preprocessed else Path(tmp) / "preprocessed.onnx"
+            if not preprocessed:
+                preprocess(src, pre)
             if mode == "dynamic":
                 quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
                 return
@@ -77,12 +101,13 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
                 name = onnx.load(str(src), load_external_data=False).graph.input[0].name
                 calibration = [{name: calibration[i:i + ORT_CALIBRATION_BATCH]}
                                for i in range(0, len(calibration), ORT_CALIBRATION_BATCH)]
-            with Progress(transient=False, disable=not get_console().is_terminal) as progress:  # no bar in a log
-                reader = _Calibration(calibration, progress)
+            cached = ranges is not None and Path(ranges).is_file()
+            with Progress(transient=False, disable=cached or not get_console().is_terminal) as progress:  # no bar in a log
+                reader = None if cached else _Calibration(calibration, progress)
                 quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                                 activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
-                                weight_type=QuantType.QInt8,
-                                calibrate_method=methods[method],
+                                weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                                calibrate_method=methods[method], calibration_cache_path=ranges,
                                 extra_options={"CalibTensorRangeSymmetric": False})
     except Exception as exc:  # ORT raises assorted errors (onnx, numpy, its own)
         raise QuantizationError(f"INT8 quantization of {src} failed: {type(exc).__name__}: {exc}") from None

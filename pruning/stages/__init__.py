@@ -71,7 +71,7 @@ STAGES: tuple[Stage, ...] = (
           writes=("dense_onnx", "pruned_onnx", "export_report"), reports=("export_report",),
           models={"pruned_fp32": "pruned_onnx"}),
     Stage("quantize", "Quantize the pruned ONNX model with ONNX Runtime (static INT8 QDQ by default).",
-          params=("seed", "quantize"), reads=("train_data", "data_meta", "pruned_onnx"),
+          params=("seed", "quantize", "evaluate"), reads=("train_data", "data_meta", "pruned_onnx"),
           writes=("quantized_onnx", "quantize_report"), reports=("quantize_report",), models={"int8": "quantized_onnx"}),
     Stage("evaluate", "Measure dense / pruned / INT8 in ONNX Runtime, write metrics.json, check the gates.",
           params=("data", "model.arch", "task", "evaluate", "gates", "tracking"),

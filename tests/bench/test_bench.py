@@ -6,7 +6,7 @@ from bench.config import BENCH_PARAMS, bench_config, load_bench
 from bench.criteria import README_END, README_START, _ci95, run_criteria
 from pruning.config import parse_config
 from pruning.errors import ConfigError
-from tests.conftest import REPO, TINY, merge
+from tests.conftest import REPO, TINY, merge, write_params
 
 BENCH = {"samples": 300, "base_epochs": 2, "seeds": 1, "quick_targets": [2.0], "short_epochs": 2,
          "calibration_samples": 64, "batch_size": 64,
@@ -90,7 +90,8 @@ def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, 
     assert set(rows) == {"dense", "dense, ORT basic optimisation", "dense + INT8",
                          "pruned, MACs allocation, round_to None", "pruned, MACs allocation, round_to 8",
                          "pruned, latency allocation, 2x MACs", "pruned, latency allocation, 2x speedup target",
-                         "pruned, latency allocation, 2x speedup target + INT8"}
+                         "pruned, latency allocation, 2x speedup target + INT8",
+                         "pruned, latency allocation, 2x speedup target, shipped"}
     for name, r in rows.items():
         assert r["efficiency_b4"] == pytest.approx(r["speedup_b4"] / r["macs_reduction"])
         if "MACs" in name:
@@ -99,6 +100,14 @@ def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, 
     assert rows["dense, ORT basic optimisation"]["macs"] == rows["dense"]["macs"]
     speed = rows["pruned, latency allocation, 2x speedup target"]["allocation"]
     assert speed["rounds"] and "reached" in speed  # measured rounds of the search are reported
+    assert all({"speedup", "low", "high"} <= set(r) for r in speed["rounds"])  # each with its interval
+    # what ships is never slower than pruned fp32: INT8 only where it pays, with its per-operator selection
+    shipped = rows["pruned, latency allocation, 2x speedup target, shipped"]
+    fp32 = rows["pruned, latency allocation, 2x speedup target"]
+    int8 = rows["pruned, latency allocation, 2x speedup target + INT8"]
+    assert shipped["p50_ms_b1"] == min(fp32["p50_ms_b1"], int8["p50_ms_b1"]) or shipped["shipped"] == "fp32"
+    assert shipped["shipped"] == ("int8" if fp32["p50_ms_b1"] / int8["p50_ms_b1"] >= 1.1 else "fp32")
+    assert int8["int8_selection"]["chosen"] and fp32["summary"]["shipped"] == shipped["shipped"]
     assert (tmp_path / "models/latency_table.json").is_file()  # the table is kept for the next run
     assert "| dense |" in (tmp_path / "latency.md").read_text()
 
@@ -117,3 +126,25 @@ def test_the_shipped_bench_params_validate_and_params_yaml_points_an_old_bench_s
     assert shipped.seeds == 5 and shipped.targets == [2, 4, 8, 16] and shipped.methods["l2_kd"].distill is True
     with pytest.raises(ConfigError, match='The "bench" section of params.yaml moved to bench/params.yaml'):
         parse_config(merge(TINY, {"bench": {"seeds": 5}}))
+
+
+def test_bench_robust_runs_fresh_after_an_interrupted_loaded_run_and_under_load(tmp_path, monkeypatch):
+    """The three scenarios really run (a real neighbour process, a real Ctrl-C that leaves a table, re-measured
+    alone); the figures that matter come from `python -m bench.robust` at ImageNet shape, not from a tiny net."""
+    from bench.robust import run_robust
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the children: python -m bench.robust, here
+    write_params(tmp_path)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/params.yaml").write_text("{}\n")
+    report = run_robust(parse_config(TINY), ["mobilenetv2"], 1.3, tmp_path / "out", step=8, interrupt=15,
+                        shape=(3, 32, 32), classes=10)
+    rows = report["archs"]["mobilenetv2"]
+    assert set(rows) == {"fresh", "after an interrupted run under load", "under load (re-measured alone)"}
+    assert rows["after an interrupted run under load"]["interrupted_table_entries"] > 0  # the Ctrl-C saved its table
+    assert rows["after an interrupted run under load"]["table_reused"] > 0  # ... and the next run read it
+    for r in rows.values():
+        assert r["candidates"] >= 1 and r["alone"]["rounds"] == 9 and r["alone"]["low"] <= r["alone"]["speedup"]
+        assert r["macs_reduction"] > 1.0
+    assert (tmp_path / "out/robust.json").is_file() and "| mobilenetv2 | fresh |" in report["markdown"]

@@ -5,7 +5,7 @@ import torch
 
 from pruning.errors import QuantizationError
 from pruning.runtime.export import export_onnx
-from pruning.runtime.quantize import quantize
+from pruning.runtime.quantize import preprocess, quantize
 from pruning.runtime.session import predict, session
 from pruning.zoo import build_model
 
@@ -48,3 +48,20 @@ def test_quantize_raises_quantization_error_when_the_model_is_not_onnx(tmp_path)
     bad.write_text("not a model")
     with pytest.raises(QuantizationError, match="INT8 quantization of .*bad.onnx failed"):
         quantize(bad, tmp_path / "out.onnx", "static", np.zeros((4, 1, 8, 8), np.float32))
+
+
+def test_excluded_nodes_stay_fp32_and_a_ranges_file_calibrates_once(fp32, tmp_path):
+    rng = np.random.default_rng(0)
+    ranges, pre = tmp_path / "ranges.json", tmp_path / "pre.onnx"
+    preprocess(fp32, pre)
+    first = next(n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv")
+    quantize(pre, tmp_path / "all.onnx", "static", rng.random((64, 1, 8, 8), dtype=np.float32), preprocessed=True,
+             ranges=ranges)
+    assert ranges.is_file()
+    # no samples at all: the ranges come from the file (calibrating on nothing would fail)
+    quantize(pre, tmp_path / "some.onnx", "static", np.zeros((0, 1, 8, 8), np.float32), preprocessed=True,
+             ranges=ranges, exclude={first})
+    graph = onnx.load(str(tmp_path / "some.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+    assert convs.pop(first) is False and convs and all(convs.values())  # its weights stay fp32, the others' do not
