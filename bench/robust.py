@@ -40,7 +40,7 @@ from pruning.allocation import latency as lat
 from pruning.allocation import latency_table as lt
 from pruning.config import Config
 from pruning.runtime.session import session
-from pruning.runtime.timing import Protocol, paired_speedup
+from pruning.runtime.timing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _dense(arch: str, shape: tuple[int, ...], classes: int) -> torch.nn.Module:
 
 
 def search(arch: str, shape: tuple[int, ...], classes: int, table_path: Path, target: float, step: int,
-           opset: int, threads: int) -> tuple[torch.nn.Module, lat.Allocation, lt.Yardstick]:
+           opset: int, threads: int) -> tuple[lat.Allocation, lt.Yardstick]:
     """The speedup-target search of bench.latency (l2 importance, max_layer_ratio 0.9) with the table in
     ``table_path``, saved even when interrupted."""
     dense = _dense(arch, shape, classes)
@@ -66,7 +66,7 @@ def search(arch: str, shape: tuple[int, ...], classes: int, table_path: Path, ta
                              count_macs=yardstick.macs, profile=yardstick.profile)
     finally:
         table.save(table_path)
-    return dense, alloc, yardstick
+    return alloc, yardstick
 
 
 def _burn(arch: str, shape: tuple[int, ...], classes: int, opset: int, threads: int) -> None:
@@ -89,16 +89,10 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     proc.wait()
 
 
-def _row(dense: torch.nn.Module, alloc: lat.Allocation, yardstick: lt.Yardstick, seconds: float,
+def _row(alloc: lat.Allocation, yardstick: lt.Yardstick, seconds: float,
          table: lt.LatencyTable | None = None) -> dict[str, Any]:
     """The search's own figures and the model re-measured alone."""
-    pruned = lt.pruned_copy(dense, yardstick.shape, alloc.ratios, [])
-    with tempfile.TemporaryDirectory() as tmp:
-        from pruning.runtime.export import export_onnx
-
-        path = Path(tmp) / "pruned.onnx"
-        export_onnx(pruned.eval(), yardstick.shape, path, yardstick.opset)
-        alone = paired_speedup(yardstick.dense, path, yardstick.x, yardstick.threads, REMEASURE, max_rounds=9)
+    alone = yardstick.speedup(alloc.ratios, REMEASURE, max_rounds=9)
     r = alloc.report
     return {"macs_reduction": r["macs_reduction"], "search": r.get("speedup"), "reached": r.get("reached"),
             "candidates": len(r.get("rounds", [])), "search_seconds": seconds, "alone": alone.as_dict(),

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,26 +43,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pruning.allocation.latency_table import LatencyTable, LayerSpec, Node, Profile, layer_specs
+from pruning.allocation.estimate import Estimator, Group
+from pruning.allocation.latency_table import LatencyTable, Profile, layer_specs
 from pruning.allocation.speedup import search
 from pruning.counting import example_input
 from pruning.errors import PruningError
 from pruning.runtime.timing import Speedup
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)  # identity: groups are dict keys
-class _Group:
-    root: nn.Module
-    name: str
-    channels: int
-    keep: int
-    floor: int  # fewest channels it may keep
-    scores: np.ndarray  # importance per channel, ascending, mean 1
-    outs: list[nn.Module]  # layers whose output channels are this group's
-    ins: list[nn.Module]  # layers whose input channels are this group's
-    step: int = 1  # its channel grid: lcm(step, the channel groups of its grouped convolutions)
 
 
 @dataclass
@@ -79,7 +66,7 @@ class Allocation:
 
 
 def _groups(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance,
-            ignored: list[nn.Module], step: int, max_layer_ratio: float) -> list[_Group]:
+            ignored: list[nn.Module], step: int, max_layer_ratio: float) -> list[Group]:
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(input_shape))
     names = {m: n for n, m in model.named_modules()}
     groups = []
@@ -108,98 +95,12 @@ def _groups(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impor
         grid = math.lcm(step, *(m.groups for m in (*outs, *ins) if isinstance(m, nn.Conv1d | nn.Conv2d)
                                 and 1 < m.groups != m.in_channels))
         floor = max(grid, int(np.ceil(channels * (1 - max_layer_ratio) / grid)) * grid)
-        groups.append(_Group(root, names.get(root, type(root).__name__), channels, channels, min(floor, channels),
+        groups.append(Group(root, names.get(root, type(root).__name__), channels, channels, min(floor, channels),
                              scores, outs, ins, grid))
     return groups
 
 
 JUMPS = (1, 2, 4)  # a greedy cut removes this many steps of channels: the table decides which count is worth it
-
-
-class _Estimator:
-    """Estimated network latency: per layer, the table's time at its current channel counts (scaled to what it took
-    in the network) plus the time of the non-convolution kernels that follow it (scaled with its output channels)."""
-
-    def __init__(self, specs: dict[nn.Module, LayerSpec], groups: list[_Group], table: LatencyTable):
-        self.specs, self.table = specs, table
-        self.factor: dict[nn.Module, float] = {}  # in-network / one-layer time, from a profile of the real network
-        self.tail: dict[nn.Module, float] = {}  # ms of the kernels after the layer (activations, SE gating, concat)
-        self.head = 0.0  # ms of the kernels before the first layer
-        self.out_of: dict[nn.Module, _Group] = {}
-        self.in_of: dict[nn.Module, _Group] = {}
-        for g in groups:
-            for m in g.outs:
-                self.out_of[m] = g
-            for m in g.ins:
-                self.in_of[m] = g
-
-    def spec(self, m: nn.Module, override: tuple[_Group, int] | None = None) -> LayerSpec:
-        s = self.specs[m]
-
-        def count(g: _Group | None, full: int) -> int:
-            if g is None:
-                return full
-            return override[1] if override and override[0] is g else g.keep
-
-        cout = count(self.out_of.get(m), s.cout)
-        cin = cout if s.depthwise else count(self.in_of.get(m), s.cin)
-        return s.with_channels(cin, cout)
-
-    def layers(self, g: _Group) -> set[nn.Module]:
-        return {m for m in (*g.outs, *g.ins) if m in self.specs}
-
-    def ms(self, m: nn.Module, spec: LayerSpec) -> float:
-        tail = self.tail.get(m, 0.0) * spec.cout / max(self.specs[m].cout, 1)
-        return self.table.ms(spec) * self.factor.get(m, 1.0) + tail
-
-    def total(self) -> float:
-        return self.head + sum(self.ms(m, self.spec(m)) for m in self.specs)
-
-    def calibrate(self, nodes: list[Node]) -> int:
-        """From a profile of the network at the current channel counts: scale each layer's table time to what its
-        kernel took inside the network, and charge every other kernel to the convolution it follows (graph order).
-        Convolution kernels are matched to layers by input and weight shapes, in order. Returns the number of layers
-        matched."""
-        queues: dict[tuple[int, ...], deque[nn.Module]] = defaultdict(deque)
-        for m in self.specs:
-            sp = self.spec(m)
-            if sp.kind == "conv":
-                queues[(sp.cin, *sp.spatial, sp.cout, sp.cin // sp.groups, *sp.kernel)].append(m)
-        self.tail, self.head = {}, 0.0
-        matched, last = 0, None
-        for node in nodes:
-            queue = queues.get((*node.x[1:], *node.w)) if node.op in ("Conv", "FusedConv") and \
-                len(node.x) >= 3 and len(node.w) == len(node.x) else None
-            if queue:
-                last = m = queue.popleft()
-                one = self.table.ms(self.spec(m))
-                if one > 0 and node.ms > 0:
-                    self.factor[m] = node.ms / one
-                    matched += 1
-            elif last is None:
-                self.head += node.ms
-            else:  # scaled by the layer's output channels at calibration, stored per dense channel
-                self.tail[last] = self.tail.get(last, 0.0) + node.ms * self.specs[last].cout / max(self.spec(last).cout, 1)
-        return matched
-
-    def scale(self, by: float) -> None:
-        """Every time of the calibrated estimate times ``by`` (the profiler's slowdown, measured)."""
-        self.factor = {m: f * by for m, f in self.factor.items()}
-        self.factor.update({m: by for m in self.specs if m not in self.factor})
-        self.tail = {m: t * by for m, t in self.tail.items()}
-        self.head *= by
-
-    def macs(self) -> int:
-        return sum(self.spec(m).macs() for m in self.specs)
-
-    def saving(self, g: _Group, keep: int) -> tuple[float, int]:
-        """(ms saved, MACs saved) by taking group ``g`` from its current count to ``keep``."""
-        ms = macs = 0
-        for m in self.layers(g):
-            now, then = self.spec(m), self.spec(m, (g, keep))
-            ms += self.ms(m, now) - self.ms(m, then)
-            macs += now.macs() - then.macs()
-        return ms, macs
 
 
 class GreedyPath:
@@ -208,19 +109,19 @@ class GreedyPath:
     time falls monotonically along it. Grown on demand, cached per group (a cut only changes the groups that share a
     layer with it)."""
 
-    def __init__(self, groups: list[_Group], est: _Estimator, step: int):
+    def __init__(self, groups: list[Group], est: Estimator, step: int):
         self.groups, self.est, self.step = groups, est, step
         for g in groups:
             g.keep = g.channels
-        self.cuts: list[tuple[_Group, int]] = []  # (group, channels it keeps after the cut)
+        self.cuts: list[tuple[Group, int]] = []  # (group, channels it keeps after the cut)
         self.ms, self.macs = [est.total()], [est.macs()]
         self.at = 0  # the position the groups' counts are at
-        self.best: dict[_Group, tuple[float, int, float, int] | None] = {}
+        self.best: dict[Group, tuple[float, int, float, int] | None] = {}
         layers = {g: est.layers(g) for g in groups}
         self.neighbours = {g: [h for h in groups if layers[g] & layers[h]] for g in groups}
         self.exhausted = False
 
-    def _best(self, g: _Group) -> tuple[float, int, float, int] | None:
+    def _best(self, g: Group) -> tuple[float, int, float, int] | None:
         best = None
         removed = g.channels - g.keep
         left = g.scores[removed:].sum()
@@ -271,7 +172,7 @@ class GreedyPath:
         return True
 
 
-def _uniform(groups: list[_Group], est: _Estimator, macs_reduction: float) -> int:
+def _uniform(groups: list[Group], est: Estimator, macs_reduction: float) -> int:
     """Every group keeps the same fraction of its channels, rounded to the nearest count on its grid (as
     torch-pruning's uniform ratio with ``round_to``, :func:`pruning.dependency.plan_uniform`): the largest fraction
     whose layers' MACs reach ``macs_reduction``. Sets the groups' counts; returns the MACs."""
@@ -294,7 +195,7 @@ def _uniform(groups: list[_Group], est: _Estimator, macs_reduction: float) -> in
     return apply(lo)
 
 
-def ratios(groups: list[_Group]) -> dict[nn.Module, float]:
+def ratios(groups: list[Group]) -> dict[nn.Module, float]:
     # torch-pruning keeps int(channels * (1 - ratio)): half a channel of slack makes that exactly ``keep``
     return {g.root: (g.channels - g.keep - 0.5) / g.channels for g in groups if g.keep < g.channels}
 
@@ -327,7 +228,7 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
         raise ValueError("give exactly one of target_macs_reduction and target_speedup")
     specs = layer_specs(model, input_shape)
     groups = _groups(model, input_shape, importance, ignored, step, max_layer_ratio)
-    est = _Estimator(specs, groups, table)
+    est = Estimator(specs, groups, table)
     for g in groups:
         g.keep = g.channels
     report: dict[str, Any] = {"step": step, "groups": len(groups)}
@@ -335,11 +236,12 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
         prof = profile({})
         cal = report["calibration"] = {"layers": len(specs), "matched": est.calibrate(prof.nodes),
                                        "profile_run_ms": prof.run_ms}
-        # what the per-layer estimate (layers + the kernels charged to them) misses of a whole profiled run
+        # the estimate (layers + the kernels charged to them) against a whole run: the profiled one (slowed down by
+        # the profiler between kernels, on many small kernels up to 2x) and a plain one timed alternately with it
         cal["profile_error"] = est.total() / prof.run_ms - 1
-        if prof.timed_ms:  # the profiler's own slowdown, measured: the estimate in plain-run milliseconds
+        if prof.timed_ms:
             cal["timed_ms"] = prof.timed_ms
-            est.scale(prof.timed_ms / prof.run_ms)
+            cal["error"] = est.total() / prof.timed_ms - 1
     path = GreedyPath(groups, est, step)
     dense_est, dense_macs = path.ms[0], path.macs[0]
     report["dense_estimated_ms"] = dense_est

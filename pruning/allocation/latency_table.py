@@ -29,7 +29,7 @@ from pruning.atomic import write_bytes
 from pruning.counting import count_macs
 from pruning.runtime.export import export_onnx
 from pruning.runtime.session import session, session_options
-from pruning.runtime.timing import Protocol, Speedup, latency, paired_speedup
+from pruning.runtime.timing import Protocol, Speedup, paired_speedup
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +158,13 @@ class Profile:
 
 
 def network_profile(onnx_model: str | Path | bytes, batch: int, threads: int, input_shape: tuple[int, ...],
-                    runs: int = 10) -> Profile:
-    """Median time of every kernel of a whole network, in execution order, from ONNX Runtime's profiler."""
+                    runs: int = 10, protocol: Protocol | None = None) -> Profile:
+    """Median time of every kernel of a whole network, in execution order, from ONNX Runtime's profiler. With a
+    ``protocol``, the profiled session and a plain one are timed alternately (so both see the same load) and the
+    plain run's median is ``timed_ms``: the profiler's own slowdown, measured."""
     import onnxruntime as ort
 
+    timed_ms = None
     with tempfile.TemporaryDirectory() as tmp:
         opts = session_options(threads)
         opts.enable_profiling = True
@@ -170,8 +173,11 @@ def network_profile(onnx_model: str | Path | bytes, batch: int, threads: int, in
         sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]
         x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-        for _ in range(runs + 2):
-            sess.run(None, {inp.name: x})
+        if protocol is None:
+            for _ in range(runs + 2):
+                sess.run(None, {inp.name: x})
+        else:
+            timed_ms = paired_speedup(sess, session(onnx_model, threads), x, threads, protocol).candidate_ms
         events = json.loads(Path(sess.end_profiling()).read_text())
     times: dict[str, list[float]] = {}
     meta: dict[str, tuple[str, list[list[int]]]] = {}
@@ -186,7 +192,7 @@ def network_profile(onnx_model: str | Path | bytes, batch: int, threads: int, in
         op, shapes = meta[name]
         nodes.append(Node(op, tuple(shapes[0]) if shapes else (), tuple(shapes[1]) if len(shapes) > 1 else (),
                           float(np.median(t[2:] or t))))
-    return Profile(nodes, float(np.median(runs_ms[2:] or runs_ms)) if runs_ms else sum(n.ms for n in nodes))
+    return Profile(nodes, float(np.median(runs_ms[2:] or runs_ms)) if runs_ms else sum(n.ms for n in nodes), timed_ms)
 
 
 @dataclass
@@ -207,6 +213,9 @@ class LatencyTable:
     measured: int = 0  # entries measured in this process (the rest came from the file)
     seconds: float = 0.0  # spent measuring them
     stale: int = 0  # entries found in the file but measured again (too old or too noisy)
+    # measured in this process: used as they are (one noisy layer is measured twice already; asking again must give
+    # the same figure, or the greedy path's estimate would move under it)
+    fresh: set[str] = field(default_factory=set, repr=False)
 
     @property
     def context(self) -> str:
@@ -253,7 +262,7 @@ class LatencyTable:
         """The layer's latency, measured now if the table does not have a usable entry for it."""
         key = spec.key()
         entry = self.entries.get(key)
-        if entry is None or not self.usable(entry):
+        if entry is None or (key not in self.fresh and not self.usable(entry)):
             self.stale += entry is not None
             start = time.perf_counter()
             model = _one_layer_onnx(spec, self.batch)
@@ -262,6 +271,7 @@ class LatencyTable:
                 again = kernel_ms(model, self.threads)
                 ms, spread = min((ms, spread), again, key=lambda t: t[1])
             self.entries[key] = entry = [ms, spread, time.time()]
+            self.fresh.add(key)
             self.measured += 1
             self.seconds += time.perf_counter() - start
         return entry[0]
@@ -336,16 +346,16 @@ class Yardstick:
             export_onnx(model.eval(), self.shape, path, self.opset)
             return path.read_bytes()
 
-    def speedup(self, ratios: dict[nn.Module, float]) -> Speedup:
+    def speedup(self, ratios: dict[nn.Module, float], protocol: Protocol | None = None,
+                max_rounds: int = 15) -> Speedup:
+        """Dense / pruned with ``ratios``, timed alternately (the search's protocol unless given)."""
         trial = self._export(pruned_copy(self.model, self.shape, ratios, self.ignored))
-        return paired_speedup(self.dense, trial, self.x, self.threads, self.protocol)
+        return paired_speedup(self.dense, trial, self.x, self.threads, protocol or self.protocol, max_rounds=max_rounds)
 
     def profile(self, ratios: dict[nn.Module, float]) -> Profile:
         """The per-kernel ORT profile of the model pruned with ``ratios`` (the dense model for an empty map)."""
         onnx = self.dense_onnx if not ratios else self._export(pruned_copy(self.model, self.shape, ratios, self.ignored))
-        prof = network_profile(onnx, self.batch, self.threads, self.shape)
-        timed = latency({"net": onnx}, self.x, {"b": self.batch}, self.threads, self.protocol, desc=None)
-        return replace(prof, timed_ms=timed["net"]["latency_ms_b"])
+        return network_profile(onnx, self.batch, self.threads, self.shape, protocol=self.protocol)
 
     def macs(self, ratios: dict[nn.Module, float]) -> int:
         return pruned_macs(self.model, self.shape, ratios, self.ignored)
