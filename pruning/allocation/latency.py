@@ -16,7 +16,8 @@ al. 2022):
    and gating, concat, reorders, pooling) are charged to the convolution they follow, scaling with its output
    channels. The dense estimate's error against the measured dense latency is reported.
 3. A greedy path over torch-pruning's dependency groups: every step cuts the group whose cut saves the most estimated
-   time per unit of importance lost (the share of what the group still has, so deeper cuts into one group cost more).
+   time per unit of importance lost (the share of what the group still has, so deeper cuts into one group cost more,
+   times the group's share of the network's MACs).
    A cut is one, two or four ``step``s (the channel grid): the table prices each count, so counts a kernel handles
    badly are jumped over — the rounding is chosen per group by measurement, not one global ``round_to``. A group
    narrower than a step (a squeeze-excitation's squeeze) keeps its width instead of blocking the others.
@@ -115,6 +116,9 @@ class GreedyPath:
             g.keep = g.channels
         self.cuts: list[tuple[Group, int]] = []  # (group, channels it keeps after the cut)
         self.ms, self.macs = [est.total()], [est.macs()]
+        # a group's share of the network's MACs (dense): what cutting all of it would take of the network's capacity
+        self.weight = {g: max(sum(est.spec(m).macs() for m in est.layers(g)) / max(self.macs[0], 1), 1e-9)
+                       for g in groups}
         self.at = 0  # the position the groups' counts are at
         self.best: dict[Group, tuple[float, int, float, int] | None] = {}
         layers = {g: est.layers(g) for g in groups}
@@ -130,7 +134,10 @@ class GreedyPath:
             if nxt < g.floor:
                 break
             saved_ms, saved_macs = self.est.saving(g, nxt)
-            lost = float(g.scores[removed:removed + g.keep - nxt].sum() / left) + 1e-9
+            # importance lost: the share of what the group still has, times the group's share of the network's MACs
+            # (a channel of a stage's residual stream spans many layers: without the weight, a cut there looked as
+            # cheap as one of a single expansion, and EfficientNet-like nets lost 2.7x MACs for a 2.2x speedup)
+            lost = float(g.scores[removed:removed + g.keep - nxt].sum() / left) * self.weight[g] + 1e-12
             # time per importance; a layer whose timing did not move (noise, below resolution) still ranks by MACs
             score = max(saved_ms, 0.0) / lost + 1e-12 * saved_macs / lost
             if best is None or score > best[0]:

@@ -95,10 +95,13 @@ def search(path: Any, measure: Callable[[dict[Any, float]], Speedup], target: fl
     if hi is not None:
         path.go(hi)
         found.append(("greedy", path.macs[0] / path.macs[hi], measured[hi], {g: g.keep for g in path.groups}))
+        if hi - lo == 1 and measured[hi].median > SETTLE * target:
+            found += _partial_cut(path, lo, measure, ratios, target, rounds, max_measurements - len(measured))
     if uniform is not None:  # the uniform grid, its MACs reduction bisected the same way
         start = found[0][1] if found else path.macs[0] / path.macs[max(measured, default=0)]
         found += _uniform_search(path, uniform, measure, ratios, target, start, rounds)
-    report.update({"rounds": rounds, "target_speedup": target, "overshoot_bound": [target, OVERSHOOT * target]})
+    report.update({"rounds": rounds, "target_speedup": target, "overshoot_bound": [target, OVERSHOOT * target],
+                   "bracket": [lo, hi]})
     if not found:
         best = max(measured, key=lambda j: measured[j].median, default=0)
         report.update({"reached": False, "chosen": "greedy", "cuts": best})
@@ -116,6 +119,33 @@ def search(path: Any, measure: Callable[[dict[Any, float]], Speedup], target: fl
         g.keep = keep
     report.update({"reached": True, "chosen": name, "cuts": hi if name == "greedy" else None, "speedup": sp.as_dict(),
                    "within_overshoot_bound": sp.median <= OVERSHOOT * target})
+
+
+def _partial_cut(path: Any, lo: int, measure: Callable[[dict[Any, float]], Speedup],
+                 ratios: Callable[[list[Any]], dict[Any, float]], target: float, rounds: list[dict[str, Any]],
+                 budget: int) -> list[tuple[str, float, Speedup, dict[Any, int]]]:
+    """The cut from ``lo`` to the next position removes several steps of one group and jumps over the band: its
+    intermediate counts, least pruned first, until one is accepted (the closest above the target)."""
+    path.go(lo)
+    g, keep = path.cuts[lo]
+    before = g.keep
+    out: list[tuple[str, float, Speedup, dict[Any, int]]] = []
+    try:
+        for mid in range(before - g.step, keep, -g.step)[:max(budget, 0)]:
+            g.keep = mid
+            sp = measure(ratios(path.groups))
+            macs = path.macs[0] / path.est.macs()
+            rounds.append({"candidate": "greedy, partial cut", "cuts": lo, "group": g.name, "keep": mid,
+                           "macs_reduction": macs, **sp.as_dict()})
+            log.info("latency allocation: %d cuts and %s at %d channels, measured %.2fx [%.2f, %.2f]", lo, g.name, mid,
+                     sp.median, sp.low, sp.high)
+            if sp.low >= MARGIN * target:
+                out.append(("greedy, partial cut", macs, sp, {h: h.keep for h in path.groups}))
+                if sp.median <= SETTLE * target:
+                    break
+    finally:
+        g.keep = before  # the path's own position again
+    return out
 
 
 def _uniform_search(path: Any, uniform: Callable[[float], int], measure: Callable[[dict[Any, float]], Speedup],

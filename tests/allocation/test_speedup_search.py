@@ -12,7 +12,7 @@ import torch_pruning as tp
 from pruning import dependency
 from pruning.allocation import latency as lat
 from pruning.allocation import latency_table as lt
-from pruning.allocation.speedup import OVERSHOOT
+from pruning.allocation.speedup import OVERSHOOT, SETTLE
 from pruning.errors import PruningError
 from pruning.runtime.timing import Speedup, median_interval
 from pruning.zoo import build_model
@@ -67,16 +67,26 @@ def test_the_search_converges_inside_the_overshoot_bound_although_the_estimate_i
     assert report["reached"] is True
     chosen = report["speedup"]
     assert target <= chosen["low"] and chosen["speedup"] <= OVERSHOOT * target or not report["within_overshoot_bound"]
-    assert report["within_overshoot_bound"], report["rounds"]
+    accepted = [r for r in report["rounds"] if r["low"] >= 1.03 * target]
+    if not report["within_overshoot_bound"]:
+        # only where the step makes the band impossible: the greedy bracket closed on neighbouring positions (one
+        # cut of one step from short of the target to past the bound) and no candidate landed inside; then the
+        # closest above the target
+        lo, hi = report["bracket"]
+        assert hi - lo == 1 and all(r["speedup"] > OVERSHOOT * target for r in accepted), report["rounds"]
+        assert chosen["speedup"] == min(r["speedup"] for r in accepted)
     assert len(calls) == len(report["rounds"]) <= 14
     # every round is recorded with its interval, and the estimate was really off (the measurements steered it)
     assert all({"candidate", "speedup", "low", "high", "rounds", "macs_reduction"} <= set(r) for r in report["rounds"])
     greedy = [r for r in report["rounds"] if r["candidate"] == "greedy"]
     assert greedy and {r["candidate"] for r in report["rounds"]} == {"greedy", "uniform"}  # both families searched
     assert any(abs(r["estimated_speedup"] / r["speedup"] - 1) > 0.1 for r in greedy)
-    # the least pruned accepted candidate inside the bound wins
-    accepted = [r for r in report["rounds"] if r["low"] >= 1.03 * target and r["speedup"] <= OVERSHOOT * target]
-    assert alloc.report["macs_reduction"] == pytest.approx(min(r["macs_reduction"] for r in accepted), rel=1e-6)
+    # the least pruned accepted candidate in the band's middle wins (else inside the bound, else the least pruned)
+    for bound in (SETTLE, OVERSHOOT, math.inf):
+        inside = [r for r in accepted if r["speedup"] <= bound * target]
+        if inside:
+            break
+    assert alloc.report["macs_reduction"] == pytest.approx(min(r["macs_reduction"] for r in inside), rel=1e-6)
     # the result is the allocation measured: its counts give the same true speedup
     assert true_ms(net, {}) / true_ms(net, alloc.ratios) == pytest.approx(chosen["speedup"])
 
