@@ -25,7 +25,7 @@ def test_quantize_writes_a_qdq_model_and_none_copies_the_fp32_one(finished_copy)
 
 
 def test_select_auto_times_the_candidates_against_fp32_and_reports_them(finished_copy):
-    cfg = load_config("params.yaml")
+    cfg = load_config(write_params(finished_copy, {"quantize": {"select": "auto"}}))
     assert cfg.quantize.select == "auto"
     result = run(cfg)  # the real timing protocol, with the tiny config's evaluate settings
     report = _report(cfg)
@@ -43,7 +43,7 @@ def test_the_fastest_int8_is_published_even_when_fp32_is_faster_and_the_report_s
         ms = {"fp32": 1.0, "no_elementwise": 2.0}
         return {n: {"latency_ms_b1": ms.get(n, 3.0), "latency_p95_ms_b1": ms.get(n, 3.0)} for n in models}
 
-    cfg = load_config("params.yaml")
+    cfg = load_config(write_params(finished_copy, {"quantize": {"select": "auto"}}))
     result = run(cfg, timer=timer)
     assert (result.chosen, result.int8_faster_than_fp32) == ("no_elementwise", False)
     report = _report(cfg)
