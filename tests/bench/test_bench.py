@@ -108,6 +108,12 @@ def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, 
     assert shipped["p50_ms_b1"] == min(fp32["p50_ms_b1"], int8["p50_ms_b1"]) or shipped["shipped"] == "fp32"
     assert shipped["shipped"] == ("int8" if fp32["p50_ms_b1"] / int8["p50_ms_b1"] >= 1.1 else "fp32")
     assert int8["int8_selection"]["chosen"] and fp32["summary"]["shipped"] == shipped["shipped"]
+    # the target check reads the speedup timed in alternation with dense alone, as the search accepted it
+    paired, summary = fp32["paired_b1"], fp32["summary"]
+    assert paired["low"] <= paired["speedup"] <= paired["high"] and paired["rounds"] >= 1
+    assert summary["speedup_b1"] == paired["speedup"] and summary["interval_b1"] == [paired["low"], paired["high"]]
+    assert summary["efficiency_b1"] == pytest.approx(paired["speedup"] / fp32["macs_reduction"])
+    assert summary["lineup_speedup_b1"] == fp32["speedup_b1"]
     assert (tmp_path / "models/latency_table.json").is_file()  # the table is kept for the next run
     assert "| dense |" in (tmp_path / "latency.md").read_text()
 
