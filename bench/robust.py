@@ -5,9 +5,9 @@ For each architecture (as ``bench.latency --arch``: zoo names, bench/families.py
 
 1. **fresh**: the search with an empty latency table, on a quiet machine;
 2. **after an interrupted run under load**: a search is started while a second process times the dense network
-   in a loop (a CPU-heavy neighbour, like a second benchmark), interrupted after ``--interrupt`` seconds (Ctrl-C: it
-   saves the table it measured so far, noisy timings included); then, load gone, the search runs again with that
-   table;
+   in a loop (a CPU-heavy neighbour, like a second benchmark), interrupted once ``--interrupt`` seconds have passed
+   and it has measured a layer (Ctrl-C: it saves the table it measured so far, noisy timings included); then, load
+   gone, the search runs again with that table;
 3. **under load**: the search runs while the neighbour runs.
 
 Each returned model is then re-measured **alone** (the neighbour stopped): dense and pruned alternately, 9 rounds,
@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,22 @@ def _dense(arch: str, shape: tuple[int, ...], classes: int) -> torch.nn.Module:
 
 
 def search(arch: str, shape: tuple[int, ...], classes: int, table_path: Path, target: float, step: int,
-           opset: int, threads: int) -> tuple[lat.Allocation, lt.Yardstick]:
+           opset: int, threads: int, progress: bool = False) -> tuple[lat.Allocation, lt.Yardstick]:
     """The speedup-target search of bench.latency (l2 importance, max_layer_ratio 0.9) with the table in
-    ``table_path``, saved even when interrupted."""
+    ``table_path``, saved even when interrupted. ``progress``: print a line on stdout per layer measured (the
+    interrupted run tells its parent that its table holds something to save)."""
     dense = _dense(arch, shape, classes)
     table = lt.LatencyTable.load(table_path, 1, threads)
+    if progress:
+        measure = table.ms
+
+        def ms(spec: lt.LayerSpec) -> float:
+            before = table.measured
+            value = measure(spec)
+            if table.measured > before:
+                print("measured", flush=True)
+            return value
+        table.ms = ms  # type: ignore[method-assign]
     yardstick = lt.Yardstick(dense, shape, [], 1, threads, opset)
     try:
         alloc = lat.allocate(dense, shape, tp.importance.GroupMagnitudeImportance(p=2),
@@ -78,9 +90,28 @@ def _burn(arch: str, shape: tuple[int, ...], classes: int, opset: int, threads: 
         sess.run(None, feed)
 
 
-def _child(args: list[str]) -> subprocess.Popen:
+def _child(args: list[str], stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench.robust", *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+
+
+def _interrupt(child: subprocess.Popen, seconds: float, limit: float = 900.0) -> None:
+    """Ctrl-C the ``--search`` child once ``seconds`` have passed **and** it has measured a layer (a fixed sleep alone
+    can end before a loaded machine has imported torch, which interrupts nothing worth saving); ``limit`` bounds
+    the wait."""
+    measured = threading.Event()
+
+    def read() -> None:
+        for line in child.stdout:  # type: ignore[union-attr]
+            if line.strip() == "measured":
+                measured.set()
+    threading.Thread(target=read, daemon=True).start()
+    start = time.monotonic()
+    while child.poll() is None and time.monotonic() - start < limit:
+        if measured.is_set() and time.monotonic() - start >= seconds:
+            break
+        time.sleep(0.2)
+    _stop(child, signal.SIGINT)  # Ctrl-C: the table measured so far is saved
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -116,9 +147,8 @@ def run_robust(cfg: Config, archs: list[str], target: float, out_dir: Path, step
             try:
                 time.sleep(3)
                 child = _child(["--search", arch, "--table", str(noisy), "--target", str(target), "--step", str(step),
-                                *common])
-                time.sleep(interrupt)
-                _stop(child, signal.SIGINT)  # Ctrl-C: the table measured so far is saved
+                                *common], stdout=subprocess.PIPE)
+                _interrupt(child, interrupt)
             finally:
                 _stop(load)
             saved = len(lt.LatencyTable.load(noisy, 1, threads).entries)
@@ -181,7 +211,7 @@ def _cli() -> int:
         elif args.search:
             with contextlib.suppress(KeyboardInterrupt):
                 search(args.search, shape, args.classes, Path(args.table), args.target, args.step, cfg.export.opset,
-                       cfg.evaluate.threads)
+                       cfg.evaluate.threads, progress=True)
         else:
             print(run_robust(cfg, args.arch.split(","), args.target, out, args.step, args.interrupt, shape,
                              args.classes)["markdown"])
