@@ -12,8 +12,10 @@ by default; random init: latency does not depend on the weights' values), one pr
 - pruned by latency allocation at the same MACs (which allocation is faster at equal MACs);
 - pruned by latency allocation to ``--target`` measured speedup, and that model + INT8 (both).
 
-The speedup-target model is also timed in alternation with dense alone (the protocol its search accepted it by,
-with its confidence interval): the target check (``summary``) reads that figure, the table the lineup's.
+Each check of ``summary`` reads a figure timed in alternation with its reference alone (the protocol the search
+accepts a candidate by, with its confidence interval), the table the lineup's: the speedup-target model against
+dense, the latency allocation at equal MACs against the fastest MACs allocation, and INT8 against the pruned fp32
+model (which decides which of the two ships).
 
 Efficiency = speedup / MACs reduction: 1.0 means the model got exactly as much faster as it got cheaper. The latency
 allocation measures its table at batch ``--alloc-batch`` and ``evaluate.threads``; the table is kept in
@@ -187,7 +189,7 @@ def _variants(build: Builder, shape: tuple[int, ...], classes: int, cfg: Config,
             continue
         add(f"pruned, MACs allocation, round_to {rt}", model, round_to=rt)
     table = lt.LatencyTable.load(cfg.paths.latency_table, alloc_batch, cfg.evaluate.threads)
-    name = f"pruned, latency allocation, {target:g}x MACs"
+    name = _at_macs_row(target)
     try:
         model, report = _latency_allocation(dense, table, step, cfg, target_macs=target, shape=shape)
         add(name, model, allocation=report)
@@ -211,7 +213,6 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
     ``readme`` between its bench:latency markers)."""
     shape = tuple(shape or SHAPE)
     builders = {name: resolve_arch(name) for name in archs}  # a misspelt entry fails now, not an hour in
-    target_row = _target_row(target)
     results: dict[str, Any] = {}
     skipped: dict[str, dict[str, str]] = {}
     report: dict[str, Any] = {}
@@ -228,12 +229,7 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
             times = latency({n: v["path"] for n, v in variants.items()}, x, {f"b{bs}": bs for bs in batches},
                             cfg.evaluate.threads, protocol,
                             levels={n: v["level"] for n, v in variants.items() if "level" in v})
-            # the speedup-target model also timed in alternation with dense alone -- the protocol its search accepted
-            # it by, with its interval: in the ten-model lineup a small net's ratio has moved by up to ~11 % either
-            # way from run to run (EfficientNet-like 2.38× in a lineup, 2.16× paired), so the target check
-            # (``summary``) reads the paired figure and the table keeps the lineup's
-            paired = (paired_speedup(variants["dense"]["path"], variants[target_row]["path"], x[:1],
-                                     cfg.evaluate.threads, protocol).as_dict() if target_row in variants else None)
+            pairs = _pairs(variants, times, target, x[:1], cfg.evaluate.threads, protocol)
         dense = variants["dense"]
         rows = {}
         for vname, v in variants.items():
@@ -247,8 +243,8 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
                 if key in v:
                     row[key] = v[key]
             rows[vname] = row
-        if paired is not None:
-            rows[target_row]["paired_b1"] = paired
+        for vname, figures in pairs.items():
+            rows[vname].update(figures)
         _ship(rows, target, cfg.evaluate.int8_min_speedup)
         results[name] = rows
         report = _write(out_dir, {"target": target, "batches": batches, "threads": cfg.evaluate.threads,
@@ -266,6 +262,35 @@ def _target_row(target: float) -> str:
     return f"pruned, latency allocation, {target:g}x speedup target"
 
 
+def _at_macs_row(target: float) -> str:
+    return f"pruned, latency allocation, {target:g}x MACs"
+
+
+def _pairs(variants: dict[str, dict[str, Any]], times: dict[str, dict[str, float]], target: float, x: np.ndarray,
+           threads: int, protocol: Protocol) -> dict[str, dict[str, dict[str, Any]]]:
+    """The figures the issue's checks read, each timed in alternation with its reference alone
+    (:func:`paired_speedup`, the protocol the search accepts a candidate by, with its interval) -- in the ten-model
+    lineup a small net's ratio has moved by up to ~11 % either way from run to run (EfficientNet-like 2.38× in a
+    lineup, 2.16× paired); the table keeps the lineup's. Row -> {key: figures}:
+
+    - the speedup-target model against dense (``paired_b1``);
+    - the latency allocation at the MACs target against the lineup's fastest MACs allocation, named in ``against``
+      (``paired_vs_macs_b1``; two models about as fast as each other, where a lineup's 3 % is noise);
+    - its INT8 model against it (``paired_vs_fp32_b1``): what decides which of the two ships.
+    """
+    target_row, at_macs = _target_row(target), _at_macs_row(target)
+    macs_rows = [n for n in variants if n.startswith("pruned, MACs allocation")]
+    checks = [(target_row, "paired_b1", "dense"), (f"{target_row} + INT8", "paired_vs_fp32_b1", target_row)]
+    if macs_rows:
+        checks.append((at_macs, "paired_vs_macs_b1", min(macs_rows, key=lambda n: times[n]["latency_ms_b1"])))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row, key, against in checks:
+        if row in variants:
+            found = paired_speedup(variants[against]["path"], variants[row]["path"], x, threads, protocol)
+            out.setdefault(row, {})[key] = {**found.as_dict(), "against": against}
+    return out
+
+
 def _ship(rows: dict[str, dict[str, Any]], target: float, min_speedup: float) -> None:
     """The row the pipeline would ship for the speedup-target model (INT8 only where it is ``min_speedup`` times
     faster than pruned fp32 at batch 1, as evaluate's choice), and the issue's checks on it, as ``summary``."""
@@ -273,20 +298,26 @@ def _ship(rows: dict[str, dict[str, Any]], target: float, min_speedup: float) ->
     int8 = f"{fp32} + INT8"
     if fp32 not in rows or int8 not in rows:
         return
-    over = rows[fp32]["p50_ms_b1"] / rows[int8]["p50_ms_b1"]
+    over = rows[int8]["paired_vs_fp32_b1"]["speedup"]  # each check reads its paired figure (see _pairs)
     shipped = "int8" if over >= min_speedup else "fp32"
     rows[f"{fp32}, shipped"] = {**rows[int8 if shipped == "int8" else fp32], "shipped": shipped}
     macs = [r["speedup_b1"] for n, r in rows.items() if n.startswith("pruned, MACs allocation")]
-    latency_at_macs = rows.get(f"pruned, latency allocation, {target:g}x MACs", {}).get("speedup_b1")
-    paired = rows[fp32]["paired_b1"]  # the target check's figure (see run_latency)
+    at_macs = rows.get(_at_macs_row(target), {})
+    versus = at_macs.get("paired_vs_macs_b1")
+    paired = rows[fp32]["paired_b1"]
     speedup = paired["speedup"]
     rows[fp32]["summary"] = {
         "speedup_b1": speedup, "efficiency_b1": speedup / rows[fp32]["macs_reduction"],
         "interval_b1": [paired["low"], paired["high"]],
         "lineup_speedup_b1": rows[fp32]["speedup_b1"],
         "within_target_band": target <= speedup <= 1.15 * target,
-        "latency_vs_best_macs_allocation_b1": latency_at_macs / max(macs) if macs and latency_at_macs else None,
-        "int8_over_pruned_fp32_b1": over, "shipped": shipped}
+        "latency_vs_best_macs_allocation_b1": versus["speedup"] if versus else None,
+        "latency_vs_macs_interval_b1": [versus["low"], versus["high"]] if versus else None,
+        "lineup_latency_vs_best_macs_allocation_b1": (at_macs["speedup_b1"] / max(macs)
+                                                      if macs and "speedup_b1" in at_macs else None),
+        "int8_over_pruned_fp32_b1": over,
+        "int8_interval_b1": [rows[int8]["paired_vs_fp32_b1"]["low"], rows[int8]["paired_vs_fp32_b1"]["high"]],
+        "lineup_int8_over_pruned_fp32_b1": rows[fp32]["p50_ms_b1"] / rows[int8]["p50_ms_b1"], "shipped": shipped}
 
 
 def _write(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -313,14 +344,18 @@ def markdown(results: dict[str, Any], batches: list[int], skipped: dict[str, dic
         lines.append("")
         summary = next((r["summary"] for r in rows.values() if "summary" in r), None)
         if summary:
-            vs = summary["latency_vs_best_macs_allocation_b1"]
+            vs, vs_lineup = summary["latency_vs_best_macs_allocation_b1"], summary["lineup_latency_vs_best_macs_allocation_b1"]
+            vs_text = "n/a" if vs is None else (f"{vs:.2f}× [{summary['latency_vs_macs_interval_b1'][0]:.2f}, "
+                                                f"{summary['latency_vs_macs_interval_b1'][1]:.2f}] paired (lineup "
+                                                f"{vs_lineup:.2f}×)")
             low, high = summary["interval_b1"]
             lines += [f"Speedup target: {summary['speedup_b1']:.2f}× [{low:.2f}, {high:.2f}] paired with dense (lineup "
                       f"{summary['lineup_speedup_b1']:.2f}×) at batch 1 (in [target, 1.15 × target]: "
                       f"{'yes' if summary['within_target_band'] else 'no'}), efficiency {summary['efficiency_b1']:.2f}; "
-                      f"at equal MACs latency / best MACs allocation "
-                      f"{'n/a' if vs is None else f'{vs:.2f}×'}; INT8 over pruned fp32 "
-                      f"{summary['int8_over_pruned_fp32_b1']:.2f}× → ships {summary['shipped']}.", ""]
+                      f"at equal MACs latency / best MACs allocation {vs_text}; INT8 over pruned fp32 "
+                      f"{summary['int8_over_pruned_fp32_b1']:.2f}× [{summary['int8_interval_b1'][0]:.2f}, "
+                      f"{summary['int8_interval_b1'][1]:.2f}] paired (lineup "
+                      f"{summary['lineup_int8_over_pruned_fp32_b1']:.2f}×) → ships {summary['shipped']}.", ""]
         for name, why in (skipped or {}).get(arch, {}).items():
             lines += [f"Not built: {name}: {why}", ""]
     return "\n".join(lines)

@@ -105,15 +105,30 @@ def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, 
     shipped = rows["pruned, latency allocation, 2x speedup target, shipped"]
     fp32 = rows["pruned, latency allocation, 2x speedup target"]
     int8 = rows["pruned, latency allocation, 2x speedup target + INT8"]
-    assert shipped["p50_ms_b1"] == min(fp32["p50_ms_b1"], int8["p50_ms_b1"]) or shipped["shipped"] == "fp32"
-    assert shipped["shipped"] == ("int8" if fp32["p50_ms_b1"] / int8["p50_ms_b1"] >= 1.1 else "fp32")
+    assert shipped["p50_ms_b1"] == (int8 if shipped["shipped"] == "int8" else fp32)["p50_ms_b1"]
+    # decided on INT8 timed alternately with pruned fp32 alone, as evaluate decides (the lineup's ratio kept beside it)
+    over = int8["paired_vs_fp32_b1"]
+    assert over["against"] == "pruned, latency allocation, 2x speedup target" and over["low"] <= over["speedup"]
+    assert shipped["shipped"] == ("int8" if over["speedup"] >= 1.1 else "fp32")
+    assert fp32["summary"]["int8_over_pruned_fp32_b1"] == over["speedup"]
+    assert fp32["summary"]["lineup_int8_over_pruned_fp32_b1"] == pytest.approx(fp32["p50_ms_b1"] / int8["p50_ms_b1"])
     assert int8["int8_selection"]["chosen"] and fp32["summary"]["shipped"] == shipped["shipped"]
     # the target check reads the speedup timed in alternation with dense alone, as the search accepted it
     paired, summary = fp32["paired_b1"], fp32["summary"]
-    assert paired["low"] <= paired["speedup"] <= paired["high"] and paired["rounds"] >= 1
+    assert paired["low"] <= paired["speedup"] <= paired["high"] and paired["rounds"] >= 1 and paired["against"] == "dense"
     assert summary["speedup_b1"] == paired["speedup"] and summary["interval_b1"] == [paired["low"], paired["high"]]
     assert summary["efficiency_b1"] == pytest.approx(paired["speedup"] / fp32["macs_reduction"])
     assert summary["lineup_speedup_b1"] == fp32["speedup_b1"]
+    # the equal-MACs check: the latency allocation timed alternately with the lineup's fastest MACs allocation
+    versus = rows["pruned, latency allocation, 2x MACs"]["paired_vs_macs_b1"]
+    fastest = min(("pruned, MACs allocation, round_to None", "pruned, MACs allocation, round_to 8"),
+                  key=lambda n: rows[n]["p50_ms_b1"])
+    assert versus["against"] == fastest and versus["low"] <= versus["speedup"] <= versus["high"]
+    assert summary["latency_vs_best_macs_allocation_b1"] == versus["speedup"]
+    assert summary["latency_vs_macs_interval_b1"] == [versus["low"], versus["high"]]
+    assert summary["lineup_latency_vs_best_macs_allocation_b1"] == pytest.approx(
+        rows["pruned, latency allocation, 2x MACs"]["speedup_b1"] / rows[fastest]["speedup_b1"])
+    assert "paired (lineup" in (tmp_path / "latency.md").read_text()
     assert (tmp_path / "models/latency_table.json").is_file()  # the table is kept for the next run
     assert "| dense |" in (tmp_path / "latency.md").read_text()
 
