@@ -279,10 +279,14 @@ def _one_run_per_workspace(repo: Path) -> Any:
 
 def main() -> int:
     """Entry point of ``python -m pruning run``: run the flow, print the summary, map failures to exit codes."""
+    import faulthandler
     import signal
 
     from pruning.acceptance.report import make_console
 
+    # A run that looks hung: `kill -USR1 PID` writes every thread's Python stack to stderr and the run goes on
+    # (the stdlib's faulthandler, in C: it answers even while a thread holds the GIL in a long call)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     err = make_console(stderr=True)  # not wrapped at 80 columns when piped
     try:
         return _main(err)

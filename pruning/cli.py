@@ -172,6 +172,9 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+FLOW = "flows.pipeline"  # the pipeline's entry point
+
+
 def _flows(module: str, *args: str) -> None:
     """Run an entry point of flows/ or bench/ in its own process: pruning/ never imports them (see ARCHITECTURE.md).
 
@@ -184,11 +187,18 @@ def _flows(module: str, *args: str) -> None:
         # this process waits for that instead of dying first (set after the start: the child must not inherit it)
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+        # `kill -USR1` on a run that looks hung: the flow writes its threads' stacks and goes on (README). Passed on
+        # to that child only: SIGUSR1's default action would end this process, and any child that does not register it
+        previous_usr1 = None
+        if module == FLOW:
+            previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, _frame: child.send_signal(signum))
         try:
             code = child.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)
+            if previous_usr1 is not None:
+                signal.signal(signal.SIGUSR1, previous_usr1)
     raise typer.Exit(128 - code if code < 0 else code)  # killed by signal N: 128 + N, as a shell says
 
 
@@ -196,7 +206,7 @@ def _flows(module: str, *args: str) -> None:
 def run(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False) -> None:
     """Run the whole pipeline as the Prefect flow (each task a DVC stage: only stale ones rerun), then promote.
     --params names the params.yaml of another workspace (a directory with dvc.yaml): the flow runs there."""
-    _flows("flows.pipeline", "--params", str(params), *(["--strict"] if strict else []))
+    _flows(FLOW, "--params", str(params), *(["--strict"] if strict else []))
 
 
 @app.command(cls=_Command)

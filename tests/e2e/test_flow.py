@@ -360,6 +360,9 @@ def test_killing_the_run_command_takes_the_flow_and_its_prefect_server_down(repo
             break
         time.sleep(0.2)
     assert len(family) >= 2, "the flow and its server did not start"
+    parent.send_signal(signal.SIGUSR1)  # "where is it?" (README): passed on to the flow, which dumps stacks; all live
+    time.sleep(2)
+    assert parent.poll() is None and all(_running(pid) for pid in family), "SIGUSR1 ended the run"
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 60

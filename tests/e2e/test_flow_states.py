@@ -70,6 +70,18 @@ def _wait_for(what, process: subprocess.Popen, out: Path, timeout: float = 300):
     pytest.fail(f"gave up waiting (exit {process.poll()}): {out.read_text()[-3000:]}")
 
 
+def _exit_code(process: subprocess.Popen, out: Path, timeout: float = 120) -> int:
+    """The process's exit code once it has acted on the signal; if it has not within ``timeout`` s, fail with
+    where each of its threads is (SIGUSR1: the flow's faulthandler writes the stacks to its output) and kill it."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGUSR1)
+        time.sleep(3)
+        pytest.fail(f"still running {timeout:.0f} s after the signal; its output and thread stacks:\n"
+                    f"{out.read_text()[-12000:]}")
+
+
 def _interrupt(process: subprocess.Popen, how: str) -> None:
     if how == "SIGINT":
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group, the ephemeral server's too
@@ -97,8 +109,12 @@ def test_an_interrupted_flow_run_ends_crashed_on_the_server_and_its_epochs_are_i
         return None
 
     run_id = _wait_for(running_epoch, process, out)  # training's INFO line, through the Prefect API: a stage runs
+    # a run that looks hung tells where it is (README) and goes on
+    os.kill(process.pid, signal.SIGUSR1)
+    _wait_for(lambda: "most recent call first" in out.read_text(), process, out, timeout=30)
+    assert process.poll() is None, out.read_text()[-3000:]
     _interrupt(process, how)
-    rc = process.wait(timeout=120)
+    rc = _exit_code(process, out)
     with get_client(sync_client=True) as client:
         run = client.read_flow_runs(flow_run_filter=f.FlowRunFilter(id=f.FlowRunFilterId(any_=[run_id])))[0]
     assert run.state.type in (StateType.CRASHED, StateType.CANCELLED), run.state
@@ -119,7 +135,7 @@ def test_ctrl_c_leaves_the_ephemeral_server_up_until_the_flow_run_has_reported_c
     _interrupt(process, "SIGINT")
     time.sleep(3)
     os.kill(process.pid, signal.SIGCONT)
-    assert process.wait(timeout=120) == 130, out.read_text()[-3000:]
+    assert _exit_code(process, out) == 130, out.read_text()[-3000:]
     # the server's own database (PREFECT_HOME/prefect.db): the state it recorded before it stopped
     with sqlite3.connect(home / "prefect.db") as db:
         assert db.execute("SELECT state_type FROM flow_run").fetchall() == [("CRASHED",)]
