@@ -72,7 +72,7 @@ def _wait_for(what, process: subprocess.Popen, out: Path, timeout: float = 300):
 
 def _exit_code(process: subprocess.Popen, out: Path, timeout: float = 120) -> int:
     """The process's exit code once it has acted on the signal; if it has not within ``timeout`` s, fail with
-    where each of its threads is (SIGUSR1: the flow's faulthandler writes the stacks to its output) and kill it."""
+    where each of its threads is (SIGUSR1: the flow's faulthandler writes the stacks to its output)."""
     try:
         return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
