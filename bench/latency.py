@@ -298,8 +298,8 @@ def _ship(rows: dict[str, dict[str, Any]], target: float, min_speedup: float) ->
     int8 = f"{fp32} + INT8"
     if fp32 not in rows or int8 not in rows:
         return
-    over = rows[int8]["paired_vs_fp32_b1"]["speedup"]  # each check reads its paired figure (see _pairs)
-    shipped = "int8" if over >= min_speedup else "fp32"
+    vs_fp32 = rows[int8]["paired_vs_fp32_b1"]  # each check reads its paired figure (see _pairs)
+    shipped = "int8" if vs_fp32["speedup"] >= min_speedup else "fp32"
     rows[f"{fp32}, shipped"] = {**rows[int8 if shipped == "int8" else fp32], "shipped": shipped}
     macs = [r["speedup_b1"] for n, r in rows.items() if n.startswith("pruned, MACs allocation")]
     at_macs = rows.get(_at_macs_row(target), {})
@@ -308,16 +308,23 @@ def _ship(rows: dict[str, dict[str, Any]], target: float, min_speedup: float) ->
     speedup = paired["speedup"]
     rows[fp32]["summary"] = {
         "speedup_b1": speedup, "efficiency_b1": speedup / rows[fp32]["macs_reduction"],
-        "interval_b1": [paired["low"], paired["high"]],
-        "lineup_speedup_b1": rows[fp32]["speedup_b1"],
+        "interval_b1": _span(paired), "lineup_speedup_b1": rows[fp32]["speedup_b1"],
         "within_target_band": target <= speedup <= 1.15 * target,
         "latency_vs_best_macs_allocation_b1": versus["speedup"] if versus else None,
-        "latency_vs_macs_interval_b1": [versus["low"], versus["high"]] if versus else None,
+        "latency_vs_macs_interval_b1": _span(versus) if versus else None,
         "lineup_latency_vs_best_macs_allocation_b1": (at_macs["speedup_b1"] / max(macs)
                                                       if macs and "speedup_b1" in at_macs else None),
-        "int8_over_pruned_fp32_b1": over,
-        "int8_interval_b1": [rows[int8]["paired_vs_fp32_b1"]["low"], rows[int8]["paired_vs_fp32_b1"]["high"]],
+        "int8_over_pruned_fp32_b1": vs_fp32["speedup"], "int8_interval_b1": _span(vs_fp32),
         "lineup_int8_over_pruned_fp32_b1": rows[fp32]["p50_ms_b1"] / rows[int8]["p50_ms_b1"], "shipped": shipped}
+
+
+def _span(figure: dict[str, Any]) -> list[float]:  # the 90 % interval of a paired figure
+    return [figure["low"], figure["high"]]
+
+
+def _paired_text(value: float, interval: list[float], lineup: float, against: str = "") -> str:
+    """'2.22× [2.18, 2.29] paired (lineup 2.35×)': a paired figure with its interval, the lineup's beside it."""
+    return f"{value:.2f}× [{interval[0]:.2f}, {interval[1]:.2f}] paired{against} (lineup {lineup:.2f}×)"
 
 
 def _write(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -342,20 +349,18 @@ def markdown(results: dict[str, Any], batches: list[int], skipped: dict[str, dic
             lines.append(f"| {label} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | {r['macs_reduction']:.2f}× "
                          f"| {cells} |")
         lines.append("")
-        summary = next((r["summary"] for r in rows.values() if "summary" in r), None)
-        if summary:
-            vs, vs_lineup = summary["latency_vs_best_macs_allocation_b1"], summary["lineup_latency_vs_best_macs_allocation_b1"]
-            vs_text = "n/a" if vs is None else (f"{vs:.2f}× [{summary['latency_vs_macs_interval_b1'][0]:.2f}, "
-                                                f"{summary['latency_vs_macs_interval_b1'][1]:.2f}] paired (lineup "
-                                                f"{vs_lineup:.2f}×)")
-            low, high = summary["interval_b1"]
-            lines += [f"Speedup target: {summary['speedup_b1']:.2f}× [{low:.2f}, {high:.2f}] paired with dense (lineup "
-                      f"{summary['lineup_speedup_b1']:.2f}×) at batch 1 (in [target, 1.15 × target]: "
-                      f"{'yes' if summary['within_target_band'] else 'no'}), efficiency {summary['efficiency_b1']:.2f}; "
-                      f"at equal MACs latency / best MACs allocation {vs_text}; INT8 over pruned fp32 "
-                      f"{summary['int8_over_pruned_fp32_b1']:.2f}× [{summary['int8_interval_b1'][0]:.2f}, "
-                      f"{summary['int8_interval_b1'][1]:.2f}] paired (lineup "
-                      f"{summary['lineup_int8_over_pruned_fp32_b1']:.2f}×) → ships {summary['shipped']}.", ""]
+        sm = next((r["summary"] for r in rows.values() if "summary" in r), None)
+        if sm:
+            vs = sm["latency_vs_best_macs_allocation_b1"]
+            speedup = _paired_text(sm["speedup_b1"], sm["interval_b1"], sm["lineup_speedup_b1"], " with dense")
+            vs_text = "n/a" if vs is None else _paired_text(vs, sm["latency_vs_macs_interval_b1"],
+                                                            sm["lineup_latency_vs_best_macs_allocation_b1"])
+            int8 = _paired_text(sm["int8_over_pruned_fp32_b1"], sm["int8_interval_b1"],
+                                sm["lineup_int8_over_pruned_fp32_b1"])
+            lines += [f"Speedup target: {speedup} at batch 1 (in [target, 1.15 × target]: "
+                      f"{'yes' if sm['within_target_band'] else 'no'}), efficiency {sm['efficiency_b1']:.2f}; at equal "
+                      f"MACs latency / best MACs allocation {vs_text}; INT8 over pruned fp32 {int8} → ships "
+                      f"{sm['shipped']}.", ""]
         for name, why in (skipped or {}).get(arch, {}).items():
             lines += [f"Not built: {name}: {why}", ""]
     return "\n".join(lines)
