@@ -308,18 +308,14 @@ def _ship(rows: dict[str, dict[str, Any]], target: float, min_speedup: float) ->
     speedup = paired["speedup"]
     rows[fp32]["summary"] = {
         "speedup_b1": speedup, "efficiency_b1": speedup / rows[fp32]["macs_reduction"],
-        "interval_b1": _span(paired), "lineup_speedup_b1": rows[fp32]["speedup_b1"],
+        "interval_b1": [paired["low"], paired["high"]], "lineup_speedup_b1": rows[fp32]["speedup_b1"],
         "within_target_band": target <= speedup <= 1.15 * target,
         "latency_vs_best_macs_allocation_b1": versus["speedup"] if versus else None,
-        "latency_vs_macs_interval_b1": _span(versus) if versus else None,
+        "latency_vs_macs_interval_b1": [versus["low"], versus["high"]] if versus else None,
         "lineup_latency_vs_best_macs_allocation_b1": (at_macs["speedup_b1"] / max(macs)
                                                       if macs and "speedup_b1" in at_macs else None),
-        "int8_over_pruned_fp32_b1": vs_fp32["speedup"], "int8_interval_b1": _span(vs_fp32),
+        "int8_over_pruned_fp32_b1": vs_fp32["speedup"], "int8_interval_b1": [vs_fp32["low"], vs_fp32["high"]],
         "lineup_int8_over_pruned_fp32_b1": rows[fp32]["p50_ms_b1"] / rows[int8]["p50_ms_b1"], "shipped": shipped}
-
-
-def _span(figure: dict[str, Any]) -> list[float]:  # the 90 % interval of a paired figure
-    return [figure["low"], figure["high"]]
 
 
 def _paired_text(value: float, interval: list[float], lineup: float, against: str = "") -> str:
