@@ -32,9 +32,10 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check pruning flows bench tests
 
-# README's params reference, generated from the config models (tests/test_readme.py fails when it is stale).
+# The manual: regenerate docs/params.md's params reference from the config models (tests/test_readme.py fails when it
+# is stale), then build the site into site/ strictly (a dead link or anchor fails). View: .venv/bin/mkdocs serve.
 docs: install
-	$(PY) -m bench.readme
+	$(PY) docs/gen_params.py && $(VENV)/bin/mkdocs build --strict
 
 # MLflow + Prefect overhead of the default run (wall time minus time inside the stage functions), 3 repetitions.
 bench-overhead: install

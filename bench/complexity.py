@@ -1,4 +1,4 @@
-"""``python -m pruning bench complexity [--quick] [--workers N] [--readme]``: complexity-aware training (Guenter &
+"""``python -m pruning bench complexity [--quick] [--workers N]``: complexity-aware training (Guenter &
 Sideris 2024) against prune-after-training, at matched achieved MACs and the same total epochs.
 
 On mnist1d (generated offline) with a 1D ResNet of 3 stages x 3 blocks (``bench.complexity_kwargs``), per seed:
@@ -13,7 +13,7 @@ On mnist1d (generated offline) with a 1D ResNet of 3 stages x 3 blocks (``bench.
 - the dense model trained E epochs (its accuracy, and the wall time complexity-aware training is compared with).
 
 Runs go to a pool of worker processes (``--workers``, one torch thread each; ``concurrent.futures``). Writes
-reports/bench/complexity.{json,md,png}; README's section only with ``--readme``; one MLflow run with every figure.
+reports/bench/complexity.{json,md,png} (the .md links the .png beside it); one MLflow run with every figure.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import torch
 
 from bench.config import BenchConfig, main
 from bench.criteria import _ci95, _prune_config, load_bench_data
-from bench.readme import markers, update_readme
 from pruning.allocation.uniform import search_ratio
 from pruning.config import Config
 from pruning.counting import count_macs
@@ -44,7 +43,7 @@ from pruning.training import Distill, Optim, evaluate, fit
 from pruning.zoo import build_model
 
 log = logging.getLogger(__name__)
-README_START, README_END = markers("complexity")
+FIGURE = "\n![complexity-aware vs prune-after-training](complexity.png)\n"  # complexity.md's figure, beside it
 ABLATIONS = {"units only": {"block_gates": False}, "blocks only": {"unit_gates": False},
              "params-weighted": {"flops_vs_params": 1.0}}
 ABLATION_TARGET = 4.0
@@ -218,8 +217,7 @@ def plot(summary: dict[str, Any], dense_widths: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_dir: Path,
-                   readme: Path | None) -> dict[str, Any]:
+def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_dir: Path) -> dict[str, Any]:
     seeds = 1 if quick else b.seeds
     targets = [ABLATION_TARGET] if quick else list(b.targets)
     epochs, dense_epochs = (4, 2) if quick else (b.complexity_epochs, b.complexity_dense_epochs)
@@ -259,13 +257,10 @@ def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_d
               "seconds": time.perf_counter() - start}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "complexity.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "complexity.md").write_text(md)
+    (out_dir / "complexity.md").write_text(md + FIGURE)
     widths = b.complexity_kwargs.get("widths", [32, 64, 128])
     blocks = b.complexity_kwargs.get("blocks", [2, 2, 2])
     plot(summary, [w * n for w, n in zip(widths, blocks, strict=True)], out_dir / "complexity.png")
-    if readme is not None:
-        update_readme(md + f"\n![complexity-aware vs prune-after-training]({(out_dir / 'complexity.png').as_posix()})\n",
-                      readme, (README_START, README_END))
     if cfg.tracking.enabled:
         from pruning.tracking import log_report
 
@@ -280,9 +275,7 @@ if __name__ == "__main__":
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1000 samples, the 4x target, 4 epochs")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
-    parser.add_argument("--readme", action="store_true", help="write README.md's complexity section")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    sys.exit(main(lambda cfg, b, out: print(run_complexity(cfg, b, args.quick, max(1, args.workers), out,
-                                                           Path("README.md") if args.readme else None)["markdown"]),
+    sys.exit(main(lambda cfg, b, out: print(run_complexity(cfg, b, args.quick, max(1, args.workers), out)["markdown"]),
                   args.params))

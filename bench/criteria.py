@@ -31,7 +31,6 @@ from rich.progress import Progress
 from torch import nn
 
 from bench.config import BenchConfig, BenchMethod, main
-from bench.readme import markers, update_readme
 from pruning import criteria, dependency
 from pruning.allocation.uniform import search_ratio
 from pruning.config import Config, DataConfig
@@ -45,7 +44,7 @@ from pruning.zoo import build_model
 log = logging.getLogger(__name__)
 
 REGIMES = ("recal", "ft", "gradual", "long")
-README_START, README_END = markers("criteria")
+FIGURE = "\n![accuracy vs achieved MACs](criteria.png)\n"  # criteria.md's figure, beside it in out_dir
 
 
 def load_bench_data(b: BenchConfig) -> Data:
@@ -216,12 +215,12 @@ def _write(b: BenchConfig, quick: bool, seeds: int, targets: list[float], record
     result = {"config": b.model_dump(mode="json"), "quick": quick, "seeds": seeds, "targets": targets,
               "records": records, "oracle_correlation_per_seed": correlations, "summary": summary, "markdown": md}
     (out_dir / "criteria.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "criteria.md").write_text(md)
+    (out_dir / "criteria.md").write_text(md + FIGURE)
     plot(summary, out_dir / "criteria.png")
     return result
 
 
-def run_criteria(cfg: Config, b: BenchConfig, quick: bool, out_dir: Path, readme: Path | None) -> dict[str, Any]:
+def run_criteria(cfg: Config, b: BenchConfig, quick: bool, out_dir: Path) -> dict[str, Any]:
     """The whole benchmark. ``quick``: 1 seed, ``bench.quick_targets``, no long regime."""
     if not b.methods:
         from pruning.errors import ConfigError
@@ -248,9 +247,6 @@ def run_criteria(cfg: Config, b: BenchConfig, quick: bool, out_dir: Path, readme
                 records.append({**rec, "base_accuracy": base_accuracy})
                 progress.update(task, advance=1, description=f"seed {seed} {name} {regime} {target:g}x")
             result = _write(b, quick, seed + 1, targets, records, correlations, out_dir)  # a checkpoint per seed
-    if readme is not None:
-        update_readme(result["markdown"] + f"\n![accuracy vs achieved MACs]({(out_dir / 'criteria.png').as_posix()})\n",
-                      readme, (README_START, README_END))
     if cfg.tracking.enabled:
         from pruning.tracking import log_bench
 
@@ -262,7 +258,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.criteria", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--quick", action="store_true", help="1 seed, bench.quick_targets, no long regime")
-    parser.add_argument("--no-readme", action="store_true", help="do not write README.md's Results section")
     args = parser.parse_args()
-    sys.exit(main(lambda cfg, b, out: print(run_criteria(cfg, b, args.quick, out, None if args.no_readme else
-                                                         Path("README.md"))["markdown"]), args.params))
+    sys.exit(main(lambda cfg, b, out: print(run_criteria(cfg, b, args.quick, out)["markdown"]), args.params))

@@ -42,7 +42,6 @@ import torch_pruning as tp
 
 from bench.config import BenchConfig, main
 from bench.families import FAMILIES
-from bench.readme import markers, update_readme
 from pruning import dependency
 from pruning.allocation import latency as lat
 from pruning.allocation import latency_table as lt
@@ -63,7 +62,6 @@ log = logging.getLogger(__name__)
 SHAPE = (3, 224, 224)  # the default --input-shape
 CLASSES = 1000  # the default --classes
 ARCHS = "resnet50,mobilenetv2,efficientnet_b0_like,resnext_like,densenet_like,shufflenetv2_like"  # the default --arch
-README_START, README_END = markers("latency")
 # the ImageNet-shape zoo entries under the names users know them by
 ALIASES = {"mobilenetv2": "mobilenetv2_imagenet"}
 PROBE_RATIO = 0.25  # one uniform trial at this ratio tells whether torch-pruning can prune the architecture at all
@@ -206,11 +204,10 @@ def _variants(build: Builder, shape: tuple[int, ...], classes: int, cfg: Config,
 
 def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int], target: float,
                 round_to: list[int | None], out_dir: Path, step: int = 16, alloc_batch: int = 1,
-                readme: Path | None = None, shape: tuple[int, ...] | None = None,
+                shape: tuple[int, ...] | None = None,
                 num_classes: int = CLASSES) -> dict[str, Any]:
     """Measure every variant of every architecture (``archs``: --arch entries, all resolved before anything runs) at
-    input ``shape`` (default :data:`SHAPE`); writes latency.json and latency.md into ``out_dir`` (and the tables into
-    ``readme`` between its bench:latency markers)."""
+    input ``shape`` (default :data:`SHAPE`); writes latency.json and latency.md into ``out_dir``."""
     shape = tuple(shape or SHAPE)
     builders = {name: resolve_arch(name) for name in archs}  # a misspelt entry fails now, not an hour in
     results: dict[str, Any] = {}
@@ -253,8 +250,6 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
                                   "archs": results, "skipped": skipped,
                                   "markdown": markdown(results, batches, skipped)})
         log.info("bench latency: %s done\n%s", name, markdown({name: rows}, batches, skipped))
-    if readme is not None:
-        update_readme(report["markdown"], readme, (README_START, README_END))
     return report
 
 
@@ -382,7 +377,6 @@ def _cli() -> int:
     parser.add_argument("--round-to", default="none,8,16", help="channel roundings of the MACs allocation")
     parser.add_argument("--step", type=int, default=16, help="channel step of the latency allocation")
     parser.add_argument("--alloc-batch", type=int, default=1, help="batch size the latency table is measured at")
-    parser.add_argument("--readme", action="store_true", help="also write the tables into README.md (off by default)")
     args = parser.parse_args()
     batches = _ints(parser, "--batch", args.batch)
     roundings = _ints(parser, "--round-to", args.round_to, allow_none=True)
@@ -392,7 +386,7 @@ def _cli() -> int:
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     return main(lambda cfg, b, out: print(run_latency(
         cfg, b, archs, batches, args.target, roundings, out, args.step, args.alloc_batch,
-        Path("README.md") if args.readme else None, shape, args.classes)["markdown"]), args.params)
+        shape, args.classes)["markdown"]), args.params)
 
 
 if __name__ == "__main__":

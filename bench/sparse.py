@@ -23,7 +23,6 @@ import torch
 
 from bench.config import BenchConfig, BenchMethod, main
 from bench.criteria import load_bench_data, run_one, train_base
-from bench.readme import markers, update_readme
 from pruning import sparse
 from pruning.config import Config
 from pruning.data import Data
@@ -34,7 +33,6 @@ from pruning.runtime.timing import Protocol, latency
 from pruning.training import Optim, evaluate, fit
 from pruning.zoo import build_model
 
-README_START, README_END = markers("sparse")
 STRUCTURED_TARGETS = (2.0, 4.0, 8.0, 16.0, 32.0)
 
 
@@ -125,8 +123,8 @@ def markdown(un: dict[str, Any], lt: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_sparse(cfg: Config, b: BenchConfig, out_dir: Path, readme: Path | None) -> dict[str, Any]:
-    """Both reports on the benchmark's data (seed 0); writes sparse.json / sparse.md, and README's section."""
+def run_sparse(cfg: Config, b: BenchConfig, out_dir: Path) -> dict[str, Any]:
+    """Both reports on the benchmark's data (seed 0); writes sparse.json / sparse.md."""
     data = load_bench_data(b)
     base = train_base(b, data, seed=0)
     result = {"unstructured": unstructured_report(cfg, b, base, data), "lottery": lottery_report(b, data)}
@@ -134,8 +132,6 @@ def run_sparse(cfg: Config, b: BenchConfig, out_dir: Path, readme: Path | None) 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sparse.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (out_dir / "sparse.md").write_text(result["markdown"])
-    if readme is not None:
-        update_readme(result["markdown"], readme, (README_START, README_END))
     if cfg.tracking.enabled:
         from pruning.tracking import log_report
 
@@ -149,7 +145,5 @@ def run_sparse(cfg: Config, b: BenchConfig, out_dir: Path, readme: Path | None) 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.sparse", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--no-readme", action="store_true", help="do not write README.md's Results section")
     args = parser.parse_args()
-    sys.exit(main(lambda cfg, b, out: print(run_sparse(cfg, b, out, None if args.no_readme else
-                                                       Path("README.md"))["markdown"]), args.params))
+    sys.exit(main(lambda cfg, b, out: print(run_sparse(cfg, b, out)["markdown"]), args.params))

@@ -1,4 +1,5 @@
-"""README tells the truth: its first commands, its generated params reference, its "Adding a pruning method" example."""
+"""README and the docs tell the truth: README's first commands and its size (a front page), the generated params
+reference of docs/params.md, the "Adding a pruning method" example of docs/methods.md."""
 
 import importlib.util
 import re
@@ -6,7 +7,6 @@ import sys
 
 import torch
 
-from bench.readme import PARAMS_END, PARAMS_START, params_table
 from pruning import checkpoint
 from pruning.counting import count_macs
 from pruning.data import Data, Split
@@ -15,6 +15,16 @@ from pruning.zoo import build_model
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
+DOCS = REPO / "docs"
+MAX_README_LINES = 250  # a front page: what it is, the two commands, the summary, the stages, links to the docs
+
+
+def _gen_params():
+    """docs/gen_params.py, imported by its path (docs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("gen_params", DOCS / "gen_params.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_readme_starts_with_make_run_and_make_test():
@@ -22,13 +32,21 @@ def test_readme_starts_with_make_run_and_make_test():
     assert [line.split()[:2] for line in block[:2]] == [["make", "run"], ["make", "test"]]
 
 
+def test_readme_is_a_front_page():
+    lines = len(README.splitlines())
+    assert lines <= MAX_README_LINES, f"README.md has {lines} lines (at most {MAX_README_LINES}): move the rest to docs/"
+
+
 def test_the_params_reference_is_the_one_generated_from_the_config_models():
-    written = README.split(PARAMS_START, 1)[1].split(PARAMS_END, 1)[0]
-    assert written.strip() == params_table().strip(), "README is stale: run `make docs` (python -m bench.readme)"
+    gen = _gen_params()
+    page = (DOCS / "params.md").read_text()
+    written = page.split(gen.PARAMS_START, 1)[1].split(gen.PARAMS_END, 1)[0]
+    assert written.strip() == gen.params_table().strip(), \
+        "docs/params.md is stale: run `make docs` (python docs/gen_params.py)"
 
 
 def test_the_adding_a_method_example_runs_and_its_model_file_rebuilds(tmp_path):
-    code = re.search(r"```python\n(# pruning/methods/halve\.py.*?)```", README, re.S).group(1)
+    code = re.search(r"```python\n(# pruning/methods/halve\.py.*?)```", (DOCS / "methods.md").read_text(), re.S).group(1)
     path = tmp_path / "halve.py"
     path.write_text(code)
     spec = importlib.util.spec_from_file_location("halve_example", path)

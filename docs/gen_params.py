@@ -1,8 +1,11 @@
-"""README sections that are generated, never hand-typed: the benchmarks' tables (between ``<!-- bench:<name>:start
--->`` / ``end`` markers) and the params.yaml reference, generated from the config models (pruning/config.py and every
-method's Config), so the README, the schema and params.yaml cannot disagree.
+"""The ``params.yaml`` reference of docs/params.md, generated from the config models (pruning/config.py and every
+method's ``Config``), never hand-typed, so the docs, the schema and params.yaml cannot disagree.
 
-    python -m bench.readme            # rewrite README.md's params reference
+    python docs/gen_params.py             # from the repository root (``make docs`` runs it, then builds the site)
+    python docs/gen_params.py other.md    # rewrite the table between the markers of another file
+
+It rewrites the table between ``<!-- params:start -->`` and ``<!-- params:end -->``; tests/test_readme.py fails when
+docs/params.md is stale. docs/ is not a package: tests import this file by its path.
 """
 
 from __future__ import annotations
@@ -12,27 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import BaseModel
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: `pruning` imports from there
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from pruning.config import Config
-from pruning.methods import METHODS
+from pydantic import BaseModel  # noqa: E402
+
+from pruning.config import Config  # noqa: E402
+from pruning.methods import METHODS  # noqa: E402
 
 PARAMS_START, PARAMS_END = "<!-- params:start -->", "<!-- params:end -->"
-
-
-def markers(name: str) -> tuple[str, str]:
-    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
-
-
-def update_readme(md: str, readme: Path, marks: tuple[str, str]) -> None:
-    """Replace the text between the README's markers with ``md``."""
-    start, end = marks
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} has no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{md}{end}{tail}")
+PARAMS_PAGE = ROOT / "docs" / "params.md"
 
 
 def _default(field: Any) -> str:
@@ -76,5 +69,15 @@ def params_table() -> str:
     return "\n".join(out) + "\n"
 
 
+def write_table(page: Path = PARAMS_PAGE) -> None:
+    """Replace the text between ``page``'s params markers with :func:`params_table`."""
+    text = page.read_text()
+    if PARAMS_START not in text or PARAMS_END not in text:
+        raise SystemExit(f"{page} has no {PARAMS_START} ... {PARAMS_END} markers")
+    head, rest = text.split(PARAMS_START, 1)
+    _, tail = rest.split(PARAMS_END, 1)
+    page.write_text(f"{head}{PARAMS_START}\n{params_table()}{PARAMS_END}{tail}")
+
+
 if __name__ == "__main__":
-    update_readme(params_table(), Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"), (PARAMS_START, PARAMS_END))
+    write_table(Path(sys.argv[1]) if len(sys.argv) > 1 else PARAMS_PAGE)
