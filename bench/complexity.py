@@ -38,7 +38,7 @@ from pruning.allocation.uniform import search_ratio
 from pruning.config import Config
 from pruning.counting import count_macs
 from pruning.methods import Context, channel
-from pruning.methods import complexity_aware as complexity
+from pruning.methods.complexity_aware import method as complexity
 from pruning.training import Distill, Optim, evaluate, fit
 from pruning.zoo import build_model
 
@@ -107,7 +107,8 @@ def _job(spec: dict[str, Any]) -> list[dict[str, Any]]:
                                                                          seed), dense_macs, achieved)
             model = copy.deepcopy(base)
             torch.manual_seed(seed)
-            channel.run_schedule(model, data, pcfg, ratio, seed)
+            channel.run_schedule(model, pcfg, ratio, Context(data=data, seed=seed, device="cpu", build=build,
+                                                             latency_table=Path("unused.json"), opset=17))
             fit(model, data.train, Optim(spec["epochs"] - spec["dense_epochs"], b.batch_size, b.finetune_lr), seed,
                 f"{name} {achieved:.2f}x", distill=Distill(base, 4.0, 0.7) if m.distill else None)
             macs, params = count_macs(model, data.input_shape)

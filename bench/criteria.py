@@ -37,7 +37,7 @@ from pruning.config import Config, DataConfig
 from pruning.counting import count_macs
 from pruning.criteria.oracle import LossChangeImportance, oracle_correlation
 from pruning.data import CALIBRATION_BATCH, Data, Split, load_split
-from pruning.methods import channel
+from pruning.methods import Context, channel
 from pruning.training import Distill, Optim, evaluate, fit
 from pruning.zoo import build_model
 
@@ -84,7 +84,9 @@ def run_one(base: nn.Module, name: str, m: BenchMethod, regime: str, target: flo
                                    target)
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
-    _ = channel.run_schedule(model, data, cfg, ratios[key], seed)
+    ctx = Context(data=data, seed=seed, device="cpu", build=lambda: copy.deepcopy(base), latency_table=Path("unused.json"),
+                  opset=17)
+    _ = channel.run_schedule(model, cfg, ratios[key], ctx)
     epochs = {"recal": 0, "ft": b.short_epochs, "gradual": 1, "long": b.long_epochs}[regime]
     if epochs:
         distill = Distill(base, temperature=4.0, alpha=0.7) if m.distill else None

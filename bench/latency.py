@@ -50,7 +50,7 @@ from pruning.config import Config
 from pruning.counting import count_macs
 from pruning.data import Data, Split
 from pruning.errors import ConfigError, GraphTraceError, ModelError, PruningError
-from pruning.methods import channel
+from pruning.methods import Context, channel
 from pruning.runtime.export import export_onnx
 from pruning.runtime.int8_select import select
 from pruning.runtime.quantize import quantize
@@ -102,8 +102,10 @@ def _macs_allocation(dense: torch.nn.Module, target: float, round_to: int | None
     model = copy.deepcopy(dense)
     ratio = search_ratio(lambda r: channel.macs_after(model, shape, pcfg, r, split, 0), count_macs(model, shape)[0],
                          target)
-    _ = channel.run_schedule(model, Data(split, Split(split.x[:4], split.y[:4]), shape, num_classes), pcfg, ratio,
-                             seed=0)
+    data = Data(split, Split(split.x[:4], split.y[:4]), shape, num_classes)
+    ctx = Context(data=data, seed=0, device="cpu", build=lambda: copy.deepcopy(dense), latency_table=Path("unused.json"),
+                  opset=17)
+    _ = channel.run_schedule(model, pcfg, ratio, ctx)
     return model
 
 

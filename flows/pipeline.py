@@ -1,15 +1,16 @@
 """The pipeline as a Prefect flow: one task per stage, DVC deciding what is stale and recording every output, then promote.
 
 DVC is the one record of what is stale and of every artifact's version. Each task asks DVC whether its stage is stale
-(``Repo.status``, the check ``dvc repro`` makes), runs the stage function in this process if it is, then records the
-result with ``Repo.commit`` — which writes the same dvc.lock entry and fills the same cache as ``dvc repro``. So this flow
-and a plain ``dvc repro`` can never disagree, and a rerun with unchanged inputs recomputes nothing.
+(``Repo.status``, the check ``dvc repro`` makes), runs the stage function if it is, then records the result with
+``Repo.commit`` — which writes the same dvc.lock entry and fills the same cache as ``dvc repro`` — all through
+:mod:`pruning.record`, the one path that records a stage. So this flow and a plain ``dvc repro`` can never disagree,
+and a rerun with unchanged inputs recomputes nothing.
 
 Why in this process and not ``dvc repro --single-item`` per task: each of those is two fresh interpreters (DVC, then the
-stage's ``python -m pruning``, which imports torch), ~3 s x 7 stages — more than the stages' own work on the default run
-(bench/overhead.py). The stage functions are the very ones the dvc.yaml commands call. If the repository's pruning/
-is not byte-identical to the package this process imported, the flow falls back to ``dvc repro --single-item``, so it
-never runs other code than DVC would.
+stage's ``python -m pruning``, which imports torch) per stage, more than the stages' own work on the default run
+(bench/overhead.py measures it). The stage functions are the very ones the dvc.yaml commands call. If the repository's
+pruning/ is not byte-identical to the package this process imported, the stage runs as the command dvc.yaml gives it
+(``python -m pruning <stage>`` in the repository, its own code), and is recorded here the same way.
 
 Prefect adds the schedule, retries on I/O, logs, and a markdown artifact with the summary and the MLflow run. Tasks pass
 nothing but file paths (the DVC outs). Run it with ``python -m pruning run`` (or ``python -m flows.pipeline``).
@@ -21,7 +22,6 @@ time and the server (flows/server.py) to report it — and the process exits 130
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import logging
@@ -57,11 +57,6 @@ if TYPE_CHECKING:
 
 PARAMS = "params.yaml"  # dvc.yaml reads params.yaml next to it: the repository root is the workspace
 
-# dvc's advice after each stage, noise in the flow's log
-_DVC_HINTS = ("To track the changes with git", "git add dvc.lock", "To enable auto staging", "core.autostage",
-              "dvc push")
-
-
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message is the stage's own one-line error."""
 
@@ -86,53 +81,45 @@ def _runs_same_code(repo: Path) -> bool:
     return not theirs.is_dir() or theirs.resolve() == ours or _tree_digest(theirs) == _tree_digest(ours)
 
 
-def _repro(stage: str, repo: Path) -> bool:
-    """``dvc repro --single-item stage`` in a child process; True if the stage ran, False if it was up to date."""
-    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-                         env=child_env(**{SUMMARY_BY_FLOW: "1"}), text=True,
+def _run_child(stage: str, repo: Path) -> None:
+    """Run ``python -m pruning <stage>`` in ``repo`` (its own pruning/ then imports first: the command of dvc.yaml, as
+    ``dvc repro`` would run it), its output in the task's log; a failure is StageFailed with the stage's own line."""
+    out = subprocess.run([sys.executable, "-m", "pruning", stage], env=child_env(**{SUMMARY_BY_FLOW: "1"}), text=True,
                          capture_output=True, check=False, cwd=repo)
     logger = get_run_logger()
     for line in (out.stdout + out.stderr).splitlines():
-        if line.strip() and "━" not in line and not any(hint in line for hint in _DVC_HINTS):
+        if line.strip() and "━" not in line:
             logger.info(line)
     if out.returncode != 0:
         errors = [ln for ln in out.stderr.splitlines() if ln.startswith(("error:", "ERROR"))]
         raise StageFailed(f"stage {stage} failed: {errors[0] if errors else out.stderr.strip()[-500:]}")
-    return f"Running stage '{stage}'" in out.stdout
 
 
 def _stage(stage: Stage, repo: Path) -> bool:
-    """Run one DVC stage in ``repo`` if DVC says it is stale; True if it ran."""
-    if not _runs_same_code(repo):
-        return _repro(stage.name, repo)
-    from dvc.lock import LockError
-    from dvc.repo import Repo, lock_repo
+    """Run one DVC stage in ``repo`` if DVC says it is stale, and record it (:mod:`pruning.record`); True if it ran.
 
-    # Importing dvc sets its loggers to INFO: it would say "Updating lock file 'dvc.lock'" after each commit, through
-    # its own handler and again through Prefect's; the task's "Running stage" / "Finished" lines say it already
-    logging.getLogger("dvc").setLevel(logging.WARNING)
-
+    In this process when the repository's pruning/ is the package imported here, else in a child process that runs
+    the repository's own code; recorded here either way, under DVC's lock held from the check to the record."""
     from pruning.config import load_config
+    from pruning.record import Locked, recording
 
     logger = get_run_logger()
-    # DVC's Python API resolves its outputs against the working directory (an output "is_in_repo" check asserts
-    # otherwise): its calls run from the repository; the stage function itself takes the root. DVC's repository lock
-    # is held from status to commit, as `dvc repro` holds it: no other DVC command (another flow, a `dvc repro`) can
-    # run or record this stage in between. A fresh Repo per stage: the previous stage's commit changed dvc.lock.
     try:
-        with contextlib.chdir(repo), Repo(".") as dvc, lock_repo(dvc):
-            changes = dvc.status(targets=[stage.name])
+        with recording(repo) as dvc:
+            changes = dvc.stale(stage.name)
             if not changes:
                 logger.info("Stage '%s' didn't change, skipping", stage.name)
                 return False
             logger.info("Running stage '%s' (%s)", stage.name, _describe(changes))
-            start = time.perf_counter()
-            result = stage.fn(load_config(repo / PARAMS), repo)
-            record_timing(stage.name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
-            dvc.commit(stage.name, force=True)  # hashes deps/outs/params into dvc.lock and the cache, as `dvc repro`
-    except LockError:
-        raise StageFailed(f"stage {stage.name}: another DVC command (dvc repro, another pipeline run) holds the lock of "
-                          f"{repo}; wait for it to finish and rerun") from None
+            if _runs_same_code(repo):
+                start = time.perf_counter()
+                result = stage.fn(load_config(repo / PARAMS), repo)
+                record_timing(stage.name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+            else:
+                _run_child(stage.name, repo)
+            dvc.commit(stage.name)
+    except Locked as exc:
+        raise StageFailed(f"stage {stage.name}: {exc}") from None
     return True
 
 
@@ -211,8 +198,6 @@ def pipeline(repo: str = ".", strict: bool = False) -> dict[str, Any]:
     from pruning.stages.evaluate import read_results
 
     root = Path(repo).absolute()
-    if str(root) not in sys.path:  # a model.arch given as module:callable lives in the repository
-        sys.path.insert(0, str(root))
     cfg = load_config(root / PARAMS)  # validated once, before any stage runs
     ran = {t.name: t(str(root)) for t in TASKS}
     recorded = read_json(paths(cfg, root).mlflow_run, "evaluate")

@@ -7,6 +7,7 @@ stderr and exit code 2 — never a traceback for bad input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from pruning.acceptance.report import make_console
 from pruning.errors import GateFailed, PruningError
-from pruning.stages import STAGES, Stage
+from pruning.stages import BY_NAME, STAGES, Stage
 
 
 class _PlainFlags:
@@ -67,52 +68,54 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     logging.getLogger("pruning").setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("torch", "onnx", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # A user model given as "module:callable" lives in the project, as with `python -m`; the `pruning` console
-    # script does not put the working directory on sys.path by itself.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
 
 
 def _stage(params: Path, fn: Callable[[Any, Path], Any], name: str) -> Any:
-    """Validate params, run one stage function, and turn user errors into exit code 2."""
+    """Validate params, run one stage function, and turn user errors into exit code 2. A stage verb typed by hand in
+    a DVC workspace records its stage in dvc.lock (:mod:`pruning.record`), as ``dvc repro`` and the flow do: otherwise
+    ``dvc status`` would call the fresh outputs modified and the next ``dvc repro`` would redo the stage."""
     from pruning.config import load_config
 
-    workspace = str(params.absolute().parent)
-    if workspace not in sys.path:  # a model.arch / data.source given as module:callable lives in the workspace
-        sys.path.insert(0, workspace)
+    root = params.parent  # the workspace: params.yaml's directory, as for `run` and DVC
     try:
         cfg = load_config(params)
-        start = time.perf_counter()
-        result = fn(cfg, params.parent)  # the workspace: params.yaml's directory, as for `run` and DVC
+        with _recording(params, name) as recorder:
+            start = time.perf_counter()
+            result = fn(cfg, root)
+            record_timing(name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
+            if recorder is not None:
+                _commit(recorder, name)
     except PruningError as exc:
         err.print(f"[red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    record_timing(name, time.perf_counter() - start, getattr(result, "tracking_seconds", 0.0))
-    _record_in_dvc(params, name)
     return result
+
+
+def _recording(params: Path, stage: str) -> Any:
+    """DVC's lock and recorder when this verb records its stage: typed by hand (DVC records the commands of its own
+    stages, the flow the stages it runs), for a stage of the table, with the workspace's own params.yaml, in a DVC
+    workspace; else nothing."""
+    from pruning.record import UNDER_DVC, is_dvc_workspace, recording
+
+    by_hand = not (os.environ.get(UNDER_DVC) or os.environ.get(SUMMARY_BY_FLOW))
+    if by_hand and stage in BY_NAME and params.name == "params.yaml" and is_dvc_workspace(params.parent):
+        return recording(params.parent)
+    return contextlib.nullcontext()
+
+
+def _commit(recorder: Any, stage: str) -> None:
+    try:
+        recorder.commit(stage)
+    except Exception as exc:  # noqa: BLE001 - the stage ran and wrote its outputs: recording them is extra
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        err.print(f"[yellow]warning:[/] {stage} ran, but DVC did not record it ({reason}); run `dvc commit {stage}`",
+                  highlight=False, soft_wrap=True)
 
 
 def child_env(**extra: str) -> dict[str, str]:
     """This environment for a child process, with this interpreter's bin/ first on PATH: the `python` of dvc.yaml's
     commands and the `dvc` the children call are then this virtual environment's, activated or not."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
-
-
-def _record_in_dvc(params: Path, stage: str) -> None:
-    """A stage verb typed by hand in a DVC workspace records its outputs in dvc.lock (``dvc commit``), as ``dvc repro``
-    and the flow do: otherwise ``dvc status`` would call the fresh outputs modified and the next ``dvc repro`` would
-    redo the stage. Not under DVC (which commits itself), not for another params file than the workspace's."""
-    root = params.absolute().parent
-    by_hand = not (os.environ.get("DVC_STAGE") or os.environ.get(SUMMARY_BY_FLOW))
-    if (not by_hand or stage not in {s.name for s in STAGES} or params.name != "params.yaml"
-            or not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir()):
-        return
-    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet", stage], cwd=root, env=child_env(),
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["dvc commit failed"])[-1]
-        err.print(f"[yellow]warning:[/] {stage} ran, but DVC did not record it ({reason}); run `dvc commit {stage}`",
-                  highlight=False, soft_wrap=True)
 
 
 def record_timing(stage: str, seconds: float, tracking_seconds: float = 0.0) -> None:

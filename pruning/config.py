@@ -25,6 +25,7 @@ from pruning.methods import METHODS, MethodConfig, default_config
 from pruning.references import check_references, check_tracked
 from pruning.schema import Section, TooLarge, safe_load_unique, workspace_path_problem
 from pruning.task import TaskConfig
+from pruning.zoo import importable_from
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -301,13 +302,15 @@ def parse_config(raw: Any, file: str = "params.yaml") -> Config:
 
 
 def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
-    """Read and validate params.yaml (a safe YAML loader; never executes anything)."""
+    """Read and validate params.yaml (a safe YAML loader: the file itself never executes anything; the user's own
+    ``module:callable`` references are imported, from the workspace, to check them)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Parameters file {path} not found (run from the repository root or pass --params)")
     raw = read_yaml(path)
     if isinstance(raw, dict):
         check_tracked(raw, path)
+    importable_from(path.parent)  # module:callable references live in the workspace
     return parse_config(raw, str(path))
 
 

@@ -26,6 +26,35 @@ log = logging.getLogger(__name__)
 
 History = list[tuple[str, bool, list[int]]]  # torch-pruning's pruning_history(): (layer name, out-channels?, indices)
 
+# The layer types that lead a group of coupled channels: torch-pruning's BasePruner default, named once so that the
+# pruner and every walk over its groups (prunable_groups) agree on what a group is.
+ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM)
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """Coupled channels torch-pruning removes together, led by the output channels of its root layer."""
+
+    group: Any  # torch_pruning.dependency.Group: (dependency, indices) items over every coupled layer
+    root: nn.Module
+    name: str  # the root layer's name in the model
+    channels: int  # the root's output channels
+
+
+def prunable_groups(dg: tp.DependencyGraph, model: nn.Module, ignored: Sequence[nn.Module]) -> list[PrunableGroup]:
+    """The groups of ``dg`` (``model``'s dependency graph) whose channels can be removed, in torch-pruning's order:
+    the one walk over its groups (the uniform plan, latency allocation, the loss-change oracle's correlation and
+    complexity-aware training's unit gates read the same groups). A group whose removal would cut an ``ignored``
+    layer's outputs is left out, as is one whose root has no output channels to count."""
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for group in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES):
+        root = group[0].dep.target.module
+        channels = dg.get_out_channels(root)
+        if channels:
+            out.append(PrunableGroup(group, root, names.get(root, type(root).__name__), channels))
+    return out
+
 
 def classifier_of(model: nn.Module) -> nn.Module:
     """The output layer (the last ``nn.Linear``); pruning its outputs would change the model's output shape."""
@@ -122,7 +151,7 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
             pruner = tp.pruner.BasePruner(
                 model, example_input(input_shape), importance=importance, pruning_ratio=ratio,
                 global_pruning=scope == "global", iterative_steps=iterative_steps, round_to=round_to,
-                max_pruning_ratio=max_layer_ratio, ignored_layers=ignored,
+                max_pruning_ratio=max_layer_ratio, ignored_layers=ignored, root_module_types=list(ROOT_TYPES),
                 iterative_pruning_ratio_scheduler=scheduler or linear_scheduler, pruning_ratio_dict=ratio_dict,
             )
     except Exception as exc:  # torch-pruning raises assorted errors from inside model.forward during tracing
@@ -160,17 +189,11 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
 
     GraphTraceError (``field="ratio"``) naming the layer when the ratio alone leaves a group nothing.
     """
-    dg = pruner.DG
-    names = {m: n for n, m in model.named_modules()}
     rows, spans = [], []
-    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
-        root = group[0].dep.target.module
-        channels = dg.get_out_channels(root)
-        if not channels:
-            continue
-        name = names.get(root, type(root).__name__)
+    for found in prunable_groups(pruner.DG, model, pruner.ignored_layers):
+        root, name, channels = found.root, found.name, found.channels
         target = channels * (1 - ratio)
-        g = _channel_groups(pruner, group)
+        g = _channel_groups(pruner, found.group)
         grid, note = math.lcm(round_to, g), ""
         if g > 1 and grid >= channels:
             grid, note = g, f"multiples of its {g} channel groups (round_to {round_to} would leave no choice)"

@@ -71,3 +71,40 @@ def transitive(start: str, root: Path, package: str = "pruning") -> set[str]:
 def files(names: set[str], root: Path, package: str = "pruning") -> set[str]:
     modules = module_files(root, package)
     return {modules[n].relative_to(root).as_posix() for n in names}
+
+
+def import_cycles(root: Path, package: str) -> list[list[str]]:
+    """The import cycles among ``package``'s modules (strongly connected components of more than one module), counting
+    imports under TYPE_CHECKING, inside functions, and a submodule's import of its own package face (the face imports
+    the submodule, so that is a cycle)."""
+    modules = module_files(root, package)
+    edges = {m: {t for t in direct_imports(m, f, modules, package, type_checking=True) if t != m}
+             for m, f in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in modules:
+        if v not in index:
+            visit(v)
+    return cycles

@@ -6,9 +6,10 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+from pathlib import Path
 
 from tests.conftest import REPO
-from tests.imports import direct_imports, module_files
+from tests.imports import import_cycles
 
 SECTIONS = ("seed", "device", "data", "model", "train", "prune", "finetune", "export", "quantize", "evaluate", "gates",
             "tracking", "registry", "schedule", "paths", "bench")
@@ -36,46 +37,61 @@ def test_no_python_file_is_over_400_lines():
     assert not long, long
 
 
-def test_there_is_no_import_cycle_inside_the_package_counting_type_checking_and_function_level_imports():
-    modules = module_files(REPO, "pruning")
-    edges = {m: {t for t in direct_imports(m, f, modules, "pruning", type_checking=True)
-                 if t != m and not m.startswith(t + ".")} for m, f in modules.items()}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    cycles = []
-
-    def visit(v: str) -> None:  # Tarjan's strongly connected components
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in edges[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                cycles.append(sorted(component))
-
-    for v in modules:
-        if v not in index:
-            visit(v)
-    assert not cycles, cycles
+def test_there_is_no_import_cycle_inside_the_package_counting_faces_type_checking_and_function_level_imports():
+    assert not import_cycles(REPO, "pruning")
 
 
-def test_the_package_imports_no_orchestration_no_benchmark_and_mlflow_only_in_tracking():
+def test_a_submodule_importing_its_own_package_face_is_a_cycle(tmp_path):
+    """The check above sees the cycle that hid in pruning/tracking: a face re-exporting a submodule that imports back
+    from the face (also when the import is inside a function)."""
+    face = tmp_path / "pkg" / "sub"
+    face.mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (face / "__init__.py").write_text("from pkg.sub.impl import run\nLIMIT = 3\n")
+    (face / "impl.py").write_text("def run():\n    from pkg.sub import LIMIT\n    return LIMIT\n")
+    assert import_cycles(tmp_path, "pkg") == [["pkg.sub", "pkg.sub.impl"]]
+    (face / "impl.py").write_text("def run():\n    return 3\n")
+    assert import_cycles(tmp_path, "pkg") == []
+
+
+def test_gates_are_the_release_checks_only():
+    """One name, one idea: a module or test module named ``gates`` is about the acceptance gates (complexity-aware
+    training's learned switches are the Bernoulli gates of its own package)."""
+    named = [p for p in _tracked_python() if Path(p).stem in ("gates", "test_gates")]
+    assert named and all(p.startswith(("pruning/acceptance/", "tests/acceptance/")) for p in named), named
+
+
+def test_torch_pruning_s_groups_are_walked_in_one_place():
+    """dependency.prunable_groups is the one walk over torch-pruning's groups (three copies once disagreed on which
+    layer types lead a group)."""
+    walking = [p for p in _tracked_python() if p.startswith(("pruning/", "bench/", "flows/"))
+               and "get_all_groups(" in (REPO / p).read_text()]
+    assert walking == ["pruning/dependency.py"], walking
+
+
+def test_stages_are_recorded_in_dvc_lock_in_one_place():
+    """pruning.record: the flow and a verb typed by hand record through it (no `dvc commit` or `dvc repro` child)."""
+    code = [p for p in _tracked_python() if p.startswith(("pruning/", "flows/"))]
+    assert not [p for p in code if '"-m", "dvc"' in (REPO / p).read_text()]
+    assert [p for p in code if "dvc" in {n.split(".")[0] for n in _imports(p)}] == ["pruning/record.py"]
+
+
+def test_the_workspace_goes_on_sys_path_in_one_place():
+    """zoo.importable_from, called when params.yaml is validated: every entry point (CLI verbs, the flow, DVC's
+    stage commands) reads params.yaml through it."""
+    writing = [p for p in _tracked_python() if p.startswith(("pruning/", "flows/"))
+               and re.search(r"sys\.path\.(insert|append)", (REPO / p).read_text())]
+    assert writing == ["pruning/zoo/__init__.py"], writing
+
+
+def test_the_package_imports_no_orchestration_no_benchmark_mlflow_only_in_tracking_and_dvc_only_to_record():
     for path in (p for p in _tracked_python() if p.startswith("pruning/")):
         roots = {name.split(".")[0] for name in _imports(path)}
-        assert not roots & {"prefect", "flows", "bench", "dvc"}, path
+        assert not roots & {"prefect", "flows", "bench"}, path
         if not path.startswith("pruning/tracking/"):
             assert "mlflow" not in roots, path
+        if path != "pruning/record.py":  # the one path that records a stage in dvc.lock
+            assert "dvc" not in roots, path
 
 
 def test_no_method_criterion_or_allocation_imports_the_zoo():

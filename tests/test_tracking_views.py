@@ -101,16 +101,22 @@ def test_the_parent_run_holds_what_a_reviewer_reads_and_nothing_else(logged):
 
 
 def test_a_stage_dvc_reused_is_a_zero_length_run_that_says_so():
-    from pruning.tracking.pipeline import spans
+    from pruning.stages import STAGES
+    from pruning.tracking import spans
 
+    names = [s.name for s in STAGES]
     times = {"prepare": {"start": 100.0, "end": 101.0}, "train": {"start": 50.0, "end": 90.0},  # an earlier run's
-             "prune": {"start": 101.0, "end": 110.0}, "export": {"start": 99.0, "end": 99.5},  # before prepare
-             "evaluate": {"start": 112.0, "end": None}}
-    first, out = spans(times, now=120.0)
+             "prune": {"start": 101.0, "end": 110.0}, "export": {"start": 99.0, "end": 99.5},  # before the last
+             "evaluate": {"start": 112.0, "end": None}}  # pipeline's end (99.7)
+    first, out = spans(names, times, now=120.0, since=99.7)
     assert first == 100.0
     assert out["train"] == (100.0, 100.0, False) and out["prune"] == (101.0, 110.0, True)
     assert out["export"] == (100.0, 100.0, False) and out["evaluate"] == (112.0, 120.0, True)
-    assert spans({}, now=5.0) == (5.0, {s: (5.0, 5.0, False) for s in out})  # no record at all: nothing ran here
+    assert out["prepare"] == (100.0, 101.0, True)
+    # prepare reused too (nothing upstream changed): the pipeline starts with the first stage that ran
+    first, out = spans(names, {**times, "prepare": {"start": 40.0, "end": 41.0}}, now=120.0, since=99.7)
+    assert first == 101.0 and out["prepare"] == (101.0, 101.0, False) and out["prune"][2]
+    assert spans(names, {}, now=5.0) == (5.0, {s: (5.0, 5.0, False) for s in names})  # no record: nothing ran here
 
 
 def test_a_timing_too_spread_to_trust_decides_no_gate():

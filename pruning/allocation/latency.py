@@ -48,6 +48,7 @@ from pruning.allocation.estimate import Estimator, Group
 from pruning.allocation.latency_table import LatencyTable, Profile, layer_specs
 from pruning.allocation.speedup import search
 from pruning.counting import example_input
+from pruning.dependency import prunable_groups
 from pruning.errors import PruningError
 from pruning.runtime.timing import Speedup
 
@@ -69,13 +70,9 @@ class Allocation:
 def _groups(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance,
             ignored: list[nn.Module], step: int, max_layer_ratio: float) -> list[Group]:
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(input_shape))
-    names = {m: n for n, m in model.named_modules()}
     groups = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv1d, nn.Conv2d, nn.Linear]):
-        root = group[0].dep.target.module
-        channels = dg.get_out_channels(root)
-        if not channels:
-            continue
+    for found in prunable_groups(dg, model, ignored):
+        group, root, channels = found.group, found.root, found.channels
         with torch.no_grad():
             imp = importance(group)
         if imp is None:
@@ -96,7 +93,7 @@ def _groups(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impor
         grid = math.lcm(step, *(m.groups for m in (*outs, *ins) if isinstance(m, nn.Conv1d | nn.Conv2d)
                                 and 1 < m.groups != m.in_channels))
         floor = max(grid, int(np.ceil(channels * (1 - max_layer_ratio) / grid)) * grid)
-        groups.append(Group(root, names.get(root, type(root).__name__), channels, channels, min(floor, channels),
+        groups.append(Group(root, found.name, channels, channels, min(floor, channels),
                              scores, outs, ins, grid))
     return groups
 

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.data import Dataset
 
-from pruning.criteria.oracle import LossChangeImportance
+from pruning.criteria.oracle import MAX_CHANNELS, MAX_SECONDS, LossChangeImportance
 from pruning.data import calibration_batches, calibration_sample, forward, take
 from pruning.task import CLASSIFICATION, Task
 
@@ -26,8 +26,8 @@ from pruning.task import CLASSIFICATION, Task
 class Limits:
     """Bounds of the loss_change oracle per pruning step (the other criteria ignore them)."""
 
-    max_channels: int = 4096
-    max_seconds: float = 600.0
+    max_channels: int = MAX_CHANNELS
+    max_seconds: float = MAX_SECONDS
 
 
 # (imp, model, train, batches, seed, task)

@@ -24,6 +24,7 @@ from torch_pruning._helpers import to_plain_idxs
 
 from pruning.counting import example_input
 from pruning.data import forward
+from pruning.dependency import prunable_groups
 from pruning.errors import PruningError
 
 # producers (rows of weight and bias; BatchNorm's affine) and consumers (input columns of weight)
@@ -32,10 +33,15 @@ _OUT = {tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.pru
 _IN = {tp.prune_conv_in_channels, tp.prune_linear_in_channels}
 
 
+# The oracle's default bounds per pruning step (params.yaml's oracle_max_* ship these; a test holds them equal).
+MAX_CHANNELS = 4096  # loss evaluations: one per channel scored
+MAX_SECONDS = 600.0
+
+
 class LossChangeImportance(tp.importance.Importance):
     """torch-pruning importance whose score is the measured loss increase when a channel is removed."""
 
-    def __init__(self, max_channels: int = 4096, max_seconds: float = 600.0) -> None:
+    def __init__(self, max_channels: int = MAX_CHANNELS, max_seconds: float = MAX_SECONDS) -> None:
         self.max_channels = max_channels
         self.max_seconds = max_seconds
         self._model: nn.Module | None = None
@@ -117,11 +123,9 @@ def oracle_correlation(model: nn.Module, input_shape: tuple[int, ...], criterion
     The criterion must be prepared already (gradients for taylor/hessian) and the oracle bound to a batch.
     """
     dg = tp.DependencyGraph().build_dependency(model, example_input(input_shape))
-    names = {m: n for n, m in model.named_modules()}
     out = {}
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
-        if len(group[0].idxs) < 3:
+    for found in prunable_groups(dg, model, ignored):
+        if found.channels < 3:
             continue
-        name = names[group[0].dep.target.module]
-        out[name] = _spearman(criterion(group).float().cpu(), oracle(group))
+        out[found.name] = _spearman(criterion(found.group).float().cpu(), oracle(found.group))
     return out

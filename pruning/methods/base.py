@@ -39,10 +39,10 @@ class Outcome:
     report: dict[str, Any] = field(default_factory=dict)  # the method's own facts
 
 
-def step_record(step: int, ratio: float, model: nn.Module, data: Data, device: str = "cpu",
-                task: Task = CLASSIFICATION) -> dict[str, Any]:
+def step_record(step: int, ratio: float, model: nn.Module, ctx: Context) -> dict[str, Any]:
     """One point of the pruning curve: what was removed so far (``ratio``, the method's own measure), MACs, params,
-    the task's metric on the test split (under ``accuracy``, the curve's fixed column) and loss."""
-    macs, params = count_macs(model, data.spec)
-    accuracy, loss = evaluate(model, data.test, device=device, task=task)
+    the task's metric on the test split (under ``accuracy``, the curve's fixed column) and loss, scored on
+    ``ctx``'s data, device and task."""
+    macs, params = count_macs(model, ctx.data.spec)
+    accuracy, loss = evaluate(model, ctx.data.test, device=ctx.device, task=ctx.task)
     return {"step": step, "ratio": ratio, "macs": macs, "params": params, "accuracy": accuracy, "loss": loss}

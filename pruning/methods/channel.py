@@ -31,12 +31,11 @@ from pruning.allocation.latency_table import LatencyTable, Yardstick
 from pruning.allocation.uniform import search_ratio
 from pruning.checkpoint import blocks_edit, channels_edit
 from pruning.counting import count_macs
-from pruning.data import Data, calibration_sample
+from pruning.data import calibration_sample
 from pruning.errors import PruningError
 from pruning.methods import depth
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.schema import Section
-from pruning.task import CLASSIFICATION, Task
 from pruning.training import Optim, fit, recalibrate_batchnorm
 
 log = logging.getLogger(__name__)
@@ -81,8 +80,10 @@ class Config(Section):
                               "shortcut); a MACs target stays relative to the dense model")
     depth_criterion: depth.BlockCriterion = Field("loss_change", description="how those blocks are ranked "
                                                   "(loss_change | norm)")
-    oracle_max_channels: int = Field(4096, ge=1, le=10_000_000, description="loss_change: loss evaluations allowed per step")
-    oracle_max_seconds: float = Field(600.0, gt=0, le=86_400, description="loss_change: seconds allowed per step")
+    oracle_max_channels: int = Field(criteria.Limits.max_channels, ge=1, le=10_000_000,
+                                     description="loss_change: loss evaluations allowed per step")
+    oracle_max_seconds: float = Field(criteria.Limits.max_seconds, gt=0, le=86_400,
+                                      description="loss_change: seconds allowed per step")
 
     @model_validator(mode="after")
     def _one_target(self) -> Config:
@@ -143,8 +144,8 @@ def macs_after(model: nn.Module, shape: Any, cfg: Config, ratio: float, train: D
     return count_macs(trial, shape)[0]
 
 
-def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: int, device: str = "cpu",
-                 ratio_dict: dict[nn.Module, float] | None = None, task: Task = CLASSIFICATION
+def run_schedule(model: nn.Module, cfg: Config, ratio: float, ctx: Context,
+                 ratio_dict: dict[nn.Module, float] | None = None
                  ) -> tuple[dependency.History, list[dict[str, Any]], dependency.Plan | None]:
     """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps; (history, steps, the
     channel plan of a uniform ratio with round_to, else None).
@@ -154,10 +155,11 @@ def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: 
     ratios) replaces ``ratio``; ``ratio`` is then only what the step records report.
     Fine-tuning (``cfg.step_finetune_epochs``) runs between steps, not after the last one: that is the finetune stage.
     """
+    data, seed, device, task = ctx.data, ctx.seed, ctx.device, ctx.task
     torch.manual_seed(seed)
     n = cfg.iterative_steps
     pruner, imp, plan = _pruner(model, data.spec, cfg, ratio, n, ratio_dict=ratio_dict)
-    steps = [step_record(0, 0.0, model, data, device, task)]
+    steps = [step_record(0, 0.0, model, ctx)]
     scheduled = (cubic_scheduler if cfg.schedule == "cubic" else linear_scheduler)(ratio, n)
     for step in range(1, n + 1):
         criteria.prepare(cfg.criterion, imp, model, data.calibration_split, cfg.calibration_batches, seed + step, task)
@@ -168,7 +170,7 @@ def run_schedule(model: nn.Module, data: Data, cfg: Config, ratio: float, seed: 
         if cfg.step_finetune_epochs and step < n:
             fit(model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr), seed + step,
                 f"prune step {step} fine-tune", device=device, task=task)
-        steps.append(step_record(step, scheduled[step], model, data, device, task))
+        steps.append(step_record(step, scheduled[step], model, ctx))
         log.info("prune step %d/%d: %s", step, n, steps[-1])
     return pruner.pruning_history(), steps, plan
 
@@ -210,7 +212,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     data, shape = ctx.data, ctx.data.spec
     dense_macs, _ = count_macs(model, shape)
     widths = _widths(model)
-    dense_step = step_record(0, 0.0, model, data, ctx.device, ctx.task) if cfg.depth_blocks else None
+    dense_step = step_record(0, 0.0, model, ctx) if cfg.depth_blocks else None
     removed: list[str] = []
     if cfg.depth_blocks:
         sample = calibration_sample(data.calibration_split, cfg.calibration_batches, ctx.seed)
@@ -228,8 +230,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     else:
         ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.calibration_split, ctx.seed),
                              dense_macs, cfg.target_macs_reduction)
-    history, steps, plan = run_schedule(model, data, cfg, ratio, ctx.seed, ctx.device,
-                                        ratio_dict=allocation.ratios if allocation else None, task=ctx.task)
+    history, steps, plan = run_schedule(model, cfg, ratio, ctx, ratio_dict=allocation.ratios if allocation else None)
     # the share of channels actually removed: the plan's (over its groups) or, without one, over the layers' outputs
     achieved = plan.achieved if plan else _removed_share(widths, _widths(model))
     notes = plan.notes() if plan else []

@@ -176,7 +176,7 @@ def prune_blocks(model: nn.Module, sample: Batch, n_blocks: int, criterion: str 
 def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """Remove ``cfg.blocks`` blocks, then (optionally) recalibrate BatchNorm."""
     data = ctx.data
-    steps = [step_record(0, 0.0, model, data, ctx.device)]
+    steps = [step_record(0, 0.0, model, ctx)]
     sample = calibration_sample(data.calibration_split, cfg.calibration_batches, ctx.seed)
     total = len(residual.find(model, data.spec))
     try:
@@ -185,5 +185,5 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
         raise PruningError(str(exc), field="blocks") from None
     if cfg.bn_recalibration:
         recalibrate_batchnorm(model, data.calibration_split, cfg.calibration_batches, ctx.seed, ctx.device)
-    steps.append(step_record(1, len(names) / total, model, data, ctx.device))  # ratio: share of the blocks
+    steps.append(step_record(1, len(names) / total, model, ctx))  # ratio: share of the blocks
     return Outcome(model, [blocks_edit(names)], steps, {"removed_blocks": names, "criterion": cfg.criterion})

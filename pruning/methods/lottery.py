@@ -179,7 +179,7 @@ def find_ticket(build: Callable[[], nn.Module], train: Dataset, test: Dataset, c
 def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """IMP from the train stage's dense model (see the module docstring); one step record per round."""
     data = ctx.data
-    dense = step_record(0, 0.0, model, data, ctx.device, ctx.task)
+    dense = step_record(0, 0.0, model, ctx)
     result = find_ticket(ctx.build, data.train, data.test, cfg, ctx.seed, trained=model, device=ctx.device,
                          task=ctx.task)
     ticket = result.model

@@ -133,12 +133,12 @@ def masked_layers(model: nn.Module) -> list[str]:
 def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """Magnitude-prune to ``cfg.sparsity``, fold the masks into the weights, recalibrate BatchNorm."""
     data = ctx.data
-    steps = [step_record(0, 0.0, model, data, ctx.device, ctx.task)]
+    steps = [step_record(0, 0.0, model, ctx)]
     magnitude_prune(model, cfg.sparsity, cfg.scope, dependency.modules_named(model, cfg.ignored_layers))
     make_permanent(model)
     if cfg.bn_recalibration:
         recalibrate_batchnorm(model, data.calibration_split, cfg.calibration_batches, ctx.seed, ctx.device)
-    steps.append(step_record(1, weight_sparsity(model), model, data, ctx.device, ctx.task))
+    steps.append(step_record(1, weight_sparsity(model), model, ctx))
     report = {"sparsity": cfg.sparsity, "scope": cfg.scope, "weight_sparsity": weight_sparsity(model),
               "layer_sparsity": layer_sparsity(model)}
     return Outcome(model, [mask_edit(masked_layers(model))], steps, report)

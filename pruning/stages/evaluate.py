@@ -133,17 +133,20 @@ def _track(cfg: Config, root: str | Path, p: PathsConfig, results: tuple[Metrics
            example: Any, started: float) -> str:
     """Log the whole pipeline run to MLflow from the stages' outputs. Returns the parent run id."""
     from pruning.acceptance.report import summary_markdown
-    from pruning.tracking import PipelineRecord, log_pipeline
-    from pruning.tracking.pipeline import spans
+    from pruning.stages import STAGES
+    from pruning.tracking import PipelineRecord, log_pipeline, spans
 
     metrics, timed = results
     tags = {"git_commit": git_commit(root) or "unknown", "params_hash": params_hash(cfg),
             "data_md5_train": _file_md5(p.train_data), "data_md5_test": _file_md5(p.test_data),
             "shipped": "int8" if timed.shipped == "quantized" else "fp32"}
-    times = {**stage_times(p.stage_times), "evaluate": {"start": started, "end": None}}  # evaluate: running now
-    ran = {name: did for name, (_, _, did) in spans(times, time.time())[1].items()}
+    recorded = stage_times(p.stage_times)
+    since = float((recorded.get("evaluate") or {}).get("end") or 0.0)  # the previous pipeline's end
+    times = {**recorded, "evaluate": {"start": started, "end": None}}  # evaluate: running now
+    ran = {name: did for name, (_, _, did) in spans([s.name for s in STAGES], times, time.time(), since)[1].items()}
     record = PipelineRecord(params=cfg.model_dump(mode="json"), paths=p, metrics=merged(metrics, timed), gates=verdict,
-                            tags=tags, example=example, times=times, shipped=timed.shipped,
+                            tags=tags, example=example, times=times, since=since, stages=STAGES,
+                            shipped=timed.shipped,
                             summary=summary_markdown(metrics, timed, verdict, None, ran) + "\n" + consumer_note(cfg, p))
     return log_pipeline(record, cfg.tracking.experiment, root)
 

@@ -1,4 +1,5 @@
-"""One pipeline run in MLflow: a parent run + one nested run per row of :data:`pruning.stages.STAGES`.
+"""One pipeline run in MLflow: a parent run + one nested run per stage (the rows of :data:`pruning.stages.STAGES`, which
+the evaluate stage hands over in the record: tracking does not import the stages).
 
 The parent run holds what a reviewer reads first: the summary table as its description, the gate verdict as tags,
 the params the pipeline used (not the benchmarks' or the paths), the final metrics (metrics.json + latency.json;
@@ -23,14 +24,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pruning import faults
 from pruning.atomic import alive
-from pruning.stages import STAGES, Stage
-from pruning.tracking import MODEL_TAG, figures, flatten, numbers, setup, store_errors
+from pruning.tracking import figures
+from pruning.tracking.store import MODEL_TAG, flatten, numbers, setup, store_errors
 
 if TYPE_CHECKING:
     from pruning.config import PathsConfig
@@ -40,6 +42,17 @@ log = logging.getLogger(__name__)
 _SERIES_KEYS = ("epoch", "step", "round")
 _SETTINGS = ("batch_size_N", "threads")  # how latency was measured: params of the run, not metrics
 EXPERIMENT_KIND = "custom_model_development"  # the UI opens it as model training, not as the GenAI (traces) view
+
+
+class TrackedStage(Protocol):
+    """What tracking reads of a row of the stage table (:class:`pruning.stages.Stage`)."""
+
+    name: str
+    params: tuple[str, ...]  # params.yaml keys it reads: its nested run's params
+    reports: tuple[str, ...]  # paths.* keys of its JSON reports: metrics, curves, artifacts
+    artifacts: tuple[str, ...]  # paths.* keys of other files logged as they are
+    models: dict[str, str]  # MLflow model name -> paths.* key of an ONNX file
+    gated: bool  # its figures are the parent run's
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,9 @@ class PipelineRecord:
     tags: dict[str, str]
     example: Any  # a few real test inputs: an array, or a model's inputs (tuple / dict) when it has several
     times: dict[str, dict[str, Any]]  # paths.stage_times: {stage: {start, end}} (Unix seconds; evaluate's end None)
+    since: float = 0.0  # when the previous pipeline ended (the last evaluate's end): a stage started after it ran here
     summary: str = ""  # Markdown: the parent run's description
+    stages: Sequence[TrackedStage] = ()  # the pipeline's stages, in order: one nested run each
     shipped: str = "quantized"  # the variant that ships
 
 
@@ -66,28 +81,29 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-def spans(times: dict[str, dict[str, Any]], now: float) -> tuple[float, dict[str, tuple[float, float, bool]]]:
-    """The pipeline's start and each stage's (start, end, ran in this pipeline).
+def spans(names: Sequence[str], times: dict[str, dict[str, Any]], now: float, since: float = 0.0
+          ) -> tuple[float, dict[str, tuple[float, float, bool]]]:
+    """The pipeline's start and each stage's (start, end, ran in this pipeline), for the stages ``names`` in order.
 
-    A pipeline starts with ``prepare`` (DVC runs it on every repro, the flow too); a stage ran in this pipeline when
-    it started after that. Evaluate is running now: its end is ``now``. A stage that did not run here (DVC reused its
-    outputs) gets a zero-length span at the pipeline's start."""
-    evaluate = times.get("evaluate", {})
-    first = times.get("prepare", {}).get("start") or evaluate.get("start") or now
+    A stage ran in this pipeline when it started after ``since``: the end of the previous pipeline (the last run of
+    the last stage, the one that logs the pipeline; 0 when there was none). The last stage is running now: its end is
+    ``now``. The pipeline starts when the first stage that ran started; a stage that did not run here (DVC reused its
+    outputs) gets a zero-length span there."""
     out: dict[str, tuple[float, float, bool]] = {}
-    for stage in STAGES:
-        t = times.get(stage.name, {})
-        start, end = t.get("start"), now if stage.name == "evaluate" else t.get("end")
-        ran = isinstance(start, int | float) and isinstance(end, int | float) and start >= first - 1e-3
-        out[stage.name] = (float(start), float(end), True) if ran else (first, first, False)  # type: ignore[arg-type]
-    return first, out
+    for name in names:
+        t = times.get(name, {})
+        start, end = t.get("start"), now if name == names[-1] else t.get("end")
+        if isinstance(start, int | float) and isinstance(end, int | float) and start > since:
+            out[name] = (float(start), float(end), True)
+    first = min((start for start, _, _ in out.values()), default=now)
+    return first, {name: out.get(name, (first, first, False)) for name in names}
 
 
 def log_pipeline(record: PipelineRecord, experiment: str, root: str | Path = ".") -> str:
     """Log one pipeline run (parent + a nested run per stage). Returns the parent run id.
 
     Runs a killed pipeline left RUNNING are marked KILLED first; an exception on the way ends the runs FAILED and
-    becomes one line (:func:`~pruning.tracking.store_errors`)."""
+    becomes one line (:func:`~pruning.tracking.store.store_errors`)."""
     import mlflow
 
     experiment_id = setup(experiment, root)
@@ -105,13 +121,13 @@ def _log_pipeline(record: PipelineRecord, experiment_id: str) -> str:
                               "run per pipeline run (dense -> pruned -> INT8 ONNX, with its gates), one nested run "
                               "per stage. The registry holds the shipped models; alias `champion` = the best that "
                               "passed every gate.")
-    first, stage_spans = spans(record.times, time.time())
+    first, stage_spans = spans([s.name for s in record.stages], record.times, time.time(), record.since)
     batch_n = record.metrics.get("batch_size_N")
     parent = client.create_run(experiment_id, start_time=_ms(first), run_name=f"pipeline-{record.tags['params_hash'][:8]}",
                                tags={**_owner(), "mlflow.note.content": record.summary})
     with mlflow.start_run(run_id=parent.info.run_id):
         mlflow.set_tags({**record.tags, "gates": "passed" if record.gates["passed"] else "failed"})
-        mlflow.log_params({k: str(v)[:6000] for k, v in _used_params(record.params).items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in _used_params(record.params, record.stages).items()})
         mlflow.log_params({f"latency.{k}": record.metrics[k] for k in _SETTINGS if k in record.metrics})
         mlflow.log_metrics({metric_name(k, batch_n): v for k, v in numbers(record.metrics).items()
                             if k not in _SETTINGS})
@@ -125,16 +141,16 @@ def _log_pipeline(record: PipelineRecord, experiment_id: str) -> str:
         if report.get("structure"):  # a method that reports the structure it found (complexity_aware)
             mlflow.log_figure(figures.structure(report["structure"]), "structure.png")
         models: dict[str, str] = {}
-        for stage in STAGES:
+        for stage in record.stages:
             _log_stage(stage, record, models, experiment_id, parent.info.run_id, stage_spans[stage.name])
             faults.point("mlflow:logging")
         mlflow.set_tags({MODEL_TAG.format(name): uri for name, uri in models.items()})
         return parent.info.run_id
 
 
-def _used_params(params: dict[str, Any]) -> dict[str, Any]:
+def _used_params(params: dict[str, Any], stages: Sequence[TrackedStage]) -> dict[str, Any]:
     """The params.yaml keys some stage or the registry reads (not the paths, the schedule or the benchmarks')."""
-    keys = {k for stage in STAGES for k in stage.params} | {"registry"}
+    keys = {k for stage in stages for k in stage.params} | {"registry"}
     return {k: v for k, v in flatten(params).items() if any(k == key or k.startswith(key + ".") for key in keys)}
 
 
@@ -193,7 +209,7 @@ def _stage_params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, st
     return {k: str(v)[:6000] for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in keys)}
 
 
-def _log_stage(stage: Stage, record: PipelineRecord, models: dict[str, str], experiment_id: str, parent_id: str,
+def _log_stage(stage: TrackedStage, record: PipelineRecord, models: dict[str, str], experiment_id: str, parent_id: str,
                span: tuple[float, float, bool]) -> None:
     """One nested run, the same for every stage (see the module docstring), spanning the stage's real time."""
     import mlflow
@@ -219,7 +235,7 @@ def _log_stage(stage: Stage, record: PipelineRecord, models: dict[str, str], exp
             mlflow.log_artifact(getattr(record.paths, key))
         for name, key in stage.models.items():
             models[name] = _log_onnx(getattr(record.paths, key), name, record.example).model_uri
-    client.set_terminated(run_id, "FINISHED", end_time=_ms(end if stage.name != "evaluate" else time.time()))
+    client.set_terminated(run_id, "FINISHED", end_time=_ms(end if stage is not record.stages[-1] else time.time()))
 
 
 def _log_onnx(path: str, name: str, example: Any):

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from pruning import faults
 from pruning.errors import PruningError
-from pruning.tracking import FP32_MODEL_TAG, INT8_MODEL_TAG, lock, setup, store_errors
 from pruning.tracking.pipeline import metric_name
+from pruning.tracking.store import FP32_MODEL_TAG, INT8_MODEL_TAG, lock, setup, store_errors
 
 if TYPE_CHECKING:
     from pruning.config import Config

@@ -148,7 +148,7 @@ def test_flow_runs_stages_in_process_only_with_the_repository_s_own_code(tmp_pat
     assert _runs_same_code(tmp_path)  # byte-identical copy
     stage = tmp_path / "pruning/stages/train.py"
     stage.write_text(stage.read_text() + "\n# a local change\n")
-    assert not _runs_same_code(tmp_path)  # falls back to `dvc repro --single-item`, which runs this copy
+    assert not _runs_same_code(tmp_path)  # runs `python -m pruning <stage>` there: this copy's code
 
 
 def test_run_command_launches_its_own_ephemeral_server_and_stops_it(repo, tmp_path_factory):

@@ -40,14 +40,14 @@ def _ctx(data: Data, tmp: Path | None = None) -> Context:
 def test_run_schedule_removes_channels_with_every_criterion(criterion, data):
     model = _model()
     dense_macs = count_macs(model, SHAPE)[0]
-    _, steps, _ = channel.run_schedule(model, data, _cfg(criterion=criterion, ratio=0.5), 0.5, seed=0)
+    _, steps, _ = channel.run_schedule(model, _cfg(criterion=criterion, ratio=0.5), 0.5, _ctx(data))
     assert steps[-1]["macs"] < 0.45 * dense_macs
     assert model.eval()(data.test.x[:3]).shape == (3, 10)
 
 
 def test_run_schedule_records_decreasing_macs_when_iterative(data):
-    history, steps, _ = channel.run_schedule(_model(), data, _cfg(ratio=0.6, iterative_steps=3, step_finetune_epochs=1),
-                                          0.6, seed=0)
+    history, steps, _ = channel.run_schedule(_model(), _cfg(ratio=0.6, iterative_steps=3, step_finetune_epochs=1),
+                                             0.6, _ctx(data))
     macs = [s["macs"] for s in steps]
     assert [s["step"] for s in steps] == [0, 1, 2, 3]
     assert macs[0] > macs[1] > macs[2] > macs[3]
@@ -60,7 +60,7 @@ def test_search_ratio_reaches_the_macs_target_without_touching_the_model(data):
     dense_macs = count_macs(model, SHAPE)[0]
     ratio = search_ratio(lambda r: channel.macs_after(model, SHAPE, cfg, r, data.train, 0), dense_macs, 2.0)
     assert count_macs(model, SHAPE)[0] == dense_macs  # the search never touches the model
-    _, steps, _ = channel.run_schedule(model, data, cfg, ratio, seed=0)
+    _, steps, _ = channel.run_schedule(model, cfg, ratio, _ctx(data))
     assert 2.0 <= dense_macs / steps[-1]["macs"] < 2.3  # reached, and not by overshooting far
     assert 0.2 < ratio < 0.45
 
@@ -82,10 +82,10 @@ def test_cubic_scheduler_front_loads_the_ratio_and_ends_at_it():
 
 
 def test_run_schedule_follows_the_cubic_ratios_when_gradual(data):
-    _, cubic, _ = channel.run_schedule(_model(), data, _cfg(ratio=0.6, iterative_steps=3, schedule="cubic"), 0.6, seed=0)
+    _, cubic, _ = channel.run_schedule(_model(), _cfg(ratio=0.6, iterative_steps=3, schedule="cubic"), 0.6, _ctx(data))
     assert [round(s["ratio"], 4) for s in cubic] == [0.0, round(0.6 * (1 - (2 / 3) ** 3), 4),
                                                      round(0.6 * (1 - (1 / 3) ** 3), 4), 0.6]
-    _, linear, _ = channel.run_schedule(_model(), data, _cfg(ratio=0.6, iterative_steps=3), 0.6, seed=0)
+    _, linear, _ = channel.run_schedule(_model(), _cfg(ratio=0.6, iterative_steps=3), 0.6, _ctx(data))
     assert cubic[1]["macs"] < linear[1]["macs"]  # gradual removes more at the first step
     assert cubic[-1]["macs"] == linear[-1]["macs"]  # and ends at the same size
 

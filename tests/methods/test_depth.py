@@ -175,3 +175,24 @@ def test_apply_removes_a_block_from_a_residual_network_defined_here(digits):
     with pytest.raises(PruningError, match="cannot remove 9 blocks") as exc:
         depth.apply(UserNet(), depth.Config(blocks=9), ctx)
     assert exc.value.field == "blocks"
+
+
+def test_apply_scores_its_step_records_with_the_task_of_its_context():
+    """A regression task (mse loss and metric, float targets): the step records hold the task's metric and loss, as
+    evaluate computes them, not cross-entropy and accuracy (depth once scored every task as classification)."""
+    from pruning.task import TaskConfig, build_task
+    from pruning.training import evaluate
+
+    torch.manual_seed(0)
+    x = torch.randn(96, 1, 8, 8)
+    split = Split(x, x.mean((1, 2, 3)).unsqueeze(1).repeat(1, 10))  # 10 float targets per sample
+    task = build_task(TaskConfig(loss="mse", metric="mse"))
+    ctx = Context(data=Data(split, split, (1, 8, 8), 10), seed=0, device="cpu", build=UserNet, latency_table=None,  # type: ignore[arg-type]
+                  opset=17, task=task)
+    model = UserNet().eval()
+    out = depth.apply(copy.deepcopy(model), depth.Config(blocks=1, bn_recalibration=False), ctx)
+    metric, loss = evaluate(model, split, task=task)
+    assert out.steps[0]["accuracy"] == pytest.approx(metric) and out.steps[0]["loss"] == pytest.approx(loss)
+    assert metric == pytest.approx(loss)  # mse both ways: a classification score would differ (and fail on floats)
+    metric, loss = evaluate(out.model, split, task=task)
+    assert out.steps[1]["accuracy"] == pytest.approx(metric) and out.steps[1]["loss"] == pytest.approx(loss)

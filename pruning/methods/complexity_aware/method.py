@@ -2,7 +2,7 @@
 training, and remove them for real as soon as they die.
 
 Every unit (a channel of a torch-pruning dependency group) and every residual block is scaled by ξ ~ Bernoulli(θ)
-(:mod:`pruning.gates`). Weights W and the gates' probabilities θ minimise
+(:mod:`.bernoulli`). Weights W and the gates' probabilities θ minimise
 
     J(W, θ) = E_ξ[L(W, ξ)] + s · [(1 − ρ) · E[MACs](θ) / MACs₀ + ρ · E[params](θ) / params₀]
 
@@ -10,7 +10,7 @@ with three knobs: ``strength`` s (accuracy vs pruning level), ``flops_vs_params`
 scales the complexity gradient of block gates by 2β and of unit gates by 2(1 − β) (0.5: as the complexity says). The
 per-structure regularisation weights are therefore not set by hand: structure k pays λ_k = s · ∂C/∂θ_k, its share of
 the expected complexity at the current θ (a convolution's cost depends on its input and output gates and its block
-gate). E[L]'s gradient in θ is an unbiased estimate (:mod:`pruning.estimators`: ``relaxed`` by default, or ``arm``); W
+gate). E[L]'s gradient in θ is an unbiased estimate (:mod:`.estimators`: ``relaxed`` by default, or ``arm``); W
 gets the pathwise gradient of the same pass. θ takes projected SGD steps θ ← clip(θ − η_θ ĝ, 0, 1), as the paper's
 projected stochastic optimisation: plain SGD keeps each structure's pressure proportional to its cost (Adam would give
 every gate the same step size).
@@ -41,12 +41,13 @@ import torch_pruning as tp
 from pydantic import Field
 from torch import nn
 
-from pruning import dependency, estimators, gates, residual
+from pruning import dependency, residual
 from pruning.checkpoint import Edit, blocks_edit, channels_edit
 from pruning.counting import count_macs, example_input
 from pruning.data import Data, batches, forward
 from pruning.errors import PruningError
 from pruning.methods.base import Context, Outcome, step_record
+from pruning.methods.complexity_aware import bernoulli, estimators
 from pruning.schema import Section
 from pruning.task import Task, cross_entropy
 from pruning.training import evaluate, resolve_device
@@ -128,10 +129,10 @@ class _Run:
         self.step = 0
         self._optimisers()
 
-    def _build(self, carried: dict[str, Any] | None) -> gates.Gates:
+    def _build(self, carried: dict[str, Any] | None) -> bernoulli.Gates:
         cfg = self.cfg
         ignored = dependency.ignored_modules(self.net, cfg.ignored_layers)
-        g = gates.build(self.net, self.spec, ignored, carried, cfg.theta_init, cfg.unit_gates, cfg.block_gates)
+        g = bernoulli.build(self.net, self.spec, ignored, carried, cfg.theta_init, cfg.unit_gates, cfg.block_gates)
         g.attach(self.net)
         self.is_block = torch.zeros(g.size, dtype=torch.bool)
         self.is_block[[b.index for b in g.blocks]] = True
@@ -225,7 +226,7 @@ class _Run:
             g.start = torch.where(fresh, theta, g.start)
             return
         if cfg.target_macs_reduction is not None:
-            keep = gates.budget_cut(g, theta, self.dense_total / cfg.target_macs_reduction, self.ungated,
+            keep = bernoulli.budget_cut(g, theta, self.dense_total / cfg.target_macs_reduction, self.ungated,
                                     self.is_block)
         for grp in g.groups:
             span = slice(grp.offset, grp.offset + grp.size)
@@ -262,7 +263,7 @@ class _Run:
         blocks = [b.name for b in g.blocks if ready[b.index]]
         if not cuts and not blocks:
             return 0, []
-        carried = gates.carry(g)
+        carried = bernoulli.carry(g)
         g.detach()
         self.net.to("cpu")  # tracing, removal and the gates' rebuild run on example inputs on the CPU
         if cuts:
@@ -271,7 +272,7 @@ class _Run:
                 grp = g.groups[i]
                 gone = set(dead)
                 for point, chans in grp.points.items():
-                    gates.drop(carried, point, [c for c, r in enumerate(chans) if r not in gone])
+                    bernoulli.drop(carried, point, [c for c, r in enumerate(chans) if r not in gone])
                 fn = dg.get_pruner_of_module(grp.root).prune_out_channels
                 dg.get_pruning_group(grp.root, fn, dead).prune()
             history = channels_edit(dg.pruning_history())
@@ -373,8 +374,7 @@ def train(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Ed
 
 def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """Train ``ctx.build()`` (``start: scratch``) or ``model`` (``dense``) with gates; step 0 is the dense model."""
-    data = ctx.data
-    steps = [step_record(0, 0.0, model, data, ctx.device, ctx.task)]
+    steps = [step_record(0, 0.0, model, ctx)]
     net = ctx.build() if cfg.start == "scratch" else model
     widths = _widths(net)
     net, edits, report = train(net, cfg, ctx)
@@ -382,7 +382,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     report["structure"] = [{"layer": n, "dense": w, "found": after.get(n, 0)} for n, w in widths.items()]
     kept = sum(r["found"] for r in report["structure"])
     ratio = 1 - kept / max(sum(widths.values()), 1)
-    steps.append(step_record(1, ratio, net, data, ctx.device, ctx.task))
+    steps.append(step_record(1, ratio, net, ctx))
     return Outcome(net, edits, steps, report)
 
 

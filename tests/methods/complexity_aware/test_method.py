@@ -10,7 +10,7 @@ from pruning import checkpoint
 from pruning.counting import count_macs
 from pruning.data import Data, Split
 from pruning.methods import METHODS
-from pruning.methods import complexity_aware as complexity
+from pruning.methods.complexity_aware import method as complexity
 from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx
 
 # pressure high enough that a few steps of 2-batch epochs remove structures: what matters here is that removal works

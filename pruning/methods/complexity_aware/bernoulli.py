@@ -1,6 +1,6 @@
-"""Bernoulli gates on units and residual blocks: sampling, the expected complexity, the ARM gradient of θ.
+"""Bernoulli gates on units and residual blocks: where they act, how they are sampled, the expected complexity.
 
-Complexity-aware training (Guenter & Sideris 2024; :mod:`pruning.methods.complexity_aware`) scales every prunable unit and
+Complexity-aware training (Guenter & Sideris 2024; :mod:`.method`) scales every prunable unit and
 every removable residual block by a random ξ ~ Bernoulli(θ). Here:
 
 - **Unit gates**: one θ per channel of a torch-pruning dependency group, so coupled channels (a residual add's inputs,
@@ -12,7 +12,7 @@ every removable residual block by a random ξ ~ Bernoulli(θ). Here:
 - Gates act through forward hooks: the model's modules and names stay the user's, so torch-pruning traces it, the
   depth method's block removal works on it, and a model file replays it. ``xi`` None: no scaling at all.
 
-The θ gradient's estimators are in :mod:`pruning.estimators`.
+The θ gradient's estimators are in :mod:`.estimators`.
 
 :meth:`Gates.expected` is E_ξ[MACs] and E_ξ[params] as functions of θ, exact under independent gates: a convolution
 with G groups costs, per output position, k · Σ_g Σ_(i,o in g) E[ξ_i ξ_o] · Π θ_B(blocks around it), where
@@ -226,11 +226,8 @@ def _unit_groups(model: nn.Module, spec: Any, ignored: list[nn.Module], names: d
     in_map: Channels = {}
     out_map: Channels = {}
     offset = 0
-    for group in dg.get_all_groups(ignored_layers=probe.ignored_layers, root_module_types=probe.root_module_types):
-        root = group[0].dep.target.module
-        n = dg.get_out_channels(root)
-        if not n:
-            continue
+    for found in dependency.prunable_groups(dg, model, probe.ignored_layers):
+        group, root, n = found.group, found.root, found.channels
         members = {dep.target.module for dep, _ in group}
         points: dict[str, list[int]] = {}
         for item in group.items:
@@ -250,7 +247,7 @@ def _unit_groups(model: nn.Module, spec: Any, ignored: list[nn.Module], names: d
                             chans[i] = r
             if dg.is_in_channel_pruning_fn(dep.handler) and not norm:
                 in_map.setdefault(m, {}).update({i: offset + r for i, r in plain})
-        groups.append(UnitGroup(names[root], root, offset, n, points))
+        groups.append(UnitGroup(found.name, root, offset, n, points))
         offset += n
     return groups, in_map, out_map
 

@@ -1,7 +1,8 @@
-"""Unbiased estimators of ∂E_ξ[L]/∂θ for Bernoulli gates (:mod:`pruning.gates`), ξ ~ Bernoulli(θ) per sample.
+"""Unbiased estimators of ∂E_ξ[L]/∂θ for the Bernoulli gates of :mod:`.bernoulli`, ξ ~ Bernoulli(θ) per sample.
 
-Two estimators of ∂E_ξ[L]/∂θ_k = E[L | ξ_k=1] − E[L | ξ_k=0], both unbiased (tests/methods/test_gates.py checks them
-against the exact expectation over every gate configuration); Guenter & Sideris's own is not known to us:
+Two estimators of ∂E_ξ[L]/∂θ_k = E[L | ξ_k=1] − E[L | ξ_k=0], both unbiased
+(tests/methods/complexity_aware/test_estimators.py checks them against the exact expectation over every gate
+configuration); Guenter & Sideris's own is not known to us:
 
 - ``relaxed`` (default; :func:`relaxed_draw`, :func:`relaxed_grad`): every other gate is a Bernoulli draw and ONE gate
   per sample, k, is set to t ~ U(0, 1); then ∂L/∂ξ_k at ξ_k = t is an unbiased estimate of the difference, because
