@@ -23,9 +23,8 @@ from pruning.data import DataConfig
 from pruning.errors import ConfigError
 from pruning.methods import METHODS, MethodConfig, default_config
 from pruning.references import check_references, check_tracked
-from pruning.schema import Section, TooLarge, safe_load_unique, workspace_path_problem
+from pruning.schema import Section, TooLarge, importable_from, safe_load_unique, workspace_path_problem
 from pruning.task import TaskConfig
-from pruning.zoo import importable_from
 
 DEFAULT_PARAMS = Path("params.yaml")
 

@@ -8,6 +8,7 @@ validating params.yaml needs and the config module has no room for: the YAML loa
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,16 @@ def workspace_path_problem(value: str) -> str | None:
     if not path.parts or path.parts[0] in _PROTECTED:
         return f"must not be {', '.join(_PROTECTED)} or inside them"
     return None
+
+
+def importable_from(workspace: str | Path) -> None:
+    """Let ``module:callable`` references (a model, a data source, a loss or metric) import from ``workspace``, the
+    directory of params.yaml, as ``python -m`` lets them import from the working directory: its absolute path goes
+    first on sys.path. The one place the workspace is put there (validating params.yaml calls it); a user's code is
+    trusted, the files of the workspace are only read through the safe loaders."""
+    where = str(Path(workspace).absolute())
+    if where not in sys.path:
+        sys.path.insert(0, where)
 
 
 class TooLarge(ValueError):

@@ -2,15 +2,13 @@
 ``imagefolder`` (class-per-folder images read with Pillow; no torchvision). Their samples are read one by one through
 DataLoaders (:func:`pruning.data.batches`), never stacked into one tensor.
 
-What DVC needs to notice changed data: :func:`fingerprint` hashes the name, size and modification time of every file
-under ``data.path`` (not the bytes: a stat is cheap enough to run on every ``dvc repro``, as the prepare stage does),
-and the source file of the user's data module. The prepare stage writes it into data/meta.json, which every later
-stage depends on.
+What DVC needs to notice changed data: :func:`pruning.fingerprint.source_digest` hashes the content of every file under
+``data.path`` and the source file of the user's data module (:func:`user_code`). The prepare stage writes it into
+data/meta.json, which every later stage depends on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pruning.atomic import replacing, write_bytes
+from pruning.atomic import replacing
 from pruning.errors import DataError, PruningError
 
 # cfg arguments below are pruning.data.DataConfig, not imported: pruning.data imports this module to load streamed
@@ -160,49 +158,16 @@ def num_classes(dataset: Dataset) -> int | None:
     return None
 
 
-def fingerprint(source: str, path: str | None, cache: str | Path | None = None) -> str:
-    """sha256 over the name and content (md5) of every file under ``path`` and the bytes of the user's data module.
+def user_code(source: str) -> list[str]:
+    """The source file of the module that defines a ``module:callable`` source (its code is part of the data's
+    fingerprint: a changed Dataset class changes the samples); none for a built-in source."""
+    if ":" not in source:
+        return []
+    from pruning.zoo import resolve_callable
 
-    Content, not modification times: a fresh clone or ``dvc pull`` rewrites every mtime without changing the data.
-    ``cache`` (a JSON file: name -> [size, mtime_ns, md5]) keeps the md5s of files whose size and mtime did not
-    change, so a rerun on unchanged data reads no file (DVC's own trick for its dependencies).
-    """
-    import json
-
-    h = hashlib.sha256(source.encode())
-    if ":" in source:
-        from pruning.zoo import resolve_callable
-
-        module = inspect.getmodule(resolve_callable(source))
-        file = inspect.getsourcefile(module) if module is not None else None
-        if file and os.path.isfile(file):
-            h.update(Path(file).read_bytes())
-    if path is None:
-        return h.hexdigest()
-    root = Path(path)
-    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
-    known: dict[str, list[Any]] = {}
-    if cache is not None and Path(cache).is_file():
-        try:
-            known = json.loads(Path(cache).read_text())
-        except (OSError, ValueError):
-            known = {}  # a damaged cache only costs a re-read
-    fresh: dict[str, list[Any]] = {}
-    for f in files:
-        st = f.stat()
-        key = str(f.resolve())
-        entry = known.get(key)
-        if not (isinstance(entry, list) and entry[:2] == [st.st_size, st.st_mtime_ns]):
-            md5 = hashlib.md5()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    md5.update(chunk)
-            entry = [st.st_size, st.st_mtime_ns, md5.hexdigest()]
-        fresh[key] = entry
-        h.update(f"{f.relative_to(root) if f != root else f.name}\0{entry[2]}\n".encode())
-    if cache is not None:
-        write_bytes(cache, json.dumps(fresh).encode())
-    return h.hexdigest()
+    module = inspect.getmodule(resolve_callable(source))
+    file = inspect.getsourcefile(module) if module is not None else None
+    return [str(Path(file).resolve())] if file and os.path.isfile(file) else []
 
 
 def streamed_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]:

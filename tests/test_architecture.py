@@ -77,11 +77,11 @@ def test_stages_are_recorded_in_dvc_lock_in_one_place():
 
 
 def test_the_workspace_goes_on_sys_path_in_one_place():
-    """zoo.importable_from, called when params.yaml is validated: every entry point (CLI verbs, the flow, DVC's
+    """schema.importable_from, called when params.yaml is validated: every entry point (CLI verbs, the flow, DVC's
     stage commands) reads params.yaml through it."""
     writing = [p for p in _tracked_python() if p.startswith(("pruning/", "flows/"))
                and re.search(r"sys\.path\.(insert|append)", (REPO / p).read_text())]
-    assert writing == ["pruning/zoo/__init__.py"], writing
+    assert writing == ["pruning/schema.py"], writing
 
 
 def test_the_package_imports_no_orchestration_no_benchmark_mlflow_only_in_tracking_and_dvc_only_to_record():

@@ -31,6 +31,16 @@ class Stage:
     models: dict[str, str] = field(default_factory=dict)  # MLflow model name -> paths.* key, logged with its run
     retries: int = 0  # flow task retries: only for stages that do I/O against a service
     gated: bool = False  # its result carries the gate verdict (the verb gets --strict)
+    # "module:function" (params.yaml path -> bool), importing no torch: True when the stage's outputs are the ones it
+    # would write now, and its command may return at once (a stage DVC runs on every repro: dvc.yaml always_changed)
+    unchanged: str | None = None
+
+    def outputs_unchanged(self, params: Any) -> bool:
+        """The ``unchanged`` check on ``params`` (False when the stage has none)."""
+        if self.unchanged is None:
+            return False
+        module, _, name = self.unchanged.partition(":")
+        return bool(getattr(importlib.import_module(module), name)(params))
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -53,8 +63,10 @@ class Stage:
 _DATA = ("train_data", "test_data", "data_meta")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "Load data.source, split it by seed, write the splits (data/); runs on every dvc repro.",
-          params=("seed", "data"), reads=(), writes=_DATA, reports=("data_meta",)),
+    Stage("prepare", "Load data.source, split it by seed, write the splits (data/); runs on every dvc repro, "
+          "and returns at once while its data, params and code are unchanged.",
+          params=("seed", "data"), reads=(), writes=_DATA, reports=("data_meta",),
+          unchanged="pruning.fingerprint:unchanged"),
     Stage("train", "Train the dense baseline (model.arch), or load model.weights (train.epochs 0: as they are).",
           params=("seed", "device", "model", "task", "train"), reads=(*_DATA, "weights_dir"),
           writes=("dense_model", "train_report"),

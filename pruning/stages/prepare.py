@@ -4,7 +4,8 @@ In-memory sources (digits, mnist1d, npz) are split and saved as arrays. Streamed
 ``module:callable``) are not copied: the split files hold which samples of the source are train and test, and every
 later stage reads the samples from the source through DataLoaders. data/meta.json records the source's fingerprint
 (its files' content, your data module's code), so DVC — which runs this stage on every ``dvc repro``
-(``always_changed``) — reruns what follows only when the data or the split changed.
+(``always_changed``) — reruns what follows only when the data or the split changed. What the outputs are a function
+of is recorded beside them (:mod:`pruning.fingerprint`): while it holds, the stage's command returns at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from pruning.data import EVAL_BATCH, DataConfig, batches, load_split, save_arrays, take, tensors
 from pruning.errors import DataError
-from pruning.sources import fingerprint, num_classes, save_indices, split_streamed
+from pruning.fingerprint import FILE_HASHES, RECORD, record, source_digest
+from pruning.sources import num_classes, save_indices, split_streamed, user_code
 from pruning.stages.common import params_errors, paths, write_json
 
 if TYPE_CHECKING:
@@ -42,12 +44,15 @@ def run(cfg: Config, root: str | Path = ".") -> PrepareResult:
     p = paths(cfg, root)
     d = cfg.data
     source_path = str(Path(root) / d.path) if d.path is not None else None
-    cache = Path(p.data_meta).parent / ".fingerprints.json"
+    cache = Path(p.data_meta).parent / FILE_HASHES
     with params_errors("data"):
+        code = user_code(d.source)
         if d.streamed:
-            return _streamed(cfg, p, root, lambda: fingerprint(d.source, source_path, cache))
+            result = _streamed(cfg, p, root, lambda: source_digest(d.source, source_path, code, cache))
+            _record(cfg, Path(root), code)
+            return result
         (x_tr, y_tr), (x_te, y_te) = load_split(d.model_copy(update={"path": source_path}), cfg.seed)
-        digest = fingerprint(d.source, source_path, cache)  # after the checks: bad data writes nothing
+        digest = source_digest(d.source, source_path, code, cache)  # after the checks: bad data writes nothing
     classes = int(max(y_tr.max(), y_te.max())) + 1
     result = PrepareResult(len(x_tr), len(x_te), tuple(int(s) for s in x_tr.shape[1:]), classes)
     save_arrays(p.train_data, x_tr, y_tr)
@@ -58,7 +63,28 @@ def run(cfg: Config, root: str | Path = ".") -> PrepareResult:
         "n_train": result.n_train, "n_test": result.n_test,
         "train_class_counts": np.bincount(y_tr, minlength=classes).tolist(),
     })
+    _record(cfg, Path(root), code)
     return result
+
+
+def _record(cfg: Config, root: Path, code: list[str]) -> None:
+    """Record the recipe of what was just written (:mod:`pruning.fingerprint`), so that the stage's command returns at
+    once while nothing changes. Only for the workspace's own params.yaml saying what ``cfg`` says (a run with another
+    params file records nothing: its outputs are not what params.yaml describes)."""
+    from pruning.config import parse_config
+    from pruning.schema import safe_load_unique
+
+    params = root / "params.yaml"
+    done = Path(paths(cfg, root).data_meta).parent / RECORD
+    try:
+        raw = safe_load_unique(params.read_text(encoding="utf-8"))
+        same = parse_config(raw, str(params))
+        if (same.seed, same.data, same.paths) != (cfg.seed, cfg.data, cfg.paths):
+            raise ValueError("another params file")
+        where = str(root / cfg.data.path) if cfg.data.path is not None else None
+        record(raw, root, source_digest(cfg.data.source, where, code, done.parent / FILE_HASHES), code)
+    except Exception:  # noqa: BLE001 - without a record the next run prepares in full: nothing is lost
+        done.unlink(missing_ok=True)
 
 
 def _describe(x: Any) -> list[dict[str, Any]]:

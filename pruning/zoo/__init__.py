@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -30,16 +28,6 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,  # ImageNet shape, 3x224x224
     "mobilenetv2_imagenet": mobilenetv2_imagenet,  # ImageNet shape, 3x224x224
 }
-
-
-def importable_from(workspace: str | Path) -> None:
-    """Let ``module:callable`` references (a model, a data source, a loss or metric) import from ``workspace``, the
-    directory of params.yaml, as ``python -m`` lets them import from the working directory: its absolute path goes
-    first on sys.path. The one place the workspace is put there (validating params.yaml calls it); a user's code is
-    trusted, the files of the workspace are only read through the safe loaders."""
-    where = str(Path(workspace).absolute())
-    if where not in sys.path:
-        sys.path.insert(0, where)
 
 
 def resolve_callable(spec: str) -> Any:
