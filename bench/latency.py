@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import torch_pruning as tp
 
 from bench.config import BenchConfig, main
 from bench.families import FAMILIES
+from bench.latency_report import at_macs_row, markdown, ship, target_row, write
 from pruning import dependency
 from pruning.allocation import latency as lat
 from pruning.allocation import latency_table as lt
@@ -189,11 +189,11 @@ def _variants(build: Builder, shape: tuple[int, ...], classes: int, cfg: Config,
             continue
         add(f"pruned, MACs allocation, round_to {rt}", model, round_to=rt)
     table = lt.LatencyTable.load(cfg.paths.latency_table, alloc_batch, cfg.evaluate.threads)
-    name = _at_macs_row(target)
+    name = at_macs_row(target)
     try:
         model, report = _latency_allocation(dense, table, step, cfg, target_macs=target, shape=shape)
         add(name, model, allocation=report)
-        name = _target_row(target)
+        name = target_row(target)
         model, report = _latency_allocation(dense, table, step, cfg, target_speedup=target, shape=shape)
         add(name, model, allocation=report)
         add_int8(f"{name} + INT8", name, selected=True)
@@ -244,9 +244,9 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
             rows[vname] = row
         for vname, figures in pairs.items():
             rows[vname].update(figures)
-        _ship(rows, target, cfg.evaluate.int8_min_speedup)
+        ship(rows, target, cfg.evaluate.int8_min_speedup)
         results[name] = rows
-        report = _write(out_dir, {"target": target, "batches": batches, "threads": cfg.evaluate.threads,
+        report = write(out_dir, {"target": target, "batches": batches, "threads": cfg.evaluate.threads,
                                   "rounds": b.latency_rounds, "repeats": b.latency_repeats, "step": step,
                                   "alloc_batch": alloc_batch, "input_shape": list(shape), "classes": num_classes,
                                   "archs": results, "skipped": skipped,
@@ -255,29 +255,21 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
     return report
 
 
-def _target_row(target: float) -> str:
-    return f"pruned, latency allocation, {target:g}x speedup target"
-
-
-def _at_macs_row(target: float) -> str:
-    return f"pruned, latency allocation, {target:g}x MACs"
-
-
 def _pairs(variants: dict[str, dict[str, Any]], times: dict[str, dict[str, float]], target: float, x: np.ndarray,
            threads: int, protocol: Protocol) -> dict[str, dict[str, dict[str, Any]]]:
     """The figures the issue's checks read, each timed in alternation with its reference alone
-    (:func:`paired_speedup`, the protocol the search accepts a candidate by, with its interval) -- in the ten-model
-    lineup a small net's ratio has moved by up to ~11 % either way from run to run (EfficientNet-like 2.38× in a
-    lineup, 2.16× paired); the table keeps the lineup's. Row -> {key: figures}:
+    (:func:`paired_speedup`, the protocol the search accepts a candidate by, with its interval): in the ten-model
+    lineup a small net's ratio moves by a tenth either way from run to run (docs/results/latency.md); the table keeps
+    the lineup's. Row -> {key: figures}:
 
     - the speedup-target model against dense (``paired_b1``);
     - the latency allocation at the MACs target against the lineup's fastest MACs allocation, named in ``against``
       (``paired_vs_macs_b1``; two models about as fast as each other, where a lineup's 3 % is noise);
     - its INT8 model against it (``paired_vs_fp32_b1``): what decides which of the two ships.
     """
-    target_row, at_macs = _target_row(target), _at_macs_row(target)
+    speedup_row, at_macs = target_row(target), at_macs_row(target)
     macs_rows = [n for n in variants if n.startswith("pruned, MACs allocation")]
-    checks = [(target_row, "paired_b1", "dense"), (f"{target_row} + INT8", "paired_vs_fp32_b1", target_row)]
+    checks = [(speedup_row, "paired_b1", "dense"), (f"{speedup_row} + INT8", "paired_vs_fp32_b1", speedup_row)]
     if macs_rows:
         checks.append((at_macs, "paired_vs_macs_b1", min(macs_rows, key=lambda n: times[n]["latency_ms_b1"])))
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -286,77 +278,6 @@ def _pairs(variants: dict[str, dict[str, Any]], times: dict[str, dict[str, float
             found = paired_speedup(variants[against]["path"], variants[row]["path"], x, threads, protocol)
             out.setdefault(row, {})[key] = {**found.as_dict(), "against": against}
     return out
-
-
-def _ship(rows: dict[str, dict[str, Any]], target: float, min_speedup: float) -> None:
-    """The row the pipeline would ship for the speedup-target model (INT8 only where it is ``min_speedup`` times
-    faster than pruned fp32 at batch 1, as evaluate's choice), and the issue's checks on it, as ``summary``."""
-    fp32 = _target_row(target)
-    int8 = f"{fp32} + INT8"
-    if fp32 not in rows or int8 not in rows:
-        return
-    vs_fp32 = rows[int8]["paired_vs_fp32_b1"]  # each check reads its paired figure (see _pairs)
-    shipped = "int8" if vs_fp32["speedup"] >= min_speedup else "fp32"
-    rows[f"{fp32}, shipped"] = {**rows[int8 if shipped == "int8" else fp32], "shipped": shipped}
-    macs = [r["speedup_b1"] for n, r in rows.items() if n.startswith("pruned, MACs allocation")]
-    at_macs = rows.get(_at_macs_row(target), {})
-    versus = at_macs.get("paired_vs_macs_b1")
-    paired = rows[fp32]["paired_b1"]
-    speedup = paired["speedup"]
-    rows[fp32]["summary"] = {
-        "speedup_b1": speedup, "efficiency_b1": speedup / rows[fp32]["macs_reduction"],
-        "interval_b1": [paired["low"], paired["high"]], "lineup_speedup_b1": rows[fp32]["speedup_b1"],
-        "within_target_band": target <= speedup <= 1.15 * target,
-        "latency_vs_best_macs_allocation_b1": versus["speedup"] if versus else None,
-        "latency_vs_macs_interval_b1": [versus["low"], versus["high"]] if versus else None,
-        "lineup_latency_vs_best_macs_allocation_b1": (at_macs["speedup_b1"] / max(macs)
-                                                      if macs and "speedup_b1" in at_macs else None),
-        "int8_over_pruned_fp32_b1": vs_fp32["speedup"], "int8_interval_b1": [vs_fp32["low"], vs_fp32["high"]],
-        "lineup_int8_over_pruned_fp32_b1": rows[fp32]["p50_ms_b1"] / rows[int8]["p50_ms_b1"], "shipped": shipped}
-
-
-def _paired_text(value: float, interval: list[float], lineup: float, against: str = "") -> str:
-    """'2.22× [2.18, 2.29] paired (lineup 2.35×)': a paired figure with its interval, the lineup's beside it."""
-    return f"{value:.2f}× [{interval[0]:.2f}, {interval[1]:.2f}] paired{against} (lineup {lineup:.2f}×)"
-
-
-def _write(out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """latency.json and latency.md, rewritten after every architecture (a long run keeps what it measured)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "latency.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out_dir / "latency.md").write_text(report["markdown"])
-    return report
-
-
-def markdown(results: dict[str, Any], batches: list[int], skipped: dict[str, dict[str, str]] | None = None) -> str:
-    """One table per architecture, then the variants that could not be built."""
-    lines = []
-    for arch, rows in results.items():
-        head = " | ".join(f"p50 b{b} (ms) | p95 b{b} | speedup b{b} | efficiency b{b}" for b in batches)
-        lines += [f"**{arch}**", "", f"| variant | GMACs | M params | MACs cut | {head} |",
-                  "|---|---:|---:|---:|" + "---:|" * (4 * len(batches))]
-        for name, r in rows.items():
-            cells = " | ".join(f"{r[f'p50_ms_b{b}']:.2f} | {r[f'p95_ms_b{b}']:.2f} | {r[f'speedup_b{b}']:.2f}× | "
-                               f"{r[f'efficiency_b{b}']:.2f}" for b in batches)
-            label = f"{name} ({r['shipped']})" if "shipped" in r else name
-            lines.append(f"| {label} | {r['macs'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | {r['macs_reduction']:.2f}× "
-                         f"| {cells} |")
-        lines.append("")
-        sm = next((r["summary"] for r in rows.values() if "summary" in r), None)
-        if sm:
-            vs = sm["latency_vs_best_macs_allocation_b1"]
-            speedup = _paired_text(sm["speedup_b1"], sm["interval_b1"], sm["lineup_speedup_b1"], " with dense")
-            vs_text = "n/a" if vs is None else _paired_text(vs, sm["latency_vs_macs_interval_b1"],
-                                                            sm["lineup_latency_vs_best_macs_allocation_b1"])
-            int8 = _paired_text(sm["int8_over_pruned_fp32_b1"], sm["int8_interval_b1"],
-                                sm["lineup_int8_over_pruned_fp32_b1"])
-            lines += [f"Speedup target: {speedup} at batch 1 (in [target, 1.15 × target]: "
-                      f"{'yes' if sm['within_target_band'] else 'no'}), efficiency {sm['efficiency_b1']:.2f}; at equal "
-                      f"MACs latency / best MACs allocation {vs_text}; INT8 over pruned fp32 {int8} → ships "
-                      f"{sm['shipped']}.", ""]
-        for name, why in (skipped or {}).get(arch, {}).items():
-            lines += [f"Not built: {name}: {why}", ""]
-    return "\n".join(lines)
 
 
 def _ints(parser: argparse.ArgumentParser, flag: str, text: str, allow_none: bool = False) -> list[int | None]:

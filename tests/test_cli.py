@@ -27,6 +27,15 @@ def test_help_lists_one_verb_per_stage_with_its_line_from_the_table(tmp_path):
     assert "--strict" not in _cli("train", "--help", cwd=tmp_path).stdout
 
 
+def _invoke(*args: str):
+    """The command line in this process (typer's runner): what `python -m pruning ARGS` does, without the start-up."""
+    from typer.testing import CliRunner
+
+    from pruning.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
@@ -37,16 +46,26 @@ def test_help_lists_one_verb_per_stage_with_its_line_from_the_table(tmp_path):
         ({"prune": {"method": "lottery", "ratio": 0.5}}, 'Unknown key "prune.ratio" in params.yaml'),
     ],
 )
-def test_every_verb_exits_2_with_one_line_and_writes_nothing_when_params_are_bad(tmp_path, override, needle):
-    write_params(tmp_path, override)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    for verb in ("prepare", "train", "prune"):
-        out = _cli(verb, cwd=tmp_path)
-        assert out.returncode == 2
+def test_every_verb_exits_2_with_one_line_and_writes_nothing_when_params_are_bad(in_tmp, override, needle):
+    write_params(in_tmp, override)
+    before = sorted(p.name for p in in_tmp.iterdir())
+    for verb in VERBS:
+        out = _invoke(verb)
+        assert out.exit_code == 2, (verb, out.output)
         assert needle in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-        assert "Traceback" not in out.stderr + out.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+        assert "Traceback" not in out.output
+    assert sorted(p.name for p in in_tmp.iterdir()) == before
+
+
+def test_a_verb_s_own_process_exits_2_with_the_one_line_too(tmp_path):
+    """The same as a process of its own (what DVC and a shell run): exit code, one line on stderr, nothing written."""
+    write_params(tmp_path, {"prune": {"ratio": 1.5}})
+    out = _cli("prune", cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith('error: Invalid "prune.ratio" in params.yaml: 1.5') and "Traceback" not in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_a_stage_names_the_missing_input_when_run_out_of_order(tmp_path):

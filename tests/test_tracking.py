@@ -14,9 +14,7 @@ from tests.conftest import TINY, merge
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # a client made before promote() must see this store
+def store(tmp_path, monkeypatch, mlflow_store):  # a client made before promote() must see this store
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     export_onnx(build_model("resnet", {"widths": [4, 4, 4]}, (1, 8, 8), 10), (1, 8, 8), tmp_path / "m.onnx", 17)

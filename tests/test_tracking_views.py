@@ -13,15 +13,16 @@ from tests.conftest import write_params
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory):
+def logged(tmp_path_factory, mlflow_template):
     """Every stage of the tiny config run here, evaluate logging to a fresh sqlite store, then promote; each stage
     timed from outside."""
     from pruning.config import load_config
     from pruning.stages import STAGES
     from pruning.tracking import promote
+    from tests.conftest import fresh_store
 
     root = tmp_path_factory.mktemp("views")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = fresh_store(mlflow_template, root)
     saved = mlflow.get_tracking_uri()
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)

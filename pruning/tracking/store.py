@@ -50,7 +50,7 @@ def lock(uri: str, purpose: str, timeout: float = 600.0):
     return filelock.FileLock(str(where / name), timeout=timeout)
 
 
-def _create_sqlite_store(db: Path, artifacts: Path) -> None:
+def create_sqlite_store(db: Path, artifacts: Path) -> None:
     """Create (and migrate) a new sqlite store in a temporary file, then move it into place: a kill at any moment leaves
     either no store or a complete one, never a half-migrated one."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -90,7 +90,7 @@ def setup(experiment: str, root: str | Path = ".") -> str:
             db.parent.mkdir(parents=True, exist_ok=True)
             with lock(uri, "create"):
                 if not db.is_file():
-                    _create_sqlite_store(db, Path(root).absolute() / ARTIFACT_DIR)
+                    create_sqlite_store(db, Path(root).absolute() / ARTIFACT_DIR)
         except OSError as exc:
             raise PruningError(f"cannot create the MLflow store {db}: {exc.strerror or exc}") from None
     mlflow.set_tracking_uri(uri)

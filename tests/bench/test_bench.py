@@ -3,11 +3,12 @@ import json
 import pytest
 
 from bench.config import BENCH_PARAMS, bench_config, load_bench
-from bench.criteria import README_END, README_START, _ci95, run_criteria
+from bench.criteria import _ci95, run_criteria
 from pruning.config import parse_config
 from pruning.errors import ConfigError
 from tests.conftest import REPO, TINY, merge, write_params
 
+TINY_ARCH = "tests.bench.tiny:tiny_mobile"  # the machinery on a net of seconds; the figures come from the real ones
 BENCH = {"samples": 300, "base_epochs": 2, "seeds": 1, "quick_targets": [2.0], "short_epochs": 2,
          "calibration_samples": 64, "batch_size": 64,
          "kwargs": {"widths": [8, 16], "blocks": [1, 1]},
@@ -21,16 +22,12 @@ def test_ci95_matches_student_t():
     assert _ci95([0.5]) == (0.5, 0.0)
 
 
-def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme_table(tmp_path, monkeypatch):
+def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_its_report(tmp_path, mlflow_store):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     cfg = parse_config(merge(TINY, {"paths": {"bench_dir": "reports/bench-test"},
                                     "tracking": {"enabled": True, "experiment": "c"}}))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{README_START}\nold\n{README_END}\ntail\n")
-    result = run_criteria(cfg, bench_config(BENCH), quick=True, out_dir=tmp_path / "bench", readme=readme)
+    result = run_criteria(cfg, bench_config(BENCH), quick=True, out_dir=tmp_path / "bench")
 
     records = result["records"]
     assert {(r["method"], r["regime"]) for r in records} == {(m, g) for m in ("plain_tp", "taylor")
@@ -44,16 +41,14 @@ def test_run_criteria_quick_compares_methods_at_equal_macs_and_writes_the_readme
     saved = json.loads((tmp_path / "bench" / "criteria.json").read_text())
     assert len(saved["records"]) == len(records) == 6
     assert (tmp_path / "bench" / "criteria.png").stat().st_size > 5000
-    text = readme.read_text()
-    assert "old" not in text and "| plain_tp |" in text and text.endswith("tail\n")
+    text = (tmp_path / "bench" / "criteria.md").read_text()  # the one home of the tables (the docs include it)
+    assert "| plain_tp |" in text and text.endswith("![accuracy vs achieved MACs](criteria.png)\n")
     runs = mlflow.search_runs(experiment_names=["c-bench"], output_format="list")  # a parent + one run per pruning
     assert len(runs) == 1 + len(records)
     assert {r.data.params.get("method") for r in runs} >= {"plain_tp", "taylor"}
 
 
-def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monkeypatch):
-    from bench.sparse import README_END as END
-    from bench.sparse import README_START as START
+def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, mlflow_store):
     from bench.sparse import run_sparse
 
     bench = {**BENCH, "unstructured_sparsity": 0.9, "lottery_rounds": 2, "lottery_epochs": 2, "lottery_rewind_epoch": 1}
@@ -61,11 +56,7 @@ def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monke
                                     "tracking": {"enabled": True, "experiment": "t"}}))
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{START}\nold\n{END}\n")
-    result = run_sparse(cfg, bench_config(bench), tmp_path / "bench", readme)
+    result = run_sparse(cfg, bench_config(bench), tmp_path / "bench")
     un, lt = result["unstructured"], result["lottery"]
     assert un["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert un["csr_bytes"] < un["dense_bytes"] and un["csr_vs_dense"] == pytest.approx(un["csr_bytes"] / un["dense_bytes"])
@@ -73,7 +64,8 @@ def test_run_sparse_reports_csr_size_latency_and_the_lottery_gap(tmp_path, monke
     assert [r["round"] for r in lt["rounds"]] == [1, 2]
     assert lt["final_sparsity"] == pytest.approx(1 - 0.8**2, abs=0.01)
     assert lt["gap_pt"] == pytest.approx(100 * (lt["dense_accuracy"] - lt["final_accuracy"]))
-    assert "Lottery ticket" in readme.read_text() and (tmp_path / "bench" / "sparse.json").is_file()
+    assert "Lottery ticket" in (tmp_path / "bench" / "sparse.md").read_text()
+    assert (tmp_path / "bench" / "sparse.json").is_file()
     run = mlflow.search_runs(experiment_names=["t-bench"], output_format="list")[0]  # tracked like every run
     assert run.data.metrics["unstructured.csr_bytes"] == un["csr_bytes"]
     assert run.data.metrics["lottery.final_accuracy"] == pytest.approx(lt["final_accuracy"])
@@ -83,10 +75,10 @@ def test_run_latency_reports_speedup_and_efficiency_for_every_variant(tmp_path, 
     import bench.latency as bl
 
     monkeypatch.chdir(tmp_path)  # paths.latency_table is relative
-    monkeypatch.setattr(bl, "SHAPE", (3, 32, 32))  # the ImageNet nets at a small resolution: same graph, seconds
     b = bench_config({"latency_repeats": 3, "latency_rounds": 1, "latency_warmup": 1})
-    report = bl.run_latency(parse_config(TINY), b, ["mobilenetv2"], [1, 4], 2.0, [None, 8], tmp_path, step=8)
-    rows = report["archs"]["mobilenetv2"]
+    report = bl.run_latency(parse_config(TINY), b, [TINY_ARCH], [1, 4], 2.0, [None, 8], tmp_path, step=8,
+                            shape=(3, 32, 32))
+    rows = report["archs"][TINY_ARCH]
     assert set(rows) == {"dense", "dense, ORT basic optimisation", "dense + INT8",
                          "pruned, MACs allocation, round_to None", "pruned, MACs allocation, round_to 8",
                          "pruned, latency allocation, 2x MACs", "pruned, latency allocation, 2x speedup target",
@@ -159,13 +151,13 @@ def test_bench_robust_runs_fresh_after_an_interrupted_loaded_run_and_under_load(
     write_params(tmp_path)
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench/params.yaml").write_text("{}\n")
-    report = run_robust(parse_config(TINY), ["mobilenetv2"], 1.3, tmp_path / "out", step=8, interrupt=15,
+    report = run_robust(parse_config(TINY), [TINY_ARCH], 1.3, tmp_path / "out", step=8, interrupt=0.1,
                         shape=(3, 32, 32), classes=10)
-    rows = report["archs"]["mobilenetv2"]
+    rows = report["archs"][TINY_ARCH]
     assert set(rows) == {"fresh", "after an interrupted run under load", "under load (re-measured alone)"}
     assert rows["after an interrupted run under load"]["interrupted_table_entries"] > 0  # the Ctrl-C saved its table
     assert rows["after an interrupted run under load"]["table_reused"] > 0  # ... and the next run read it
     for r in rows.values():
         assert r["candidates"] >= 1 and r["alone"]["rounds"] == 9 and r["alone"]["low"] <= r["alone"]["speedup"]
         assert r["macs_reduction"] > 1.0
-    assert (tmp_path / "out/robust.json").is_file() and "| mobilenetv2 | fresh |" in report["markdown"]
+    assert (tmp_path / "out/robust.json").is_file() and f"| {TINY_ARCH} | fresh |" in report["markdown"]

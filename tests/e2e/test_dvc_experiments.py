@@ -1,10 +1,9 @@
 """DVC experiments compare what they claim to: real DVC in a real git repository, the shipped dvc.yaml and .gitignore
-on the tiny params. The metrics and plots files are versioned by git (cache: false), so `dvc exp show`, `dvc metrics
-diff` and `dvc plots diff` read them at every commit and experiment, and a run leaves exactly those files (plus
-dvc.lock) for `git status` to show."""
+on the tiny params, from the golden run's baseline commit. The metrics and plots files are versioned by git (cache:
+false), so `dvc exp show`, `dvc metrics diff` and `dvc plots diff` read them at every commit and experiment, and a run
+leaves exactly those files (plus dvc.lock) for `git status` to show."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.test_dvc import _run, repo  # noqa: F401 - repo is a fixture
+from tests.conftest import fresh_store
+from tests.e2e.test_dvc import _env, _run
+from tests.golden import status_after_run
 
 pytestmark = pytest.mark.e2e
 DVC = (sys.executable, "-m", "dvc")
@@ -21,9 +22,7 @@ DVC = (sys.executable, "-m", "dvc")
 
 def _json(*args: str, cwd: Path):
     """A dvc command's --json answer (stdout only: DVC writes its warnings to stderr), with _run's environment."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    out = subprocess.run([*DVC, *args, "--json"], cwd=cwd, capture_output=True, text=True, env=env)
+    out = subprocess.run([*DVC, *args, "--json"], cwd=cwd, capture_output=True, text=True, env=_env(cwd))
     assert out.returncode == 0 and "failed to load" not in out.stderr, out.stdout + out.stderr
     return json.loads(out.stdout)
 
@@ -45,22 +44,23 @@ def _metrics(rev: dict) -> dict[str, dict]:
     return {path: f["data"] for path, f in files.items()}
 
 
-def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_then_one_is_promoted(repo):  # noqa: F811
-    _run(*DVC, "repro", cwd=repo)
+def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_then_one_is_promoted(golden, golden_repo,
+                                                                                                    mlflow_template):
+    repo = golden_repo
     # what a run leaves for git: dvc.lock and the metrics / plots files, nothing else (data, models and the other
-    # reports are DVC's: ignored)
-    status = _run("git", "status", "--porcelain", "--untracked-files=all", cwd=repo).splitlines()
+    # reports are DVC's: ignored); the golden run's baseline commit holds them
     metric_files = _in_git(repo)
     assert {"reports/metrics.json", "reports/latency.json", "reports/gates.json", "reports/prune_steps.json"} <= \
         metric_files
-    assert sorted(status) == sorted(f"?? {f}" for f in {"dvc.lock", *metric_files})
+    assert sorted(status_after_run(golden)) == sorted(f"?? {f}" for f in {"dvc.lock", *metric_files})
+    assert _run("git", "status", "--porcelain", "--untracked-files=all", cwd=repo) == ""
     baseline = json.loads((repo / "reports/metrics.json").read_text())
-    _run("git", "add", "-A", cwd=repo)
-    _run("git", "commit", "-qm", "baseline run", cwd=repo)
+    fresh_store(mlflow_template, repo)  # the experiments log their runs (tracking on), as a promotable run needs
 
     # a cheap param: only evaluate reruns (prepare runs on every repro); one threshold passes the MACs gate, one not
     for name, threshold in (("passing", 1.5), ("failing", 100)):
-        log = _run(*DVC, "exp", "run", "-n", name, "-S", f"gates.macs.threshold={threshold}", cwd=repo)
+        log = _run(*DVC, "exp", "run", "-n", name, "-S", f"gates.macs.threshold={threshold}", "-S",
+                   "tracking.enabled=true", "-S", "tracking.experiment=dvc-test", cwd=repo)
         assert "Running stage 'evaluate'" in log and "Running stage 'prune'" not in log
 
     workspace, head = _json("exp", "show", cwd=repo)  # the workspace row, then the baseline commit with its experiments

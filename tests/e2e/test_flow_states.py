@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_params
-from tests.e2e.test_flow import _running, harness, repo  # noqa: F401 - fixtures shared with the flow tests
+from tests.e2e.conftest import PREFECT
+from tests.e2e.test_flow import _running
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("prefect")]
+pytestmark = pytest.mark.e2e
 
 EPOCH = "train dense epoch 1/1000"  # a run that cannot end by itself while the test waits
 
@@ -35,7 +36,7 @@ def latest() -> tuple[object, str]:
 
 
 @pytest.fixture
-def flow_process(repo):  # noqa: F811 - the pytest fixture
+def flow_process(repo):
     """Start `python -m flows.pipeline` as `python -m pruning run` starts it, in its own session (a terminal's Ctrl-C
     goes to such a foreground process group), its output to a file as in `python -m pruning run > out.txt 2>&1`.
     Whatever a failing test leaves running is killed."""
@@ -89,9 +90,10 @@ def _interrupt(process: subprocess.Popen, how: str) -> None:
         process.send_signal(signal.SIGTERM)  # `kill`, or PR_SET_PDEATHSIG when `python -m pruning run` is killed
 
 
+@PREFECT
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_an_interrupted_flow_run_ends_crashed_on_the_server_and_its_epochs_are_in_the_prefect_logs(
-        harness, flow_process, tmp_path_factory, how):  # noqa: F811 - pytest fixtures
+        harness, flow_process, tmp_path_factory, how):
     from prefect import get_client
     from prefect.client.schemas import filters as f
     from prefect.client.schemas.objects import StateType

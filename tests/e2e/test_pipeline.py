@@ -20,10 +20,8 @@ from pruning.errors import ConfigError
 from pruning.runtime.session import predict, session
 from pruning.stages.evaluate import read_results
 from pruning.stages.evaluate import run as run_evaluate
-from pruning.stages.export import run as run_export
 from pruning.stages.finetune import run as run_finetune
 from pruning.stages.prune import run as run_prune
-from pruning.stages.quantize import run as run_quantize
 
 pytestmark = pytest.mark.e2e
 
@@ -32,27 +30,25 @@ TOP_KEYS = {"macs_reduction", "params_reduction", "speedup_b1", "speedup_bN", "a
             "quantized_accuracy_drop", "parity_max_abs", "parity_score"}
 
 
-def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_copy):
-    cfg = load_config("params.yaml")
-    pruned = run_prune(cfg)
-    assert pruned.macs_reduction >= 2.0
-    run_finetune(cfg)
-    exported = run_export(cfg)
-    assert exported.parity_score <= 1.0 and exported.parity_max_abs <= 1e-3
-    run_quantize(cfg)
-    result = run_evaluate(cfg)
+def test_stages_produce_a_smaller_int8_model_that_matches_its_report(golden):
+    """The golden run's outputs (every stage, in order, on the tiny config), read as a user would."""
+    cfg = load_config(golden / "params.yaml")
+    p = cfg.paths.under(golden)
+    pruned = json.loads(Path(p.prune_report).read_text())
+    assert pruned["macs_reduction"] >= 2.0
+    exported = json.loads(Path(p.export_report).read_text())
+    assert exported["parity_score"] <= 1.0 and exported["parity_max_abs"] <= 1e-3
 
-    metrics = merged(*read_results(cfg)[:2])  # metrics.json (deterministic) + latency.json (measured), as one dict
-    assert metrics == json.loads(json.dumps(merged(result.metrics, result.latency)))
-    timed = json.loads(Path(cfg.paths.latency_metrics).read_text())
+    metrics = merged(*read_results(cfg, golden)[:2])  # metrics.json (deterministic) + latency.json (measured)
+    timed = json.loads(Path(p.latency_metrics).read_text())
     assert {"speedup_b1", "int8_vs_pruned_speedup_b1", "threads"} <= timed.keys() and "latency_ms_b1" in timed["pruned"]
-    assert not any("latency" in k or "speedup" in k for k in json.loads(Path(cfg.paths.metrics).read_text()))
+    assert not any("latency" in k or "speedup" in k for k in json.loads(Path(p.metrics).read_text()))
     for variant in ("dense", "pruned", "quantized"):
         assert metrics[variant].keys() >= METRIC_KEYS
     assert metrics.keys() >= TOP_KEYS
     # the figures are the real ones: MACs recounted from the reloaded model files, sizes from the ONNX files
-    dense, _ = load_model(cfg.paths.dense_model)
-    final, record = load_model(cfg.paths.finetuned_model)
+    dense, _ = load_model(p.dense_model)
+    final, record = load_model(p.finetuned_model)
     assert metrics["dense"]["macs"] == count_macs(dense, (1, 8, 8))[0]
     assert metrics["pruned"]["macs"] == count_macs(final, (1, 8, 8))[0]
     assert metrics["macs_reduction"] == pytest.approx(metrics["dense"]["macs"] / metrics["pruned"]["macs"])
@@ -63,24 +59,22 @@ def test_stages_produce_a_smaller_int8_model_that_matches_its_report(trained_cop
     assert 0 <= metrics["parity_max_abs"] <= 1e-4 and 0 <= metrics["parity_score"] <= 1.0
     assert [e["kind"] for e in record["edits"]] == ["channels"] and record["meta"]["stage"] == "finetune"
     # the INT8 model really is quantized and keeps the output shape
-    assert "QuantizeLinear" in {n.op_type for n in onnx.load(cfg.paths.quantized_onnx).graph.node}
-    x = np.load(cfg.paths.test_data)["x"][:5]
-    assert predict(session(cfg.paths.quantized_onnx), x).shape == (5, 10)
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(p.quantized_onnx).graph.node}
+    x = np.load(p.test_data)["x"][:5]
+    assert predict(session(p.quantized_onnx), x).shape == (5, 10)
     with torch.no_grad():
         assert final(torch.from_numpy(x)).shape == (5, 10)
-    gates = json.loads(Path(cfg.paths.gates).read_text())
+    gates = json.loads(Path(p.gates).read_text())
     assert gates["passed"] is True and {c["name"] for c in gates["checks"]} == {"macs", "parity"}
-    steps = json.loads(Path(cfg.paths.prune_steps).read_text())
+    steps = json.loads(Path(p.prune_steps).read_text())
     assert [s["step"] for s in steps] == [0, 1, 2] and steps[0]["macs"] > steps[2]["macs"]
 
 
-def test_evaluate_reports_a_failing_gate_and_strict_exits_2(trained_copy):
+def test_evaluate_reports_a_failing_gate_and_strict_exits_2(finished_copy):
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["gates"]["impossible"] = {"metric": "macs_reduction", "op": ">=", "threshold": 1000.0}
     Path("params.yaml").write_text(yaml.safe_dump(params))
     cfg = load_config("params.yaml")
-    for stage in (run_prune, run_finetune, run_export, run_quantize):
-        stage(cfg)
     verdict = run_evaluate(cfg).gates
     assert verdict["passed"] is False
     failed = [c for c in verdict["checks"] if not c["passed"]]

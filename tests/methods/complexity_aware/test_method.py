@@ -117,7 +117,7 @@ def test_a_two_input_model_is_gated_pruned_and_rebuilt(data, tmp_path):
     example = (xt[:3], extra_t[:3])
     assert out.model.eval()(*example).shape == (3, 10)
     path = tmp_path / "m.pt"
-    arch = "tests.methods.test_complexity:TwoInputs"
+    arch = "tests.methods.complexity_aware.test_method:TwoInputs"
     checkpoint.save_model(path, out.model, arch=arch, kwargs={}, input_shape=None, num_classes=10, edits=out.edits,
                           example=two.example)
     loaded, _ = checkpoint.load_model(path, arch=arch)
