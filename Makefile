@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 # dvc.yaml stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test lint clean docs bench-overhead bench-int8
+.PHONY: install run test test-fast lint clean docs bench-overhead bench-int8
 
 install: $(STAMP)
 
@@ -26,8 +26,14 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(PY) -m pruning run
 
+# the 25 slowest tests listed at the end; a test that hangs fails after pyproject's timeout, with its stack
 test: install
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=25
+
+# the inner loop (docs/contributing.md): everything but the end-to-end runs (tests/e2e: real DVC, Prefect, processes)
+# and the benchmarks' smoke tests (tests/bench)
+test-fast: install
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not e2e and not bench"
 
 lint: install
 	$(VENV)/bin/ruff check pruning flows bench tests

@@ -78,11 +78,13 @@ EFFICIENTNET_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 
 
 
 class EfficientNetLike(nn.Module):
-    def __init__(self, num_classes: int = 1000) -> None:
+    """``stages``: (expansion, kernel, stride, width, repeats) per stage; B0's by default."""
+
+    def __init__(self, num_classes: int = 1000, stages: tuple[tuple[int, ...], ...] = EFFICIENTNET_B0) -> None:
         super().__init__()
         blocks: list[nn.Module] = [conv_bn(3, 32, 3, 2, act=nn.SiLU)]
         cin = 32
-        for expansion, k, stride, width, repeats in EFFICIENTNET_B0:
+        for expansion, k, stride, width, repeats in stages:
             for i in range(repeats):
                 blocks.append(MBConv(cin, width, expansion, k, stride if i == 0 else 1))
                 cin = width

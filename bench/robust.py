@@ -86,6 +86,7 @@ def _burn(arch: str, shape: tuple[int, ...], classes: int, opset: int, threads: 
     yardstick = lt.Yardstick(_dense(arch, shape, classes), shape, [], 1, threads, opset)
     sess = session(yardstick.dense_onnx, threads)
     feed = {sess.get_inputs()[0].name: yardstick.x}
+    print("burning", flush=True)  # the parent starts the loaded search now: the machine is busy from here on
     while True:
         sess.run(None, feed)
 
@@ -93,6 +94,17 @@ def _burn(arch: str, shape: tuple[int, ...], classes: int, opset: int, threads: 
 def _child(args: list[str], stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench.robust", *args], start_new_session=True,
                             stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+
+
+def _load(args: list[str], limit: float = 300.0) -> subprocess.Popen:
+    """The CPU-heavy neighbour, once it is busy (it says so after its imports and export, which a fixed sleep would
+    have to guess); ``limit`` bounds the wait."""
+    load = _child(["--burn", *args], stdout=subprocess.PIPE)
+    start = time.monotonic()
+    while load.poll() is None and time.monotonic() - start < limit:
+        if load.stdout.readline().strip() == "burning":  # type: ignore[union-attr]
+            break
+    return load
 
 
 def _interrupt(child: subprocess.Popen, seconds: float, limit: float = 900.0) -> None:
@@ -143,9 +155,8 @@ def run_robust(cfg: Config, archs: list[str], target: float, out_dir: Path, step
             rows["fresh"] = _row(*search(arch, shape, classes, Path(tmp) / f"{arch}.fresh.json", target, step, opset,
                                          threads), time.perf_counter() - t0)
             noisy = Path(tmp) / f"{arch}.noisy.json"
-            load = _child(["--burn", arch, *common])
+            load = _load([arch, *common])
             try:
-                time.sleep(3)
                 child = _child(["--search", arch, "--table", str(noisy), "--target", str(target), "--step", str(step),
                                 *common], stdout=subprocess.PIPE)
                 _interrupt(child, interrupt)
@@ -156,9 +167,8 @@ def run_robust(cfg: Config, archs: list[str], target: float, out_dir: Path, step
             rows["after an interrupted run under load"] = {
                 **_row(*search(arch, shape, classes, noisy, target, step, opset, threads), time.perf_counter() - t0),
                 "interrupted_table_entries": saved}
-            load = _child(["--burn", arch, *common])
+            load = _load([arch, *common])
             try:
-                time.sleep(3)
                 t0 = time.perf_counter()
                 found = search(arch, shape, classes, Path(tmp) / f"{arch}.loaded.json", target, step, opset, threads)
                 seconds = time.perf_counter() - t0

@@ -36,7 +36,8 @@ def serve() -> None:
 
     deployment = build_deployment(load_config(PARAMS), os.getcwd())
     # The flow's imports (torch, every method) live until exit: freezing them spares the interpreter's shutdown a
-    # collection over ~1 M objects, which made a Ctrl-C take seconds to stop an idle server (README, "Schedule").
+    # collection over all of them, which made a Ctrl-C take seconds to stop an idle server (docs/design.md,
+    # "Measured reasons").
     gc.freeze()
     prefect_serve(deployment)
 

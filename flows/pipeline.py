@@ -313,7 +313,8 @@ def _main(err: Console) -> int:
 
         with _warm_up(load_config(params), process):
             # Everything imported so far lives until exit: keep it out of the collector's full passes (CPython docs,
-            # gc.freeze), which otherwise rescan ~1 M objects during the run and again at interpreter shutdown (2.5 s).
+            # gc.freeze), which otherwise rescan them during the run and again at interpreter shutdown (docs/design.md,
+            # "Measured reasons").
             gc.freeze()
             result = pipeline(repo=str(repo), strict=args.strict)
     except GatesFailed as exc:

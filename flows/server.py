@@ -1,10 +1,10 @@
 """Prefect's ephemeral API server, launched before this process imports the stages.
 
 Why not leave it to Prefect: with no PREFECT_API_URL, Prefect starts the same server (``SubprocessASGIServer``) the
-first time a client is needed, and only after the client process has imported the whole server application (1.5 s
-here) — the server then takes ~3 s to come up, all in front of the first stage. Launched here, it comes up on the
-other core while this process imports torch and the stages; the flow then talks to it as to any server, through
-PREFECT_API_URL (bench/overhead.py measures the difference). The command line, environment and lifetime are
+first time a client is needed, and only after the client process has imported the whole server application — the
+server then takes seconds to come up, all in front of the first stage (docs/design.md, "Measured reasons"). Launched
+here, it comes up on the other core while this process imports torch and the stages; the flow then talks to it as to
+any server, through PREFECT_API_URL (bench/overhead.py measures the difference). The command line, environment and lifetime are
 Prefect's own (``prefect.server.api.server.SubprocessASGIServer._run_uvicorn_command``); the server stops at exit.
 A PREFECT_API_URL that is set (a real server) or PREFECT_SERVER_EPHEMERAL_ENABLED=false leaves everything to Prefect.
 """

@@ -193,8 +193,9 @@ def _flows(module: str, *args: str) -> None:
         # this process waits for that instead of dying first (set after the start: the child must not inherit it)
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
-        # `kill -USR1` on a run that looks hung: the flow writes its threads' stacks and goes on (README). Passed on
-        # to that child only: SIGUSR1's default action would end this process, and any child that does not register it
+        # `kill -USR1` on a run that looks hung: the flow writes its threads' stacks and goes on (docs/orchestration.md).
+        # Passed on to that child only: SIGUSR1's default action would end this process, and any child that does not
+        # register it
         previous_usr1 = None
         if module == FLOW:
             previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, _frame: child.send_signal(signum))
@@ -239,9 +240,11 @@ def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent 
 
 @app.command(cls=_Command, context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def bench(ctx: typer.Context,
-          name: Annotated[str, typer.Argument(help="criteria | sparse | latency | overhead | int8_width | ort_profile")],
+          name: Annotated[str, typer.Argument(help="A benchmark of bench/; `list` lists them.")],
           ) -> None:
     """Run a benchmark of bench/ (figures, not tests); the remaining arguments go to it (--help lists them)."""
+    if name == "list" and (Path.cwd() / "bench" / "__main__.py").is_file():
+        _flows("bench")
     if not (Path.cwd() / "bench" / f"{name}.py").is_file():
         err.print(f"[red]error:[/] no benchmark {name!r} in {Path.cwd() / 'bench'} (run from the repository root)",
                   highlight=False, soft_wrap=True)

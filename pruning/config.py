@@ -6,7 +6,7 @@ key and the file. Nothing downstream reads params.yaml or threads raw dicts arou
 
 The ``prune`` section is the chosen method's own config, a discriminated union on ``prune.method``
 (:data:`pruning.methods.MethodConfig`): each method declares its section in its own file. The defaults here are the
-values params.yaml ships with (tests/test_config.py checks it), and README's params reference is generated from these
+values params.yaml ships with (tests/test_config.py checks it), and the params reference (docs/params.md) is generated from these
 models (``python -m pruning params-doc``), so a value has one home.
 """
 
@@ -91,13 +91,13 @@ class QuantizeConfig(Section):
     mode: Literal["static", "dynamic", "none"] = Field("static", description="static (QDQ, calibrated) | dynamic | "
                                                        "none (the INT8 column is an fp32 copy)")
     per_channel: bool = Field(True, description="per-channel weight scales")
-    activation_type: Literal["uint8", "int8"] = Field("uint8", description="activations (weights are int8); uint8 "
-                                                      "measured fastest here")
+    activation_type: Literal["uint8", "int8"] = Field("uint8", description="uint8 | int8: the "
+                                                      "activations' type (weights are int8; docs/design.md)")
     calibration_samples: int = Field(256, ge=1, le=1_000_000, description="training samples that calibrate the activation ranges")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="minmax | entropy | "
                                                                          "percentile")
-    # "all" by default: a timed choice is not reproducible (two `dvc repro --force` runs shipped different INT8
-    # models under load), and on none of the bench families did a partial selection measure 10 % faster
+    # "all" by default: a timed choice is not reproducible, and a partial selection rarely pays (docs/design.md,
+    # "Measured reasons")
     select: Literal["auto", "all"] = Field("all", description="static only: all (every operator ORT can, no "
                                            "timing) | auto (also leave depthwise / squeeze-excitation / elementwise "
                                            "ops in fp32; keep the fastest, timed at batch 1 as evaluate times, a "
@@ -156,8 +156,8 @@ class ScheduleConfig(Section):
 
     @model_validator(mode="after")
     def _valid_cron(self) -> ScheduleConfig:
-        # cronsim: what Prefect's own cron validation (its vendored croniter) needs 2 s of imports for; a Prefect
-        # dependency, so no new package
+        # cronsim: what Prefect's own cron validation (its vendored croniter) needs seconds of imports for (docs/
+        # design.md, "Measured reasons"); a Prefect dependency, so no new package
         import datetime
         import zoneinfo
 

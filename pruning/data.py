@@ -52,7 +52,7 @@ class DataConfig(Section):
     image_size: list[Annotated[int, Field(ge=1, le=16_384)]] | None = Field(
         None, min_length=2, max_length=2, description="imagefolder: resize to [height, width] (null: every image must "
         "have the same size)")
-    channels: Literal[1, 3] = Field(3, description="imagefolder: 3 (RGB) or 1 (grayscale)")
+    channels: Literal[1, 3] = Field(3, description="imagefolder: 3 (RGB) | 1 (grayscale)")
     mean: list[float] | None = Field(None, description="imagefolder: per-channel mean subtracted (values in [0, 1])")
     std: list[Annotated[float, Field(gt=0)]] | None = Field(None, description="imagefolder: per-channel std divided by")
 

@@ -104,8 +104,20 @@ def _expanded_size(root: yaml.Node) -> int:
 def safe_load_unique(text: str) -> Any:
     """``yaml.safe_load``, refusing a key given twice in one mapping (safe_load keeps the last silently; DVC refuses
     the file later, in the middle of a run) and a document that expands to more than :data:`MAX_VALUES` values. Both
-    are found on the composed node tree, which constructs no object, so only safe_load ever builds values."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    are found on the composed node tree, before any object is constructed; the values are then constructed from that
+    same tree (one parse). The pure-Python loader on purpose: libyaml's composer recurses in C, and a deeply nested
+    file crashes the interpreter instead of raising RecursionError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        _check_nodes(root)
+        return loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node | None) -> None:
+    """TooLarge when ``root`` expands beyond :data:`MAX_VALUES` values; a ConstructorError naming a duplicate key."""
     if root is not None and _expanded_size(root) > MAX_VALUES:
         raise TooLarge(f"expands to more than {MAX_VALUES} values once its YAML aliases are followed")
     stack, visited = [root] if root is not None else [], set()
@@ -125,4 +137,3 @@ def safe_load_unique(text: str) -> Any:
                 stack += [key, value]
         elif isinstance(node, yaml.SequenceNode):
             stack += node.value
-    return yaml.safe_load(text)

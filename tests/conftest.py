@@ -16,6 +16,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The harness's API URL stays set for the whole session on its worker, and importing the flow adds Prefect's API log
+# handler to the "pruning" logger: the library's log records outside a flow run (every other test) are not the API's
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# Idle OpenMP threads sleep instead of spinning (here and in every process a test starts; set before torch is
+# imported): two workers on two cores, each with torch's two threads spinning between tiny ops, ran about twice slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +45,14 @@ TINY: dict[str, Any] = {
     "registry": {"model_name": "tiny-int8"},
     "paths": yaml.safe_load((REPO / "params.yaml").read_text())["paths"],
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The directory is the marker: tests/e2e/ are ``e2e``, tests/bench/ ``bench`` (make test-fast skips both)."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO).parts
+        if parts[:2] in (("tests", "e2e"), ("tests", "bench")):
+            item.add_marker(parts[1])
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -173,14 +187,3 @@ def mlflow_store(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.Monk
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(saved)
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tensors this small run ~100x slower with 2 threads on a busy 2-core machine."""
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)

@@ -90,7 +90,8 @@ SHIPPED_CHOICES = {"model.kwargs", "gates", "registry.model_name", "bench", "pat
 
 
 def test_the_schema_defaults_are_the_values_params_yaml_ships():
-    """One source of defaults: the config models' defaults are params.yaml's values (and README's table shows them)."""
+    """One source of defaults: the config models' defaults are params.yaml's values (and the params reference,
+    docs/params.md, shows them)."""
     from pruning.config import Config
     from pruning.tracking import flatten
 

@@ -32,7 +32,8 @@ def _pipeline_run(store, accuracy: float, passed: bool, shipped: str | None = No
         mlflow.log_metrics({"quantized.accuracy": accuracy, "quantized.metric": accuracy, "shipped.metric": accuracy})
         info = mlflow.onnx.log_model(onnx.load(store / "m.onnx"), name="int8",
                                      input_example=np.zeros((1, 1, 8, 8), np.float32),
-                                     onnx_execution_providers=["CPUExecutionProvider"])
+                                     onnx_execution_providers=["CPUExecutionProvider"],
+                                     pip_requirements=mlflow.onnx.get_default_pip_requirements())  # as the pipeline
         mlflow.set_tag(INT8_MODEL_TAG if shipped != "fp32" else FP32_MODEL_TAG, info.model_uri)
         if shipped:
             mlflow.set_tag("shipped", shipped)

@@ -11,6 +11,9 @@ from pruning.acceptance.gates import distrust_latency
 from pruning.acceptance.metrics import Latency, spread
 from tests.conftest import write_params
 
+# one worker runs this module: its module-scoped fixture is built once, not once per xdist worker
+pytestmark = pytest.mark.xdist_group("test_tracking_views")
+
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory, mlflow_template):

@@ -133,7 +133,8 @@ class GreedyPath:
             saved_ms, saved_macs = self.est.saving(g, nxt)
             # importance lost: the share of what the group still has, times the group's share of the network's MACs
             # (a channel of a stage's residual stream spans many layers: without the weight, a cut there looked as
-            # cheap as one of a single expansion, and EfficientNet-like nets lost 2.7x MACs for a 2.2x speedup)
+            # cheap as one of a single expansion, and EfficientNet-like nets lost far more MACs than the speedup asked:
+            # docs/design.md, "Measured reasons")
             lost = float(g.scores[removed:removed + g.keep - nxt].sum() / left) * self.weight[g] + 1e-12
             # time per importance; a layer whose timing did not move (noise, below resolution) still ranks by MACs
             score = max(saved_ms, 0.0) / lost + 1e-12 * saved_macs / lost
@@ -241,7 +242,7 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
         cal = report["calibration"] = {"layers": len(specs), "matched": est.calibrate(prof.nodes),
                                        "profile_run_ms": prof.run_ms}
         # the estimate (layers + the kernels charged to them) against a whole run: the profiled one (slowed down by
-        # the profiler between kernels, on many small kernels up to 2x) and a plain one timed alternately with it
+        # the profiler between kernels, most on many small kernels) and a plain one timed alternately with it
         cal["profile_error"] = est.total() / prof.run_ms - 1
         if prof.timed_ms:
             cal["timed_ms"] = prof.timed_ms

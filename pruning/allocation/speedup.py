@@ -34,7 +34,7 @@ AIM = 1.07  # where inside that band the next candidate aims
 SETTLE = 1.11
 # a candidate is accepted when its interval's lower bound is at least MARGIN x target: the search's pairs and any later
 # measurement (evaluate's three models, a benchmark's ten) run under different cache and load conditions, a few
-# per cent apart (bench latency: MobileNetV2 accepted at 2.09x [2.08, 2.10] re-measured 1.98x among ten models)
+# per cent apart (docs/design.md, "Measured reasons")
 MARGIN = 1.03
 
 

@@ -53,9 +53,9 @@ class Config(Section):
     method: Literal["channel"] = "channel"
     criterion: criteria.CriterionName = Field("l2", description="which channels go: l1 | l2 (group magnitude) | taylor "
                                               "| hessian | bn_scale | lamp | random | loss_change (measured oracle)")
-    scope: Literal["uniform", "global"] = Field("uniform", description="uniform: every group loses the same share; "
+    scope: Literal["uniform", "global"] = Field("uniform", description="uniform: every group loses the same share | "
                                                 "global: one ranking across groups")
-    allocation: Literal["macs", "latency"] = Field("macs", description="macs: by ratio / MACs target; latency: "
+    allocation: Literal["macs", "latency"] = Field("macs", description="macs: by ratio / MACs target | latency: "
                                                    "channels per group by measured ONNX Runtime time")
     ratio: float | None = Field(0.35, gt=0, lt=1, description="share of channels removed per group (macs only)")
     target_macs_reduction: float | None = Field(None, gt=1, le=1_000, description="instead of ratio: dense / pruned MACs to "

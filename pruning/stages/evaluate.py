@@ -105,7 +105,7 @@ _REMEASURE = 2  # further measurements when the machine was too busy for the fir
 
 def _timed(onnx_paths: dict[str, str], samples: Any, e: Any) -> dict[str, dict[str, float]]:
     """The timing protocol's medians; measured again (at most twice) while a p95 / p50 says the machine is too busy
-    for them (a p95 of 11 ms against a p50 of 2 ms made INT8 look 62 times faster on a loaded machine)."""
+    for them (a loaded machine made INT8 look many times faster: docs/design.md, "Measured reasons")."""
     for attempt in range(1 + _REMEASURE):
         timings = latency(onnx_paths, samples, {"b1": 1, "bN": e.batch_size}, e.threads,
                           Protocol(e.warmup, e.repeats, e.rounds))

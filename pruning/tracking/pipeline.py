@@ -250,7 +250,8 @@ def _log_onnx(path: str, name: str, example: Any):
     output = run(sess, example)
     example = next(iter(feed.values())) if len(feed) == 1 else feed  # several inputs: a dict by input name
     # An ONNX model needs onnx + onnxruntime and nothing else to be served: say so, instead of letting MLflow infer
-    # requirements by importing the model in a subprocess (1.7 s per model, most of the MLflow time of a run).
+    # requirements by importing the model in a subprocess (most of the MLflow time of a run: docs/design.md,
+    # "Measured reasons").
     return mlflow.onnx.log_model(onnx.load(path), name=name, signature=infer_signature(example, output),
                                  input_example=example, onnx_execution_providers=["CPUExecutionProvider"],
                                  save_as_external_data=False,

@@ -26,8 +26,10 @@ from tests.conftest import REPO, TINY
 
 SHAPE, CLASSES = (3, 32, 32), 10
 # the prunable families; DenseNet with 3 layers per block (its 32 concatenations make tracing the slow part, and the
-# structure is the same)
-PRUNABLE = {"efficientnet_b0_like": families.efficientnet_b0_like, "resnext_like": families.resnext_like,
+# structure is the same), EfficientNet with B0's stages but one block each, two where a residual add joins them
+SHALLOW_B0 = tuple((*stage[:4], 2 if i in (1, 3) else 1) for i, stage in enumerate(families.EFFICIENTNET_B0))
+PRUNABLE = {"efficientnet_b0_like": lambda num_classes: families.EfficientNetLike(num_classes, stages=SHALLOW_B0),
+            "resnext_like": families.resnext_like,
             "densenet_like": lambda num_classes: families.DenseNetLike(num_classes, blocks=(3, 3, 3, 3))}
 
 

@@ -12,6 +12,9 @@ from pruning.errors import PruningError
 from pruning.training import Optim, fit
 from pruning.zoo import build_model
 
+# one worker runs this module: its module-scoped fixture is built once, not once per xdist worker
+pytestmark = pytest.mark.xdist_group("test_oracle")
+
 SHAPE = (1, 8, 8)
 
 

@@ -1,9 +1,12 @@
-"""The end-to-end tests' fixtures: Prefect's test harness (one server per test run, for the tests that need it; they
-share an xdist group, so they run on the worker that started it) and a repository for the flow."""
+"""The end-to-end tests' fixtures: a Prefect server for the tests that talk to one (one per test run; they share an
+xdist group, so they run on the worker that started it), Prefect homes copied from one migrated database, and
+repositories for the flow."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,13 +20,58 @@ PREFECT = pytest.mark.xdist_group("prefect")  # the tests that use the harness: 
 
 
 @pytest.fixture(scope="session")
-def harness(tmp_path_factory):
-    """prefect_test_harness: a temporary Prefect server and database, PREFECT_API_URL pointing at it."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_template(tmp_path_factory) -> Path:
+    """A Prefect home whose database is created and migrated once per test run, for every worker: each server the
+    tests start (the harness, the ephemeral one `python -m pruning run` launches) works on a copy of it, instead of
+    migrating a new database of its own (most of a server's start-up: docs/contributing.md)."""
+    import filelock
 
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+    from tests.conftest import _shared_dir
+
+    shared = _shared_dir(tmp_path_factory)
+    home = shared / "prefect-template"
+    with filelock.FileLock(str(shared / "prefect-template.lock")):
+        if not (home / "prefect.db").is_file():
+            building = shared / "prefect-template.building"
+            shutil.rmtree(building, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,
+                           env={**os.environ, "PREFECT_HOME": str(building)}, capture_output=True, timeout=600)
+            building.rename(home)
+    return home
+
+
+def prefect_home(template: Path, dest: Path) -> Path:
+    """A Prefect home of its own for a process that starts a server: a copy of the migrated template."""
+    shutil.copytree(template, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def harness(prefect_template, tmp_path_factory):
+    """What prefect_test_harness does — a Prefect server on a database of the tests' own, PREFECT_API_URL pointing at
+    it — on a copy of the migrated template instead of a database it migrates itself."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
+
+    home = prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home")
+    os.environ["PREFECT_HOME"] = str(home)
+    with temporary_settings(updates={PREFECT_HOME: home,
+                                     PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{home}/prefect.db"}):
+        server = SubprocessASGIServer()
+        prior = SubprocessASGIServer._instances.get(None)
+        SubprocessASGIServer._instances[None] = server  # a flow finds this server, never starts one of its own
+        server.start(timeout=90)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                yield
+        finally:
+            server.stop()
+            SubprocessASGIServer._instances[None] = prior
 
 
 def _tracked(root: Path, template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -15,15 +15,12 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from tests.conftest import write_params
 
-pytestmark = pytest.mark.e2e
-
 
 def _start(root: Path, store: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
     return subprocess.Popen([sys.executable, "-m", "pruning", *args], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

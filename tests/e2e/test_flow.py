@@ -18,21 +18,24 @@ import yaml
 from pruning.runtime.session import predict, session
 from pruning.stages import STAGES as TABLE
 from tests.conftest import REPO, write_params
-from tests.e2e.conftest import PREFECT
+from tests.e2e.conftest import PREFECT, prefect_home
 from tests.golden import git
 
-pytestmark = pytest.mark.e2e
 STAGES = {s.name for s in TABLE}
 
 
 @PREFECT
-def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(harness, repo):
+def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(harness, repo, golden):
     from flows.pipeline import GatesFailed, pipeline
     from tests.e2e.test_flow_states import latest
 
     first = pipeline(repo=str(repo))  # the flow works in the repository it is given, wherever it runs from
     assert set(first["ran"]) == STAGES and all(first["ran"].values())
     assert first["gates"]["passed"] is True
+    # every stage recomputed, in another process, from the golden run's data and params: metrics.json holds everything
+    # deterministic and comes back byte for byte (the measured latencies live in latency.json, measured every run)
+    assert (repo / "reports/metrics.json").read_text() == (golden / "reports/metrics.json").read_text()
+    assert "latency_ms_b1" in json.loads((repo / "reports/latency.json").read_text())["quantized"]
     run, summary = latest()  # the run list shows the verdict; the summary says where the MLflow run is
     assert "gates:passed" in run.tags and f"Parent run `{first['run_id']}` in experiment `flow-test`" in summary
     assert f"`mlflow ui --backend-store-uri sqlite:///{repo}/mlflow.db`, then <http://127.0.0.1:5000/#/" in summary
@@ -123,7 +126,7 @@ def test_flow_runs_stages_in_process_only_with_the_repository_s_own_code(tmp_pat
     assert not _runs_same_code(tmp_path)  # runs `python -m pruning <stage>` there: this copy's code
 
 
-def test_run_command_launches_its_own_ephemeral_server_and_stops_it(ran_repo, tmp_path_factory):
+def test_run_command_launches_its_own_ephemeral_server_and_stops_it(ran_repo, tmp_path_factory, prefect_template):
     """`python -m pruning run` with no PREFECT_API_URL: the flow runs on the server flows/server.py launched ahead of
     the imports, prints the summary, promotes, and leaves no server behind. Started elsewhere, with --params naming
     the workspace's params.yaml, like every stage verb. (Training's progress in a piped run: tests/e2e/test_crash.py.)"""
@@ -131,7 +134,7 @@ def test_run_command_launches_its_own_ephemeral_server_and_stops_it(ran_repo, tm
 
     repo = ran_repo
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-run"))
+    env["PREFECT_HOME"] = str(prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home"))
     out = subprocess.run([sys.executable, "-m", "pruning", "run", "--params", str(repo / "params.yaml")],
                          cwd=tmp_path_factory.mktemp("elsewhere"), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -222,14 +225,23 @@ def test_a_user_s_trained_model_and_streamed_dataset_go_through_the_flow_and_dvc
     assert "train" not in status and "prune" in status  # recorded by hand; what follows is stale
 
 
-def test_a_user_error_in_a_flow_stage_is_one_line_without_tracebacks_or_retries(repo, tmp_path_factory):
+def _on_the_harness(tmp_path_factory) -> dict[str, str]:
+    """The environment of a `python -m pruning run` that talks to the session's server (its failures are what is
+    tested, not its own server: tests/e2e/test_flow_states.py and the run command's test start that)."""
+    from prefect.settings import get_current_settings
+
+    home = tmp_path_factory.mktemp("prefect-client")
+    return {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": get_current_settings().api.url}
+
+
+@PREFECT
+def test_a_user_error_in_a_flow_stage_is_one_line_without_tracebacks_or_retries(harness, repo, tmp_path_factory):
     """A stage failing on bad input (here a damaged .npz the config check cannot see inside) fails the flow at once:
     no Prefect traceback, no retry (the same input fails the same way), exit 2 and the stage's own line last."""
     (repo / "weights" / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
     write_params(repo, {"tracking": {"enabled": True, "experiment": "flow-test"},
                         "data": {"source": "npz", "path": "weights/broken.npz"}})
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-user-error"))
+    env = _on_the_harness(tmp_path_factory)
     out = subprocess.run([sys.executable, "-m", "pruning", "run", "--params", str(repo / "params.yaml")], cwd=repo,
                          env=env, capture_output=True, text=True, timeout=600)
     both = out.stdout + out.stderr
@@ -295,14 +307,14 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_killing_the_run_command_takes_the_flow_and_its_prefect_server_down(repo, tmp_path_factory):
+def test_killing_the_run_command_takes_the_flow_and_its_prefect_server_down(repo, tmp_path_factory, prefect_template):
     import signal
     import time
 
     # a run that cannot end by itself within the test's wait: the children must die of their parent's death
     write_params(repo, {"tracking": {"enabled": True, "experiment": "flow-test"}, "train": {"epochs": 1000}})
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-kill"))
+    env["PREFECT_HOME"] = str(prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home"))
     parent = subprocess.Popen([sys.executable, "-m", "pruning", "run"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline, family = time.monotonic() + 120, []
@@ -313,7 +325,8 @@ def test_killing_the_run_command_takes_the_flow_and_its_prefect_server_down(repo
             break
         time.sleep(0.2)
     assert len(family) >= 2, "the flow and its server did not start"
-    parent.send_signal(signal.SIGUSR1)  # "where is it?" (README): passed on to the flow, which dumps stacks; all live
+    # "where is it?" (docs/orchestration.md): passed on to the flow, which dumps stacks; all live
+    parent.send_signal(signal.SIGUSR1)
     time.sleep(2)
     assert parent.poll() is None and all(_running(pid) for pid in family), "SIGUSR1 ended the run"
     parent.send_signal(signal.SIGKILL)
@@ -327,13 +340,13 @@ def test_killing_the_run_command_takes_the_flow_and_its_prefect_server_down(repo
     assert not left, "children outlived the killed run command"
 
 
-def test_a_run_meeting_another_dvc_command_stops_with_one_line(repo, tmp_path_factory):
+@PREFECT
+def test_a_run_meeting_another_dvc_command_stops_with_one_line(harness, repo, tmp_path_factory):
     """DVC's repository lock held by another command (a `dvc repro` in progress): the flow's stage cannot take it
     and the run stops with one line — not DVC's LockError traceback, and not a stage run beside the other command."""
     from dvc.repo import Repo
 
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-locked"))
+    env = _on_the_harness(tmp_path_factory)
     dvc = Repo(str(repo))
     dvc.lock.lock()
     try:

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_params
-from tests.e2e.conftest import PREFECT
+from tests.e2e.conftest import PREFECT, prefect_home
 from tests.e2e.test_flow import _running
-
-pytestmark = pytest.mark.e2e
 
 EPOCH = "train dense epoch 1/1000"  # a run that cannot end by itself while the test waits
 
@@ -99,7 +97,7 @@ def test_an_interrupted_flow_run_ends_crashed_on_the_server_and_its_epochs_are_i
     from prefect.client.schemas.objects import StateType
     from prefect.settings import get_current_settings
 
-    process, out = flow_process(tmp_path_factory.mktemp("prefect-home"), get_current_settings().api.url)
+    process, out = flow_process(tmp_path_factory.mktemp("prefect-home"), get_current_settings().api.url)  # no server
 
     def running_epoch():
         with get_client(sync_client=True) as client:
@@ -111,7 +109,7 @@ def test_an_interrupted_flow_run_ends_crashed_on_the_server_and_its_epochs_are_i
         return None
 
     run_id = _wait_for(running_epoch, process, out)  # training's INFO line, through the Prefect API: a stage runs
-    # a run that looks hung tells where it is (README) and goes on
+    # a run that looks hung tells where it is (docs/orchestration.md) and goes on
     os.kill(process.pid, signal.SIGUSR1)
     _wait_for(lambda: "most recent call first" in out.read_text(), process, out, timeout=30)
     assert process.poll() is None, out.read_text()[-3000:]
@@ -127,8 +125,9 @@ def test_an_interrupted_flow_run_ends_crashed_on_the_server_and_its_epochs_are_i
     assert how == "SIGTERM" or text.strip().splitlines()[-1] == "error: interrupted", text[-3000:]
 
 
-def test_ctrl_c_leaves_the_ephemeral_server_up_until_the_flow_run_has_reported_crashed(flow_process, tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home-ephemeral")
+def test_ctrl_c_leaves_the_ephemeral_server_up_until_the_flow_run_has_reported_crashed(flow_process, tmp_path_factory,
+                                                                                      prefect_template):
+    home = prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home")
     process, out = flow_process(home, None)
     _wait_for(lambda: EPOCH in out.read_text(), process, out)
     # A flow process slower than its server to act on the Ctrl-C (busy in a long C call, a loaded machine): held

@@ -23,8 +23,6 @@ from pruning.stages.evaluate import run as run_evaluate
 from pruning.stages.finetune import run as run_finetune
 from pruning.stages.prune import run as run_prune
 
-pytestmark = pytest.mark.e2e
-
 METRIC_KEYS = {"accuracy", "macs", "params", "size_bytes", "latency_ms_b1", "latency_ms_bN"}
 TOP_KEYS = {"macs_reduction", "params_reduction", "speedup_b1", "speedup_bN", "accuracy_drop",
             "quantized_accuracy_drop", "parity_max_abs", "parity_score"}

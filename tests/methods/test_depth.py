@@ -18,6 +18,9 @@ from pruning.zoo import build_model
 from pruning.zoo.mobilenet import InvertedResidual
 from pruning.zoo.resnet import BasicBlock
 
+# one worker runs this module: its module-scoped fixture is built once, not once per xdist worker
+pytestmark = pytest.mark.xdist_group("test_depth")
+
 RESNET: tuple[str, dict[str, Any], tuple[int, ...]] = ("resnet", {"widths": [8, 16, 16], "blocks": [2, 2, 2]}, (1, 8, 8))
 RESNET1D: tuple[str, dict[str, Any], tuple[int, ...]] = ("resnet1d", {"widths": [8, 16, 16], "blocks": [2, 2, 2]}, (1, 40))
 MOBILENET: tuple[str, dict[str, Any], tuple[int, ...]] = ("mobilenetv2", {}, (1, 8, 8))

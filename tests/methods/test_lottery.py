@@ -12,7 +12,6 @@ from pruning.training import Optim, fit
 
 LotteryConfig = lottery.Config
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def build() -> nn.Module:

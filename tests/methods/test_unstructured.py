@@ -10,8 +10,6 @@ from pruning.methods import Context, unstructured
 from pruning.methods.unstructured import layer_sparsity, magnitude_prune, make_permanent, prunable_layers, weight_sparsity
 from pruning.zoo import build_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
-
 
 def tiny_resnet() -> nn.Module:
     torch.manual_seed(0)

@@ -10,12 +10,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import yaml
 
 from pruning.checkpoint import load_model
 from pruning.config import load_config
 from pruning.stages import BY_NAME
 from pruning.tracking import promote
-from tests.conftest import TINY, merge, write_params
+from tests.conftest import TINY, merge
 
 AFTER_TRAIN = ("prune", "finetune", "export", "quantize", "evaluate")
 # the sparse methods, each with a gate on what they promise (zeros) instead of fewer MACs, which they do not give
@@ -31,13 +32,18 @@ def _params(over: dict, gates: dict) -> dict:
     return params
 
 
+def _write(root: Path, params: dict):
+    """params.yaml exactly as given (its gates replace the tiny config's, not added to them), validated."""
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return load_config(root / "params.yaml")
+
+
 def test_unstructured_then_lottery_report_their_zeros_pass_their_own_gates_and_are_promoted(finished_copy,
                                                                                             mlflow_store):
     promotions = []
     for method, (over, sparsity) in SPARSE.items():
-        write_params(finished_copy, _params(over, {"sparse": {"metric": "pruned.weight_sparsity", "op": ">=",
-                                                              "threshold": 0.7}}))
-        cfg = load_config("params.yaml")
+        cfg = _write(finished_copy, _params(over, {"sparse": {"metric": "pruned.weight_sparsity", "op": ">=",
+                                                               "threshold": 0.7}}))
         for stage in AFTER_TRAIN[:2]:
             BY_NAME[stage].fn(cfg)
         if method == "unstructured":  # fine-tuning keeps every zeroed weight at zero
@@ -52,7 +58,7 @@ def test_unstructured_then_lottery_report_their_zeros_pass_their_own_gates_and_a
         assert metrics.pruned.weight_sparsity == pytest.approx(sparsity, abs=0.01)
         assert metrics.pruned.csr_bytes < metrics.pruned.dense_bytes
         assert metrics.macs_reduction == 1.0  # honest: dense kernels multiply the zeros
-        assert result.gates["passed"] is True
+        assert result.gates["passed"] is True, result.gates
         assert json.loads(Path(cfg.paths.prune_report).read_text())["method"] == method
         run_id = json.loads(Path(cfg.paths.mlflow_run).read_text())["run_id"]
         promotions.append(promote(run_id, cfg, Path(".")))
@@ -68,7 +74,7 @@ def test_complexity_aware_training_removes_units_and_blocks_and_logs_its_epochs(
     over = {"prune": {"method": "complexity_aware", "epochs": 6, "warmup_epochs": 1, "strength": 20.0,
                       "theta_lr": 0.3, "patience": 1}}
     params = _params(over, {"macs": {"metric": "macs_reduction", "op": ">=", "threshold": 1.3}})
-    cfg = load_config(write_params(finished_copy, params))
+    cfg = _write(finished_copy, params)
     for stage in AFTER_TRAIN:
         result = BY_NAME[stage].fn(cfg)
     prune = json.loads(Path(cfg.paths.prune_report).read_text())

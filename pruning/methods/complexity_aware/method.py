@@ -24,8 +24,8 @@ and training continues on the smaller network; a layer's last unit is never remo
 θ = 1: the block gate decides about the layer). At the end θ = 1 gates fold away (a scale of 1) and θ = 0 structures
 are removed: the result is an ordinary pruned model whose edits replay on the dense architecture.
 
-Our reconstruction (the paper's body could not be read; README "Complexity-aware training" says what is whose): the
-cost formula and λ_k, the estimators, the pruning condition, the settle anneal and the dual ascent.
+Our reconstruction (the paper's body could not be read; docs/methods.md "Complexity-aware training" says what is
+whose): the cost formula and λ_k, the estimators, the pruning condition, the settle anneal and the dual ascent.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class _Run:
                 gap = math.log(max(float(macs), 1.0) * self.ungated * cfg.target_macs_reduction / self.dense_total)
                 # dual ascent on log s with a proportional term (a PI controller): the integral finds the strength
                 # that holds the budget, the proportional part takes the pressure off as soon as E[MACs] reaches it
-                # (θ lags the strength; integral action alone overshot 4x to 5.2x)
+                # (θ lags the strength; integral action alone overshot the target: docs/design.md, "Measured reasons")
                 self.dual = min(max(self.dual + cfg.dual_lr * gap, -20.0), 20.0)
                 self.log_strength = min(max(math.log(max(cfg.strength, 1e-6)) + self.dual + DUAL_P * gap, -20.0), 20.0)
             out["complexity"] = float(cost.detach())
