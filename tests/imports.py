@@ -4,6 +4,7 @@ or inside a function) except those under ``if TYPE_CHECKING:``, plus the ``__ini
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 
@@ -14,6 +15,13 @@ def module_files(root: Path, package: str) -> dict[str, Path]:
         name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
         files[name] = f
     return files
+
+
+@functools.cache
+def _parsed(source: str) -> ast.Module:
+    """A source's syntax tree, parsed once per test session (the checks walk the package many times; keyed on the
+    text, so a file rewritten by a test is parsed again)."""
+    return ast.parse(source)
 
 
 def _type_checking_blocks(tree: ast.AST) -> set[int]:
@@ -27,7 +35,7 @@ def _type_checking_blocks(tree: ast.AST) -> set[int]:
 def direct_imports(name: str, path: Path, modules: dict[str, Path], package: str,
                    type_checking: bool = False) -> set[str]:
     """The modules of ``package`` that ``name`` imports (``type_checking``: also those under TYPE_CHECKING)."""
-    tree = ast.parse(path.read_text())
+    tree = _parsed(path.read_text())
     skip = set() if type_checking else _type_checking_blocks(tree)
     is_pkg = path.name == "__init__.py"
     out: set[str] = set()

@@ -53,6 +53,15 @@ def _choices() -> dict[str, tuple[tuple[Any, ...], bool]]:
     return {**found, **REGISTRIES}
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_s_params_reference_names_every_choice_of_its_keys(method):
+    """params.yaml holds the default method's section; the params reference describes every method's keys."""
+    for key, values in _literals(METHODS[method].Config).items():
+        text = METHODS[method].Config.model_fields[key].description or ""
+        missing = [str(v) for v in values if not re.search(rf"(?<![\w.]){re.escape(str(v))}(?![\w])", text)]
+        assert not missing and _alternatives(text) == len(values), f"prune.{key} of {method}: {text!r}"
+
+
 def _comments() -> dict[str, str]:
     """params.yaml's comment of each key (with the comment-only lines that continue it), by dotted key."""
     out: dict[str, str] = {}

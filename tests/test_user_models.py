@@ -3,6 +3,8 @@ config: fewer MACs, the same output shape, channel counts on the round_to grid, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,9 @@ from pruning.data import Data, Split
 from pruning.errors import GraphTraceError
 from pruning.methods import METHODS, Context, depth
 from pruning.training import Optim, fit
+
+# one worker runs this module: the default method's outcome on each family is computed once
+pytestmark = pytest.mark.xdist_group("test_user_models")
 
 SHAPE = (3, 16, 16)
 
@@ -190,12 +195,25 @@ def _ctx(family: type[nn.Module], data: Data, tmp_path) -> Context:
     return Context(data=data, seed=0, device="cpu", build=family, latency_table=tmp_path / "t.json", opset=17)
 
 
+@pytest.fixture(scope="module")
+def default_pruned(data, tmp_path_factory):
+    """The default method's outcome (params.yaml's values) on a family, computed once per module: several tests read
+    it, none changes it."""
+    cache: dict[type[nn.Module], Any] = {}
+
+    def get(family: type[nn.Module]) -> Any:
+        if family not in cache:
+            cache[family] = METHODS["channel"].apply(_trained(family, data), METHODS["channel"].Config(),
+                                                     _ctx(family, data, tmp_path_factory.mktemp("pruned")))
+        return cache[family]
+    return get
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
-def test_the_default_method_prunes_every_family_and_the_model_file_rebuilds_it(family, data, tmp_path):
-    model = _trained(family, data)
-    dense_macs = count_macs(model, SHAPE)[0]
+def test_the_default_method_prunes_every_family_and_the_model_file_rebuilds_it(family, data, tmp_path, default_pruned):
+    dense_macs = count_macs(_trained(family, data), SHAPE)[0]
     cfg = METHODS["channel"].Config()  # the defaults, which are params.yaml's values
-    out = METHODS["channel"].apply(model, cfg, _ctx(family, data, tmp_path))
+    out = default_pruned(family)
     pruned = out.model
     assert count_macs(pruned, SHAPE)[0] < 0.75 * dense_macs
     x = data.test.x[:4]
@@ -217,24 +235,22 @@ def test_the_default_method_prunes_every_family_and_the_model_file_rebuilds_it(f
         assert torch.equal(loaded(x), pruned.eval()(x))
 
 
-def test_the_squeeze_layers_too_narrow_for_round_to_stay_dense_and_the_report_says_so(data, tmp_path):
-    out = METHODS["channel"].apply(_trained(SqueezeExcitation, data), METHODS["channel"].Config(),
-                                   _ctx(SqueezeExcitation, data, tmp_path))
+def test_the_squeeze_layers_too_narrow_for_round_to_stay_dense_and_the_report_says_so(default_pruned):
+    out = default_pruned(SqueezeExcitation)
     assert out.model.se[1].out_channels == 4 and out.model.expand[0].out_channels < 64
     assert out.report["plan_notes"] == ["se.1 (4 -> 4): kept dense: narrower than round_to 8"]
 
 
-def test_rounding_goes_to_the_nearest_count_so_the_ratio_is_the_asked_one(data, tmp_path):
+def test_rounding_goes_to_the_nearest_count_so_the_ratio_is_the_asked_one(default_pruned):
     """ratio 0.35 of 32- and 64-channel layers: torch-pruning's always-down rounding kept 16 of 32 and 40 of 64 (a
     41.7 % cut, 3.1x MACs); the plan keeps 24 of 32 and 40 of 64 (33.3 %)."""
-    out = METHODS["channel"].apply(_trained(Residual, data), METHODS["channel"].Config(), _ctx(Residual, data, tmp_path))
+    out = default_pruned(Residual)
     assert out.model.stem[0].out_channels == 24 and out.model.down[0].out_channels == 40
     assert out.report["achieved_ratio"] == pytest.approx(1 - (24 + 40) / (32 + 64))
 
 
-def test_grouped_convolutions_are_pruned_in_every_group_alike(data, tmp_path):
-    out = METHODS["channel"].apply(_trained(RegNetLike, data), METHODS["channel"].Config(),
-                                   _ctx(RegNetLike, data, tmp_path))
+def test_grouped_convolutions_are_pruned_in_every_group_alike(default_pruned):
+    out = default_pruned(RegNetLike)
     b2 = out.model.b2[1][0]
     assert b2.groups == 4 and b2.out_channels < 64 and b2.out_channels % 4 == 0 and b2.in_channels % 4 == 0
     assert {r["layer"] for r in out.report["channel_plan"] if r["groups"] > 1} >= {"b1.0.0", "b2.0.0"}
@@ -296,7 +312,9 @@ def test_every_family_goes_through_prune_export_quantize_evaluate_with_the_defau
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())
     params = merge(shipped, {"device": "cpu", "data": {"source": "npz", "path": "mine.npz"},
                              "model": {"arch": f"tests.test_user_models:{family.__name__}", "kwargs": {}},
-                             "train": {"epochs": 1}, "finetune": {"epochs": 1}, "tracking": {"enabled": False}})
+                             "train": {"epochs": 1}, "finetune": {"epochs": 1}, "tracking": {"enabled": False},
+                             # timing is not what this tests: the tiny config's few rounds, not the shipped 5 x 20
+                             "evaluate": {"batch_size": 16, "warmup": 1, "repeats": 3, "rounds": 1}})
     (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(in_tmp / "params.yaml")
     for stage in STAGES:

@@ -53,7 +53,7 @@ class Config(Section):
     lr: float = Field(0.05, gt=0, le=10, description="learning rate (cosine schedule)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="weight decay")
-    scope: Literal["global", "layer"] = Field("global", description="global: one magnitude ranking over all layers; "
+    scope: Literal["global", "layer"] = Field("global", description="global: one magnitude ranking over all layers | "
                                               "layer: each layer its share")
     reinit: bool = Field(False, description="control: random re-initialisation instead of rewinding")
 

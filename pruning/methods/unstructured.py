@@ -39,7 +39,7 @@ class Config(Section):
     method: Literal["unstructured"] = "unstructured"
     sparsity: float = Field(0.9, gt=0, lt=1, description="share of the Conv/Linear weights set to zero")
     scope: Literal["global", "layer"] = Field("global", description="global: one ranking over all layers (layers end "
-                                              "up with different sparsities); layer: each layer its share")
+                                              "up with different sparsities) | layer: each layer its share")
     ignored_layers: list[str] = Field(default_factory=list, description="module names left dense")
     calibration_batches: int = Field(4, ge=1, le=100_000, description="batches of 64 for BatchNorm recalibration")
     bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after zeroing")

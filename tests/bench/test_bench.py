@@ -9,7 +9,7 @@ from pruning.errors import ConfigError
 from tests.conftest import REPO, TINY, merge, write_params
 
 TINY_ARCH = "tests.bench.tiny:tiny_mobile"  # the machinery on a net of seconds; the figures come from the real ones
-BENCH = {"samples": 300, "base_epochs": 2, "seeds": 1, "quick_targets": [2.0], "short_epochs": 2,
+BENCH = {"samples": 300, "base_epochs": 1, "seeds": 1, "quick_targets": [2.0], "short_epochs": 2,
          "calibration_samples": 64, "batch_size": 64,
          "kwargs": {"widths": [8, 16], "blocks": [1, 1]},
          "methods": {"plain_tp": {"criterion": "l2", "bn_recalibration": False}, "taylor": {"criterion": "taylor"}}}

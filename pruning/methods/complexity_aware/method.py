@@ -62,7 +62,7 @@ class Config(Section):
 
     method: Literal["complexity_aware"] = "complexity_aware"
     start: Literal["scratch", "dense"] = Field("scratch", description="scratch: train from the architecture's random "
-                                               "init (the paper's setting); dense: start from the trained dense model")
+                                               "init (the paper's setting) | dense: start from the trained dense model")
     strength: float = Field(1.0, ge=0, le=10_000, description="accuracy vs pruning level: loss (nats) the whole "
                             "network's complexity is worth; 0 = no pressure")
     layer_vs_unit: float = Field(0.5, ge=0, le=1, description="0 = only units pay for complexity, 1 = only residual "
