@@ -124,8 +124,9 @@ def unchanged(params: Path) -> bool:
 
     root = params.parent
     try:
-        # params.yaml is trusted; a file the full validation would refuse never got a record to match
-        raw = yaml.load(params.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # params.yaml is trusted; a file the full validation would refuse never got a record to match. The pure-Python
+        # loader, as config.py's: libyaml's composer recurses in C and a deeply nested file would crash the process
+        raw = yaml.safe_load(params.read_text(encoding="utf-8"))
         paths = raw["paths"]
         meta = root / paths["data_meta"]
         done = _read_json(meta.parent / RECORD)

@@ -68,22 +68,22 @@ def test_a_verb_s_own_process_exits_2_with_the_one_line_too(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def test_a_stage_names_the_missing_input_when_run_out_of_order(tmp_path):
-    write_params(tmp_path)
-    out = _cli("prune", cwd=tmp_path)
-    assert out.returncode == 2
+def test_a_stage_names_the_missing_input_when_run_out_of_order(in_tmp):
+    write_params(in_tmp)
+    out = _invoke("prune")
+    assert out.exit_code == 2
     assert "data/meta.json not found: run the prepare stage first" in out.stderr
 
 
-def test_a_missing_params_file_is_a_one_line_error(tmp_path):
-    out = _cli("train", "--params", "nope.yaml", cwd=tmp_path)
-    assert out.returncode == 2 and "Parameters file nope.yaml not found" in out.stderr
+def test_a_missing_params_file_is_a_one_line_error(in_tmp):
+    out = _invoke("train", "--params", "nope.yaml")
+    assert out.exit_code == 2 and "Parameters file nope.yaml not found" in out.stderr
 
 
 def test_a_library_error_is_reported_with_the_params_key_it_comes_from(trained_copy):
     write_params(trained_copy, {"prune": {"ignored_layers": ["layers.99"]}})
-    out = _cli("prune", cwd=trained_copy)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
+    out = _invoke("prune")
+    assert out.exit_code == 2 and "Traceback" not in out.output
     assert 'Invalid "prune.ignored_layers": no layer named \'layers.99\' in the model' in out.stderr
 
 

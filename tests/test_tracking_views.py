@@ -11,11 +11,11 @@ from pruning.acceptance.gates import distrust_latency
 from pruning.acceptance.metrics import Latency, spread
 from tests.conftest import write_params
 
-# one worker runs this module: its module-scoped fixture is built once, not once per xdist worker
+# one worker runs this module: its costly fixture is built once, not once per xdist worker
 pytestmark = pytest.mark.xdist_group("test_tracking_views")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when other modules' tests run between this one's
 def logged(tmp_path_factory, mlflow_template):
     """Every stage of the tiny config run here, evaluate logging to a fresh sqlite store, then promote; each stage
     timed from outside."""
@@ -27,22 +27,21 @@ def logged(tmp_path_factory, mlflow_template):
     root = tmp_path_factory.mktemp("views")
     uri = fresh_store(mlflow_template, root)
     saved = mlflow.get_tracking_uri()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    cfg = load_config(write_params(root, {"tracking": {"enabled": True}}))
-    seconds = {}
-    for stage in STAGES:
-        start = time.perf_counter()
-        stage.fn(cfg, root)
-        seconds[stage.name] = time.perf_counter() - start
-    run_id = json.loads((root / "reports" / "mlflow_run.json").read_text())["run_id"]
-    promotion = promote(run_id, cfg, root)
+    with pytest.MonkeyPatch.context() as mp:  # this store while the pipeline runs; the tests read it by its URI
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        cfg = load_config(write_params(root, {"tracking": {"enabled": True}}))
+        seconds = {}
+        for stage in STAGES:
+            start = time.perf_counter()
+            stage.fn(cfg, root)
+            seconds[stage.name] = time.perf_counter() - start
+        run_id = json.loads((root / "reports" / "mlflow_run.json").read_text())["run_id"]
+        promotion = promote(run_id, cfg, root)
+    mlflow.set_tracking_uri(saved)
     client = mlflow.MlflowClient(uri)
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("pruning").experiment_id])}
-    yield {"root": root, "client": client, "runs": runs, "parent": client.get_run(run_id), "seconds": seconds,
-           "promotion": promotion, "cfg": cfg}
-    mp.undo()
-    mlflow.set_tracking_uri(saved)
+    return {"root": root, "client": client, "runs": runs, "parent": client.get_run(run_id), "seconds": seconds,
+            "promotion": promotion, "cfg": cfg}
 
 
 def test_a_curve_has_no_summary_point_at_step_0(logged):

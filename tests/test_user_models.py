@@ -176,7 +176,7 @@ class ShuffleNetLike(nn.Module):
 FAMILIES = [Residual, SqueezeExcitation, DenseConcat, DenseGrowth12, Depthwise, Grouped, RegNetLike]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data() -> Data:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(192, *SHAPE, generator=gen)
@@ -195,7 +195,7 @@ def _ctx(family: type[nn.Module], data: Data, tmp_path) -> Context:
     return Context(data=data, seed=0, device="cpu", build=family, latency_table=tmp_path / "t.json", opset=17)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when other modules' tests run between this one's
 def default_pruned(data, tmp_path_factory):
     """The default method's outcome (params.yaml's values) on a family, computed once per module: several tests read
     it, none changes it."""

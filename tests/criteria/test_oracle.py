@@ -12,13 +12,13 @@ from pruning.errors import PruningError
 from pruning.training import Optim, fit
 from pruning.zoo import build_model
 
-# one worker runs this module: its module-scoped fixture is built once, not once per xdist worker
+# one worker runs this module: its costly fixture is built once, not once per xdist worker
 pytestmark = pytest.mark.xdist_group("test_oracle")
 
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when other modules' tests run between this one's
 def trained():
     (x, y), _ = load_split(DataConfig(), 0)
     x, y = torch.from_numpy(x[:512]), torch.from_numpy(y[:512])

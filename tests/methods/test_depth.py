@@ -18,7 +18,7 @@ from pruning.zoo import build_model
 from pruning.zoo.mobilenet import InvertedResidual
 from pruning.zoo.resnet import BasicBlock
 
-# one worker runs this module: its module-scoped fixture is built once, not once per xdist worker
+# one worker runs this module: its costly fixture is built once, not once per xdist worker
 pytestmark = pytest.mark.xdist_group("test_depth")
 
 RESNET: tuple[str, dict[str, Any], tuple[int, ...]] = ("resnet", {"widths": [8, 16, 16], "blocks": [2, 2, 2]}, (1, 8, 8))
@@ -77,13 +77,13 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits() -> Split:
     (x, y), _ = load_split(DataConfig(), 0)
     return Split(torch.from_numpy(x[:256]), torch.from_numpy(y[:256]))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when other modules' tests run between this one's
 def trained_resnet(digits) -> nn.Module:
     """The tiny ResNet after 3 quick epochs on 256 digits: enough for blocks to matter to the loss."""
     torch.manual_seed(0)
