@@ -1,9 +1,10 @@
-"""prepare's recipe (pruning/fingerprint.py): DVC runs prepare on every repro; its command returns at once, without
-importing torch, exactly while nothing its outputs depend on changed."""
+"""prepare's recipe (pruning/fingerprint.py): DVC runs prepare on every repro; the command DVC runs returns at once,
+without importing torch, exactly while nothing its outputs depend on changed."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -70,10 +71,14 @@ def test_a_run_with_another_params_file_records_nothing(tmp_path):
 def test_dvc_s_command_returns_without_importing_torch_only_while_unchanged(tmp_path):
     _prepared(tmp_path)
     probe = [sys.executable, "-c", PROBE]
-    fast = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    under_dvc = {**os.environ, "DVC_STAGE": "prepare"}  # DVC sets it for its stages' commands
+    fast = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True, env=under_dvc).stdout
     assert "prepare unchanged" in fast and "torch imported: False" in fast
     record = json.loads((tmp_path / "data" / RECORD).read_text())
     record["recipe"] = "0" * 64  # as if the data, the params or the code had changed
     (tmp_path / "data" / RECORD).write_text(json.dumps(record))
-    full = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    full = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True, env=under_dvc).stdout
     assert "prepare done: n_train=1437" in full and "torch imported: True" in full
+    assert unchanged(tmp_path / "params.yaml")  # that full run recorded its recipe again
+    by_hand = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert "prepare done" in by_hand  # typed by hand, a verb runs its stage all the same

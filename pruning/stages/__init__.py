@@ -32,7 +32,7 @@ class Stage:
     retries: int = 0  # flow task retries: only for stages that do I/O against a service
     gated: bool = False  # its result carries the gate verdict (the verb gets --strict)
     # "module:function" (params.yaml path -> bool), importing no torch: True when the stage's outputs are the ones it
-    # would write now, and its command may return at once (a stage DVC runs on every repro: dvc.yaml always_changed)
+    # would write now, and the command DVC runs may return at once (a stage DVC runs on every repro: always_changed)
     unchanged: str | None = None
 
     def outputs_unchanged(self, params: Any) -> bool:
@@ -63,8 +63,8 @@ class Stage:
 _DATA = ("train_data", "test_data", "data_meta")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "Load data.source, split it by seed, write the splits (data/); runs on every dvc repro, "
-          "and returns at once while its data, params and code are unchanged.",
+    Stage("prepare", "Load data.source, split it by seed, write the splits (data/); DVC runs it on every repro, "
+          "where it returns at once while its data, params and code are unchanged.",
           params=("seed", "data"), reads=(), writes=_DATA, reports=("data_meta",),
           unchanged="pruning.fingerprint:unchanged"),
     Stage("train", "Train the dense baseline (model.arch), or load model.weights (train.epochs 0: as they are).",
