@@ -79,6 +79,32 @@ class TooLarge(ValueError):
     """The document expands to more than :data:`MAX_VALUES` values."""
 
 
+MAX_FLOW_DEPTH = 100  # nested [ ] / { } of a params file (real ones nest fewer than ten levels)
+
+
+def _flow_too_deep(text: str) -> bool:
+    """True when the text's flow collections nest beyond :data:`MAX_FLOW_DEPTH`, found in one linear pass (quoted
+    text and comments skipped). Why: PyYAML's scanner takes time quadratic in that depth, seconds at a few thousand,
+    before its own recursion limit rejects the file."""
+    depth, quote, comment = 0, "", False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                return True
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return False
+
+
 def _expanded_size(root: yaml.Node) -> int:
     """How many values the document holds once every alias is expanded (a 1 KB "billion laughs" file holds 10**9),
     computed on the node graph in linear time: each node's size once, aliases counted as often as they occur."""
@@ -107,6 +133,8 @@ def safe_load_unique(text: str) -> Any:
     are found on the composed node tree, before any object is constructed; the values are then constructed from that
     same tree (one parse). The pure-Python loader on purpose: libyaml's composer recurses in C, and a deeply nested
     file crashes the interpreter instead of raising RecursionError."""
+    if _flow_too_deep(text):
+        raise RecursionError(f"nests [ ] / {{ }} deeper than {MAX_FLOW_DEPTH} levels")  # as PyYAML itself would, sooner
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
