@@ -43,7 +43,8 @@ def _metrics(rev: dict) -> dict[str, dict]:
 
 
 def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_then_one_is_promoted(golden, golden_repo,
-                                                                                                    mlflow_template):
+                                                                                                    mlflow_template,
+                                                                                                    monkeypatch):
     repo = golden_repo
     # what a run leaves for git: dvc.lock and the metrics / plots files, nothing else (data, models and the other
     # reports are DVC's: ignored); the golden run's baseline commit holds them
@@ -93,5 +94,10 @@ def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_th
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     run = client.get_run(run_id)
     assert run.data.tags["gates"] == "passed" and run.data.params["gates.macs.threshold"] == "1.5"
-    out = _run(sys.executable, "-m", "pruning", "promote", "--run-id", run_id, cwd=repo)
-    assert "registry: tiny-int8 v1 -> champion" in out
+    # what `python -m pruning promote --run-id` calls (its own process: tests/e2e/test_concurrency.py)
+    from pruning.config import load_config
+    from pruning.tracking import promote
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
+    promotion = promote(run_id, load_config(repo / "params.yaml"), repo)
+    assert (promotion.model_name, promotion.version, promotion.alias) == ("tiny-int8", "1", "champion")
