@@ -33,10 +33,11 @@ from torch import nn
 from bench.config import BenchConfig, BenchMethod, main
 from pruning import criteria, dependency
 from pruning.allocation.uniform import search_ratio
+from pruning.arrays import load_split
 from pruning.config import Config, DataConfig
 from pruning.counting import count_macs
 from pruning.criteria.oracle import LossChangeImportance, oracle_correlation
-from pruning.data import CALIBRATION_BATCH, Data, Split, load_split
+from pruning.data import CALIBRATION_BATCH, Data, Split
 from pruning.methods import Context, channel
 from pruning.training import Distill, Optim, evaluate, fit
 from pruning.zoo import build_model

@@ -223,7 +223,7 @@ def serve() -> None:
 def promote(run_id: Annotated[str, typer.Option("--run-id", help="MLflow parent run of a pipeline run.")],
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Register a run's INT8 model; move 'champion' only if every gate passed and it beats the champion."""
-    from pruning.stages.common import params_errors
+    from pruning.errors import params_errors
     from pruning.tracking import promote as register
 
     def promote_run(cfg: Any, root: Path) -> Any:

@@ -14,10 +14,13 @@ exit code 2. Messages name the value, the allowed range and the fix (httpx style
 
 Library code (methods, criteria, allocation, runtime, ...) never names a params.yaml key: it raises in its own words
 and, when one of its own arguments is the cause, says which in ``field`` (the argument's name, e.g. ``round_to``).
-The stage that called it knows the section and turns that into the key (:func:`pruning.stages.common.params_errors`).
+The stage that called it knows the section and turns that into the key (:func:`params_errors`).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class PruningError(Exception):
@@ -57,3 +60,14 @@ class QuantizationError(PruningError):
 
 class GateFailed(PruningError):
     """At least one acceptance gate failed (raised only in strict mode)."""
+
+
+@contextlib.contextmanager
+def params_errors(section: str) -> Iterator[None]:
+    """A library error that names its argument (``field``) becomes a ConfigError naming ``section.field``."""
+    try:
+        yield
+    except PruningError as exc:
+        if exc.field is None:
+            raise
+        raise ConfigError(f'Invalid "{section}.{exc.field}": {exc}') from None

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pruning import checkpoint
+from pruning.arrays import read_arrays, save_arrays
 from pruning.atomic import replacing, write_bytes
-from pruning.data import read_arrays, save_arrays
 from pruning.errors import PruningError
 
 

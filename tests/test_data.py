@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pruning.data import DataConfig, Split, calibration_batches, calibration_sample, load_split, read_arrays, save_arrays
+from pruning.arrays import load_split, read_arrays, save_arrays
+from pruning.data import DataConfig, Split, calibration_batches, calibration_sample
 from pruning.errors import DataError
 
 

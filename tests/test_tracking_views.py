@@ -65,8 +65,10 @@ def test_runs_last_as_long_as_their_stages_did(logged):
         run = logged["runs"][name]
         duration = (run.info.end_time - run.info.start_time) / 1000
         assert run.data.tags["dvc"] == "ran" and run.info.status == "FINISHED"
-        # the run spans the stage function (times stamped inside the call the test timed from outside)
-        assert measured * 0.9 - 0.05 <= duration <= measured + 0.05, (name, duration, measured)
+        # the run spans the stage function (times stamped inside the call the test timed from outside; what lies
+        # outside the stamps, loading before and writing after, grows on a loaded machine: a failed run of two
+        # workers building this fixture at once)
+        assert measured * 0.75 - 0.25 <= duration <= measured + 0.05, (name, duration, measured)
         assert parent.info.start_time <= run.info.start_time and run.info.end_time <= parent.info.end_time
     assert (parent.info.end_time - parent.info.start_time) / 1000 >= sum(seconds.values()) * 0.9
 

@@ -3,11 +3,9 @@ library error that names one of its arguments into the params.yaml key."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +13,7 @@ import numpy as np
 
 from pruning.atomic import write_bytes
 from pruning.data import Data, load_data
-from pruning.errors import ConfigError, DataError, PruningError
+from pruning.errors import DataError, PruningError, params_errors
 
 if TYPE_CHECKING:
     from pruning.config import Config, PathsConfig
@@ -34,17 +32,6 @@ def prepared_data(cfg: Config, root: str | Path) -> Data:
         data = data.model_copy(update={"path": str(Path(root) / data.path)})
     with params_errors("data"):
         return load_data(p.train_data, p.test_data, p.data_meta, data)
-
-
-@contextlib.contextmanager
-def params_errors(section: str) -> Iterator[None]:
-    """A library error that names its argument (``field``) becomes a ConfigError naming ``section.field``."""
-    try:
-        yield
-    except PruningError as exc:
-        if exc.field is None:
-            raise
-        raise ConfigError(f'Invalid "{section}.{exc.field}": {exc}') from None
 
 
 def params_hash(cfg: Config) -> str:

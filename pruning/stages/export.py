@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 from pruning.atomic import publish
 from pruning.checkpoint import load_model, spec
 from pruning.data import take, tensors
+from pruning.errors import params_errors
 from pruning.runtime.export import export_onnx, parity
-from pruning.stages.common import params_errors, paths, prepared_data, write_json
+from pruning.stages.common import paths, prepared_data, write_json
 
 if TYPE_CHECKING:
     from pruning.config import Config

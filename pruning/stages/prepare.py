@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pruning.data import EVAL_BATCH, DataConfig, batches, load_split, save_arrays, take, tensors
-from pruning.errors import DataError
+from pruning.arrays import load_split, save_arrays
+from pruning.data import EVAL_BATCH, DataConfig, batches, take, tensors
+from pruning.errors import DataError, params_errors
 from pruning.fingerprint import FILE_HASHES, RECORD, record, source_digest
 from pruning.sources import num_classes, save_indices, split_streamed, user_code
-from pruning.stages.common import params_errors, paths, write_json
+from pruning.stages.common import paths, write_json
 
 if TYPE_CHECKING:
     from pruning.config import Config

@@ -19,9 +19,9 @@ from pruning.allocation.latency_table import LatencyTable
 from pruning.checkpoint import load_model, save_model
 from pruning.counting import count_macs, layer_changes
 from pruning.data import forward
-from pruning.errors import GraphTraceError
+from pruning.errors import GraphTraceError, params_errors
 from pruning.methods import METHODS, Context
-from pruning.stages.common import params_errors, paths, prepared_data, provenance, write_json
+from pruning.stages.common import paths, prepared_data, provenance, write_json
 from pruning.task import build_task
 from pruning.zoo import build_model
 

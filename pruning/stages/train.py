@@ -14,8 +14,8 @@ from torch import nn
 from pruning.checkpoint import save_model
 from pruning.counting import count_macs
 from pruning.data import Data, forward
-from pruning.errors import ModelError
-from pruning.stages.common import params_errors, paths, prepared_data, provenance, write_json
+from pruning.errors import ModelError, params_errors
+from pruning.stages.common import paths, prepared_data, provenance, write_json
 from pruning.task import Task, build_task
 from pruning.training import Optim, evaluate, fit
 from pruning.weights import load_weights

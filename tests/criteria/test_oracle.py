@@ -6,8 +6,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from pruning import criteria, dependency
+from pruning.arrays import load_split
 from pruning.criteria.oracle import LossChangeImportance, oracle_correlation
-from pruning.data import DataConfig, Split, load_split
+from pruning.data import DataConfig, Split
 from pruning.errors import PruningError
 from pruning.training import Optim, fit
 from pruning.zoo import build_model

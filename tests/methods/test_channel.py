@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pruning.allocation.uniform import search_ratio
+from pruning.arrays import load_split
 from pruning.counting import count_macs
-from pruning.data import Data, DataConfig, Split, load_split
+from pruning.data import Data, DataConfig, Split
 from pruning.errors import GraphTraceError, PruningError
 from pruning.methods import Context, channel
 from pruning.zoo import build_model

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from pruning import residual
-from pruning.data import Data, DataConfig, Split, load_split
+from pruning.arrays import load_split
+from pruning.data import Data, DataConfig, Split
 from pruning.errors import PruningError
 from pruning.methods import Context, depth
 from pruning.training import Optim, fit

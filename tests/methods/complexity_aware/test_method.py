@@ -11,6 +11,7 @@ from pruning.counting import count_macs
 from pruning.data import Data, Split
 from pruning.methods import METHODS
 from pruning.methods.complexity_aware import method as complexity
+from pruning.methods.complexity_aware.run import Run
 from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx
 
 # pressure high enough that a few steps of 2-batch epochs remove structures: what matters here is that removal works
@@ -43,7 +44,7 @@ def test_every_family_trains_with_gates_loses_structures_and_its_model_file_rebu
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
 def test_the_default_knobs_gate_every_family(family, data, tmp_path):
-    run = complexity._Run(family(), complexity.Config(), _ctx(family, data, tmp_path))
+    run = Run(family(), complexity.Config(), _ctx(family, data, tmp_path))
     assert run.gates.groups, "no unit gate"
     has_block = family.__name__ in ("Residual", "SqueezeExcitation", "Grouped", "RegNetLike")
     assert bool(run.gates.blocks) == has_block
