@@ -16,11 +16,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 install: $(STAMP)
 
-# torch first, pinned: an unpinned torch request resolves to a multi-GB CUDA build.
+# torch first, pinned: an unpinned torch request resolves to a multi-GB CUDA build. pip compiles bytecode one file
+# at a time; compileall compiles it on every core (-qq: like pip, it passes over the few files that do not compile).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e '.[dev]'
+	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	@touch $@
 
 run: install
