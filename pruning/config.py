@@ -292,12 +292,17 @@ def parse_config(raw: Any, file: str = "params.yaml") -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{file} must hold a mapping of sections, got {type(raw).__name__}")
-    try:
-        cfg = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], file)) from None
+    cfg = validate(raw, file)
     check_references(cfg, file, Path(file).parent)
     return cfg
+
+
+def validate(raw: dict[str, Any], file: str) -> Config:
+    """The schema's half of :func:`parse_config` (no files or references checked): also a search trial's params."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], file)) from None
 
 
 def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
