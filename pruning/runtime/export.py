@@ -95,9 +95,11 @@ def parity(model: nn.Module, onnx_path: str | Path, x: Any, atol: float, rtol: f
     expected = forward(model, x).numpy()
     got = run(session(onnx_path), x)
     diff = np.abs(expected - got)
-    result = Parity(float(np.max(diff)), float(np.max(diff / (atol + rtol * np.abs(expected)))))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero tolerance: equal is within it, any difference not
+        ratio = np.where(diff == 0, 0.0, diff / (atol + rtol * np.abs(expected)))
+    result = Parity(float(np.max(diff)), float(np.max(ratio)))
     if not result.score <= 1.0:  # also catches NaN
-        worst = np.unravel_index(int(np.nanargmax(diff / (atol + rtol * np.abs(expected)))), diff.shape)
+        worst = np.unravel_index(int(np.nanargmax(ratio)) if not np.isnan(ratio).all() else 0, diff.shape)
         raise ParityError(f"the {name} model's ONNX export differs from torch beyond atol {atol:g} + rtol {rtol:g} "
                           f"x |torch|: {diff[worst]:.3g} at output {tuple(int(i) for i in worst)} (torch "
                           f"{expected[worst]:.6g}, onnxruntime {got[worst]:.6g}); max |difference| {result.max_abs:.3g}",

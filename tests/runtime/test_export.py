@@ -57,3 +57,21 @@ def test_parity_holds_large_outputs_to_the_relative_tolerance_not_to_an_absolute
     with torch.no_grad():
         assert float(model(torch.from_numpy(x)).abs().max()) > 1e4
     assert result.max_abs > 1e-4 and result.score <= 1.0
+
+
+def test_a_zero_tolerance_accepts_outputs_that_are_equal_and_refuses_any_difference(tmp_path):
+    """atol = rtol = 0 is exact equality: an output torch and ORT agree on to the bit passes (0 / 0 used to count
+    as a failure), one that differs fails with its element named."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([0.0, 1.0, -2.0]))
+    path = tmp_path / "const.onnx"
+    export_onnx(model, (1, 2, 2), path, opset=17)
+    x = np.random.default_rng(0).normal(size=(5, 1, 2, 2)).astype(np.float32)
+    result = parity(model, path, x, atol=0.0, rtol=0.0)
+    assert (result.max_abs, result.score) == (0.0, 0.0)
+    with torch.no_grad():
+        model[1].bias[1] += 1e-3
+    with pytest.raises(ParityError, match=r"beyond atol 0 \+ rtol 0 x \|torch\|: 0\.001 at output \(0, 1\)"):
+        parity(model, path, x, atol=0.0, rtol=0.0)
