@@ -107,18 +107,18 @@ def run_trial(workspace: str | Path, cfg: Config, trial_dir: str | Path, number:
                        latency=_read(trial_dir / cfg.paths.latency_metrics))
 
 
-def constraints(result: TrialResult) -> list[float]:
-    """Optuna's constraint values of a trial, one per gate: <= 0 where the gate passed (by how much it cleared its
-    threshold), > 0 where it failed; a failed trial violates every one."""
+def constraints(result: TrialResult) -> dict[str, float]:
+    """Optuna's constraint values of a trial, one per gate (``Trial.set_constraint``): <= 0 where the gate passed (by
+    how much it cleared its threshold), > 0 where it failed; a failed trial violates ``trial``."""
     if result.error is not None or not result.checks:
-        return [1.0]
-    out = []
+        return {"trial": 1.0}
+    out = {}
     for check in result.checks:
         if check["value"] is None:  # not measurable (NaN), or a timing too spread to trust
-            out.append(1.0)
+            out[check["name"]] = 1.0
             continue
         margin = check["value"] - check["threshold"]
-        out.append(-margin if check["op"] in (">=", ">") else margin)
+        out[check["name"]] = -margin if check["op"] in (">=", ">") else margin
         if not check["passed"]:  # equal to the threshold on a strict op, or a distrusted timing: not feasible
-            out[-1] = max(out[-1], 1e-9)
+            out[check["name"]] = max(out[check["name"]], 1e-9)
     return out
