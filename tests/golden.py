@@ -9,10 +9,12 @@ anything works on its own copy (:func:`copy_repo`: git history, DVC cache and ou
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from tests.conftest import REPO, write_params
 
 STATUS = "git-status-after-the-run.txt"  # beside the repository: what the run left for git, before the commit
 DONE = ".golden-done"
+SECONDS = "stage-seconds.json"  # beside the repository: each stage function's seconds in the run, timed from outside
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -46,22 +49,27 @@ def init_repo(root: Path, overrides: dict[str, Any] | None = None) -> Path:
     return root
 
 
-def run_recorded(root: Path) -> None:
-    """Every stage of the table, in this process, each recorded in dvc.lock as the flow records it."""
+def run_recorded(root: Path) -> dict[str, float]:
+    """Every stage of the table, in this process, each recorded in dvc.lock as the flow records it. Returns each
+    stage function's seconds, timed from outside it."""
     from pruning.config import load_config
     from pruning.record import recording
     from pruning.stages import STAGES
 
     cfg = load_config(root / "params.yaml")
+    seconds = {}
     for stage in STAGES:
         with recording(root) as dvc:
+            start = time.perf_counter()
             stage.fn(cfg, root)
+            seconds[stage.name] = time.perf_counter() - start
             dvc.commit(stage.name)
+    return seconds
 
 
 def build(root: Path) -> None:
     init_repo(root)
-    run_recorded(root)
+    (root.parent / SECONDS).write_text(json.dumps(run_recorded(root)))
     (root.parent / STATUS).write_text(git("status", "--porcelain", "--untracked-files=all", cwd=root))
     git("add", "-A", cwd=root)
     git("commit", "-qm", "baseline run", cwd=root)
@@ -72,6 +80,10 @@ def copy_repo(golden: Path, dest: Path) -> Path:
     """A private copy of the golden repository (its git history, DVC cache and outputs)."""
     shutil.copytree(golden, dest, symlinks=True)
     return dest
+
+
+def stage_seconds(golden: Path) -> dict[str, float]:
+    return json.loads((golden.parent / SECONDS).read_text())
 
 
 def status_after_run(golden: Path) -> list[str]:
