@@ -61,8 +61,12 @@ class Range(Section):
     def integer(self) -> bool:
         return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1))
 
-    def ends(self) -> list[float | int]:
-        return [self.low, self.high]
+    def samples(self) -> list[float | int]:
+        """Values that stand for the range when it is checked: its ends, and for a float range one value between
+        them that is no integer (a float range on an integer param is refused before any trial, not in one)."""
+        if self.integer or self.low == self.high:
+            return [self.low, self.high]
+        return [self.low, self.high, self.low + (self.high - self.low) * 0.6180339887498949]  # (√5 - 1) / 2
 
 
 Choices = list[Scalar]
@@ -185,7 +189,7 @@ def check_space(space: Mapping[str, Values], base: Config) -> None:
             if leaf is False:
                 raise ConfigError(f"Invalid {where} in params.yaml: {key} is a section; name one of its keys")
             users = [methods[0]]
-        samples = values.ends() if isinstance(values, Range) else values
+        samples = values.samples() if isinstance(values, Range) else values
         for method in users:
             for value in samples:
                 try:

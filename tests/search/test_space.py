@@ -51,6 +51,8 @@ def test_a_malformed_entry_is_one_line_naming_its_key(raw, message):
     ({"prune.ratio": {"low": 0.5, "high": 1.5}}, "1.5 is refused"),
     ({"prune.criterion": ["l2", "l7"]}, "'l7' is refused"),
     ({"finetune.epochs": {"low": -1, "high": 3}}, "-1 is refused"),
+    ({"finetune.epochs": {"low": 1.0, "high": 4.0}},  # a float range on an integer param
+     "is refused (Input should be a valid integer, got a number with a fractional part)"),
     ({"prune.method": ["channel", "depth"], "prune.criterion": ["l2", "norm"]},
      "'norm' is refused for method channel (Input should be 'l1', 'l2', 'taylor', 'hessian', 'bn_scale', 'lamp', "
      "'random' or 'loss_change'): give it per method, prune.channel.criterion"),
