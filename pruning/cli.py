@@ -192,7 +192,7 @@ def _flows(module: str, *args: str) -> None:
         previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
         # `kill -USR1` on a run that looks hung: the flow writes its threads' stacks and goes on (docs/orchestration.md).
         # Passed on to that child only: SIGUSR1's default action would end this process, and any child that does not
-        # register it
+        # register it (a benchmark) too
         previous_usr1 = None
         if module == FLOW:
             previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, _frame: child.send_signal(signum))

@@ -22,9 +22,7 @@ def check_tracked(raw: dict[str, Any], path: Path) -> None:
     if path.name != "params.yaml" or not dvc_yaml.is_file():
         return
     try:
-        # the pipeline's own file, read on every load: libyaml's loader where the yaml package has it
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        stages = (yaml.load(dvc_yaml.read_text(encoding="utf-8"), Loader=loader) or {}).get("stages") or {}
+        stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages") or {}
     except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
         return  # DVC reports a broken dvc.yaml itself
     for name, stage in stages.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
+BUILT = ".built"  # in a directory built_once filled: it is complete
 
 TINY: dict[str, Any] = {
     "seed": 0,
@@ -96,21 +98,29 @@ def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Path:
+    """The directory ``name`` in the shared temporary directory, filled by ``build(directory)`` once per test run for
+    every worker (under a file lock; marked complete only once ``build`` returned, so one killed half-way is redone)."""
+    import filelock
+
+    shared = _shared_dir(tmp_path_factory)
+    where = shared / name
+    with filelock.FileLock(str(shared / f"{name}.lock")):
+        if not (where / BUILT).is_file():
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir()
+            build(where)
+            (where / BUILT).touch()
+    return where
+
+
 @pytest.fixture(scope="session")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The golden run (tests/golden.py): a git + DVC repository where every stage ran on the tiny config, recorded in
     dvc.lock and committed. Built once per test run for all workers; read-only: copy it to change anything."""
-    import filelock
-
     from tests import golden as g
 
-    shared = _shared_dir(tmp_path_factory)
-    root = shared / "golden" / "repo"
-    with filelock.FileLock(str(shared / "golden.lock")):
-        if not (root / ".git" / g.DONE).is_file():
-            shutil.rmtree(root.parent, ignore_errors=True)
-            g.build(root)
-    return root
+    return built_once(tmp_path_factory, "golden", lambda where: g.build(where / "repo")) / "repo"
 
 
 @pytest.fixture
@@ -156,17 +166,12 @@ def finished_copy(finished: Path, in_tmp: Path) -> Path:
 def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow sqlite store, created (tables migrated) once per test run: a test copies it instead of paying
     the migration, several seconds, for a store of its own (mlops-conventions: 7 s -> 0.07 s per test)."""
-    import filelock
-
     from pruning.tracking.store import create_sqlite_store
 
-    shared = _shared_dir(tmp_path_factory)
-    db = shared / "mlflow-template" / "mlflow.db"
-    with filelock.FileLock(str(shared / "mlflow-template.lock")):
-        if not db.is_file():
-            db.parent.mkdir(exist_ok=True)
-            create_sqlite_store(db, db.parent / "mlartifacts")
-    return db
+    def create(where: Path) -> None:
+        create_sqlite_store(where / "mlflow.db", where / "mlartifacts")
+
+    return built_once(tmp_path_factory, "mlflow-template", create) / "mlflow.db"
 
 
 def fresh_store(template: Path, root: Path) -> str:

@@ -21,7 +21,6 @@ from typing import Any
 from tests.conftest import REPO, write_params
 
 STATUS = "git-status-after-the-run.txt"  # beside the repository: what the run left for git, before the commit
-DONE = ".golden-done"
 SECONDS = "stage-seconds.json"  # beside the repository: each stage function's seconds in the run, timed from outside
 
 
@@ -73,7 +72,6 @@ def build(root: Path) -> None:
     (root.parent / STATUS).write_text(git("status", "--porcelain", "--untracked-files=all", cwd=root))
     git("add", "-A", cwd=root)
     git("commit", "-qm", "baseline run", cwd=root)
-    (root / ".git" / DONE).touch()
 
 
 def copy_repo(golden: Path, dest: Path) -> Path:

@@ -98,9 +98,8 @@ def run_search(workspace: str | Path, cfg: Config, space: Mapping[str, Values], 
                trials: int, objective: str, timeout: float | None = None) -> SearchResult:
     """Run trials until ``trials`` have finished (those of an earlier, killed run included) or ``timeout`` seconds
     passed; write trials.json and pareto.json into ``directory`` after every trial."""
+    from optuna.study import StudyDirection
     from optuna.trial import TrialState
-
-    from pruning.task import build_task
 
     directory = Path(directory)
     study = open_study(directory, cfg)
@@ -109,7 +108,7 @@ def run_search(workspace: str | Path, cfg: Config, space: Mapping[str, Values], 
         study.tell(stale.number, state=TrialState.FAIL)
     results = _finished(study)
     resumed = len(results)
-    better = build_task(cfg.task).greater_is_better
+    better = study.directions[1] == StudyDirection.MAXIMIZE  # the task metric's direction
     start = time.monotonic()
     while len(results) < trials and (timeout is None or time.monotonic() - start < timeout):
         trial = study.ask()

@@ -24,20 +24,13 @@ def prefect_template(tmp_path_factory) -> Path:
     """A Prefect home whose database is created and migrated once per test run, for every worker: each server the
     tests start (the harness, the ephemeral one `python -m pruning run` launches) works on a copy of it, instead of
     migrating a new database of its own (most of a server's start-up: docs/contributing.md)."""
-    import filelock
+    from tests.conftest import built_once
 
-    from tests.conftest import _shared_dir
+    def migrate(home: Path) -> None:
+        subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,
+                       env={**os.environ, "PREFECT_HOME": str(home)}, capture_output=True, timeout=600)
 
-    shared = _shared_dir(tmp_path_factory)
-    home = shared / "prefect-template"
-    with filelock.FileLock(str(shared / "prefect-template.lock")):
-        if not (home / "prefect.db").is_file():
-            building = shared / "prefect-template.building"
-            shutil.rmtree(building, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,
-                           env={**os.environ, "PREFECT_HOME": str(building)}, capture_output=True, timeout=600)
-            building.rename(home)
-    return home
+    return built_once(tmp_path_factory, "prefect-template", migrate)
 
 
 def prefect_home(template: Path, dest: Path) -> Path:
