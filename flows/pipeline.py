@@ -101,7 +101,7 @@ def _stage(stage: Stage, repo: Path) -> bool:
     In this process when the repository's pruning/ is the package imported here, else in a child process that runs
     the repository's own code; recorded here either way, under DVC's lock held from the check to the record."""
     from pruning.config import load_config
-    from pruning.record import Locked, recording
+    from pruning.record import Locked, describe, recording
 
     logger = get_run_logger()
     try:
@@ -110,7 +110,7 @@ def _stage(stage: Stage, repo: Path) -> bool:
             if not changes:
                 logger.info("Stage '%s' didn't change, skipping", stage.name)
                 return False
-            logger.info("Running stage '%s' (%s)", stage.name, _describe(changes))
+            logger.info("Running stage '%s' (%s)", stage.name, describe(changes))
             if _runs_same_code(repo):
                 start = time.perf_counter()
                 result = stage.fn(load_config(repo / PARAMS), repo)
@@ -121,18 +121,6 @@ def _stage(stage: Stage, repo: Path) -> bool:
     except Locked as exc:
         raise StageFailed(f"stage {stage.name}: {exc}") from None
     return True
-
-
-def _describe(changes: dict[str, Any]) -> str:
-    """DVC's status entry for one stage as a short phrase ('changed deps: pruning/training.py', 'new')."""
-    parts: list[str] = []
-    for entry in next(iter(changes.values()), []):
-        if isinstance(entry, str):
-            parts.append(entry)
-        else:
-            for kind, items in entry.items():
-                parts.append(f"{kind}: {', '.join(sorted(items)) if isinstance(items, dict) else items}")
-    return "; ".join(parts) or "stale"
 
 
 def _user_error(exc: BaseException | None) -> bool:

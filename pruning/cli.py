@@ -1,5 +1,5 @@
 """Command line: one verb per row of :data:`pruning.stages.STAGES`, plus ``run`` (the whole pipeline as the Prefect
-flow), ``serve``, ``promote`` and ``bench`` (the benchmarks in bench/).
+flow), ``search`` (the search flow), ``serve``, ``promote`` and ``bench`` (the benchmarks in bench/).
 
 Every verb validates params.yaml once, calls one stage function and maps any PruningError to a one-line message on
 stderr and exit code 2 — never a traceback for bad input.
@@ -211,6 +211,15 @@ def run(params: ParamsOpt = Path("params.yaml"), strict: StrictOpt = False) -> N
     """Run the whole pipeline as the Prefect flow (each task a DVC stage: only stale ones rerun), then promote.
     --params names the params.yaml of another workspace (a directory with dvc.yaml): the flow runs there."""
     _flows(FLOW, "--params", str(params), *(["--strict"] if strict else []))
+
+
+@app.command(cls=_Command)
+def search(params: ParamsOpt = Path("params.yaml"),
+           apply: Annotated[bool, typer.Option("--apply", help="Write the winner's values into params.yaml (then "
+                                               "`dvc repro` makes the winner's model).", metavar=FLAG)] = False) -> None:
+    """Search params.yaml's search.space for the best model that passes every gate (Optuna; trials as Prefect tasks
+    on Dask), re-measure the Pareto front alone, log to MLflow, promote the winner by the registry rules."""
+    _flows("flows.search", "--params", str(params), *(["--apply"] if apply else []))
 
 
 @app.command(cls=_Command)

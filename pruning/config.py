@@ -24,6 +24,7 @@ from pruning.errors import ConfigError
 from pruning.methods import METHODS, MethodConfig, default_config
 from pruning.references import check_references, check_tracked
 from pruning.schema import Section, TooLarge, importable_from, safe_load_unique, workspace_path_problem
+from pruning.search.config import SearchConfig
 from pruning.task import TaskConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -204,6 +205,7 @@ class PathsConfig(Section):
     bench_dir: str  # the benchmarks (bench/) write their json / md / png here
     latency_table: str  # latency allocation: per-layer ORT latencies, kept across runs (DVC persist)
     weights_dir: str  # model.weights lives here: the train stage's DVC dependency (a changed file reruns train)
+    search_dir: str  # python -m pruning search: its study, a directory per trial, trials.json, pareto.json, the figure
 
     @model_validator(mode="after")
     def _inside_the_workspace(self) -> PathsConfig:
@@ -243,6 +245,10 @@ class Config(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds the split, the initialisation, batch order, calibration samples")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs: auto (cuda when "
                                                    "available) | cpu | cuda")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch's intra-op threads in the stages that "
+                                "train (train, prune, finetune): null = torch's default here (the physical cores). "
+                                "Training's float sums depend on it: set it where two runs must give the same bytes "
+                                "(a search's trials and dvc repro; other machines)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -257,6 +263,7 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     paths: PathsConfig
 
 

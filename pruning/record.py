@@ -69,3 +69,15 @@ def recording(root: str | Path) -> Iterator[Recorder]:
     except LockError:
         raise Locked(f"another DVC command (dvc repro, another pipeline run) holds the lock of {root}; wait "
                            "for it to finish and rerun") from None
+
+
+def describe(changes: dict[str, Any]) -> str:
+    """DVC's status entry for one stage as a short phrase ('changed deps: pruning/training.py', 'new')."""
+    parts: list[str] = []
+    for entry in next(iter(changes.values()), []):
+        if isinstance(entry, str):
+            parts.append(entry)
+        else:
+            for kind, items in entry.items():
+                parts.append(f"{kind}: {', '.join(sorted(items)) if isinstance(items, dict) else items}")
+    return "; ".join(parts) or "stale"

@@ -30,6 +30,7 @@ BUILT = ".built"  # in a directory built_once filled: it is complete
 TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",  # every key dvc.yaml tracks must be in params.yaml (DVC refuses a missing one)
+    "threads": None,
     "data": {"source": "digits"},
     "task": {"loss": "cross_entropy", "metric": "accuracy"},
     "model": {"arch": "resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},

@@ -85,8 +85,8 @@ def test_params_yaml_and_schema_defaults_name_the_same_sections():
 
 
 # what params.yaml ships on purpose instead of the schema's neutral default (a default kwargs only fits one arch; the
-# gates and the registry name belong to this pipeline)
-SHIPPED_CHOICES = {"model.kwargs", "gates", "registry.model_name", "bench", "paths"}
+# gates, the registry name and the search space belong to this pipeline: a space fits one method's params)
+SHIPPED_CHOICES = {"model.kwargs", "gates", "registry.model_name", "bench", "paths", "search.space"}
 
 
 def test_the_schema_defaults_are_the_values_params_yaml_ships():

@@ -107,6 +107,17 @@ def parse_space(raw: Mapping[str, Any]) -> dict[str, Values]:
     return out
 
 
+def read_space(cfg: Config) -> dict[str, Values]:
+    """params.yaml's search.space, parsed and checked (:func:`parse_space`, :func:`check_space`); an empty one is an
+    error too: a search must be told what it may change."""
+    if not cfg.search.space:
+        raise ConfigError("search.space in params.yaml is empty: name the params a search may change, e.g. "
+                          "prune.ratio: {low: 0.2, high: 0.7} (docs/search.md)")
+    space = parse_space(cfg.search.space)
+    check_space(space, cfg)
+    return space
+
+
 def methods_of(space: Mapping[str, Values], base: Config) -> list[str]:
     """The methods trials may use: prune.method's choices, else the base params' method."""
     choices = space.get("prune.method")
@@ -153,6 +164,12 @@ def _prune_field(key: str) -> tuple[str | None, str]:
     if len(parts) == 3 and parts[1] in METHODS:
         return parts[1], parts[2]
     return None, ".".join(parts[1:])
+
+
+def prune_key(key: str) -> list[str]:
+    """Where a search key lands in params.yaml: ``prune.<method>.<field>`` and ``prune.<field>`` in ``prune.<field>``,
+    every other key where it says."""
+    return ["prune", _prune_field(key)[1]] if key.startswith("prune.") else key.split(".")
 
 
 def applies(key: str, method: str) -> bool:
@@ -208,11 +225,12 @@ def trial_config(base: Config, params: Mapping[str, Any]) -> Config:
     from pruning.config import validate
 
     tree = base.model_dump(mode="python")
+    tree["search"]["space"] = {}  # a trial searches nothing: its params.yaml is one pipeline's (and not rechecked)
     method = params.get("prune.method", base.prune.method)
     tree["prune"] = _prune_section(base, str(method))
     for key, value in params.items():
         if key != "prune.method" and applies(key, str(method)):
-            _set(tree, ["prune", _prune_field(key)[1]] if key.startswith("prune.") else key.split("."), value)
+            _set(tree, prune_key(key), value)
     return validate(tree, "the trial's params")
 
 

@@ -1,5 +1,5 @@
-"""The search loop: Optuna asks, a trial runs (:mod:`.trial`), Optuna is told; every trial and the Pareto front are
-written to the search directory.
+"""The search loop: Optuna asks, a trial runs (:mod:`.trial`) on a runner, Optuna is told; every trial and the Pareto
+front are written to the search directory; then the front is measured again, alone, and the winner named.
 
 Two objectives: the chosen one (:data:`OBJECTIVES`, maximised) and the shipped model's task metric (in its own
 direction); the gates are Optuna's constraints (:func:`.trial.constraints`), so the sampler learns where the feasible
@@ -7,6 +7,15 @@ region is and the front holds only trials that passed every gate. The study live
 journal file: appends only, safe for several processes), so a search that was killed resumes where it was: finished
 trials are kept and count towards ``trials``; a trial that was running when the search died is marked failed and run
 again as a new one.
+
+Where trials run is the runner's business (:class:`Runner`): one at a time in this process (:class:`InProcess`), or
+as Prefect tasks on Dask (flows/search.py) with ``slots`` trials in flight. Optuna's study stays in this process
+only: workers run trials and return their results, they never touch the journal.
+
+Why the front is measured again: trials that run side by side time each other's noise. Every candidate on the front is
+timed once more with the evaluate stage's paired protocol (the models alternating in each round, medians over
+rounds), with nothing else running, and its gates judged on that measurement; the winner is the best candidate by the
+objective that still passes every gate. Both figures are kept (``latency`` and ``remeasured``).
 """
 
 from __future__ import annotations
@@ -17,11 +26,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pruning.atomic import write_bytes
+from pruning.search.config import OBJECTIVES
 from pruning.search.space import Values, suggest, trial_config
-from pruning.search.trial import TrialResult, constraints, run_trial
+from pruning.search.trial import TrialResult, TrialSpec, constraints, remeasure, run_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -30,12 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# objective name -> (report, key) of the value maximised; "shipped": the model the gates judge as shipped
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "speedup_b1": ("latency", "shipped_speedup_b1"),
-    "speedup_bN": ("latency", "shipped_speedup_bN"),
-    "macs_reduction": ("metrics", "macs_reduction"),
-}
 STUDY = "search"  # the study's name in its journal
 RESULT = "result"  # the user attribute holding a trial's TrialResult
 
@@ -47,8 +51,14 @@ def shipped_metric(result: TrialResult) -> float:
 
 
 def values(result: TrialResult, objective: str) -> tuple[float, float]:
+    """(objective, shipped metric) of a trial, as the trial measured them."""
     report, key = OBJECTIVES[objective]
     return float(getattr(result, report)[key]), shipped_metric(result)
+
+
+def final_values(result: TrialResult, objective: str) -> tuple[float, float]:
+    """(objective, shipped metric) as measured last: the re-measurement alone where there was one."""
+    return values(result.final(), objective)
 
 
 def pareto(results: list[TrialResult], objective: str, greater_is_better: bool) -> list[TrialResult]:
@@ -65,8 +75,32 @@ def pareto(results: list[TrialResult], objective: str, greater_is_better: bool) 
 @dataclass(frozen=True)
 class SearchResult:
     trials: list[TrialResult]
-    front: list[TrialResult]
+    front: list[TrialResult]  # re-measured (:attr:`TrialResult.remeasured`)
     resumed: int  # finished trials found in the journal at the start
+    winner: TrialResult | None  # the best re-measured front trial that passes every gate
+
+
+class Runner(Protocol):
+    """Where trials run: ``slots`` at once; ``submit`` starts one, ``wait_one`` blocks until one of ``pending`` has
+    ended and returns it with its result (or the exception that lost it: a dead worker, say)."""
+
+    slots: int
+
+    def submit(self, spec: TrialSpec) -> Any: ...
+
+    def wait_one(self, pending: list[Any]) -> tuple[Any, TrialResult | BaseException]: ...
+
+
+class InProcess:
+    """One trial at a time, in this process."""
+
+    slots = 1
+
+    def submit(self, spec: TrialSpec) -> Any:
+        return spec
+
+    def wait_one(self, pending: list[Any]) -> tuple[Any, TrialResult | BaseException]:
+        return pending[0], run_trial(pending[0])
 
 
 def open_study(directory: Path, cfg: Config) -> optuna.Study:
@@ -87,21 +121,62 @@ def open_study(directory: Path, cfg: Config) -> optuna.Study:
 
 
 def _finished(study: optuna.Study) -> list[TrialResult]:
-    return [TrialResult(**t.user_attrs[RESULT]) for t in study.get_trials(deepcopy=False) if RESULT in t.user_attrs]
+    return [TrialResult.from_dict(t.user_attrs[RESULT]) for t in study.get_trials(deepcopy=False)
+            if RESULT in t.user_attrs]
 
 
 def _write(path: Path, data: Any) -> None:
     write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
+def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, objective: str) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr(RESULT, result.as_dict())
+    for gate, value in constraints(result).items():
+        trial.set_constraint(gate, value)
+    if result.error is not None:
+        study.tell(trial, state=TrialState.FAIL)
+        log.info("search: trial %d failed: %s", result.number, result.error)
+        return
+    study.tell(trial, list(values(result, objective)))
+    log.info("search: trial %d %s: %s %.3g, %s %.4g (%.0f s)", result.number,
+             "passed every gate" if result.passed else "failed a gate", objective, values(result, objective)[0],
+             result.metrics.get("metric_name", "metric"), shipped_metric(result), result.seconds)
+
+
+def write_results(directory: Path, objective: str, results: list[TrialResult], front: list[TrialResult],
+                  winner: TrialResult | None = None) -> None:
+    """trials.json (every trial, in the order they finished) and pareto.json (the front, the winner once named)."""
+    _write(directory / "trials.json", {"objective": objective, "trials": [r.as_dict() for r in results]})
+    _write(directory / "pareto.json", {"objective": objective, "front": [r.number for r in front],
+                                       "winner": winner.number if winner is not None else None})
+
+
+def preflight(workspace: Path, cfg: Config) -> dict[str, Values]:
+    """Everything a search needs checked before its first trial, each failure one line: a space (parsed and checked
+    against the configs its keys land in), the dense model and data in the workspace, and (in a DVC workspace) the
+    stages that made them up to date with params.yaml."""
+    from pruning.search.space import read_space
+    from pruning.search.trial import check_fresh, check_inputs
+
+    space = read_space(cfg)
+    check_inputs(workspace, cfg)
+    check_fresh(workspace)
+    return space
+
+
 def run_search(workspace: str | Path, cfg: Config, space: Mapping[str, Values], directory: str | Path, *,
-               trials: int, objective: str, timeout: float | None = None) -> SearchResult:
+               trials: int, objective: str, timeout: float | None = None, runner: Runner | None = None,
+               threads: int | None = None) -> SearchResult:
     """Run trials until ``trials`` have finished (those of an earlier, killed run included) or ``timeout`` seconds
-    passed; write trials.json and pareto.json into ``directory`` after every trial."""
+    passed, ``runner.slots`` at a time; write trials.json and pareto.json into ``directory`` after every trial; then
+    measure the front again, alone, and name the winner. ``threads``: torch's threads in each trial (None: as is)."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
-    directory = Path(directory)
+    runner = runner or InProcess()
+    workspace, directory = Path(workspace).absolute(), Path(directory).absolute()
     study = open_study(directory, cfg)
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # the search died during it
         log.info("search: trial %d was running when the search stopped: marked failed, run again", stale.number)
@@ -110,25 +185,39 @@ def run_search(workspace: str | Path, cfg: Config, space: Mapping[str, Values], 
     resumed = len(results)
     better = study.directions[1] == StudyDirection.MAXIMIZE  # the task metric's direction
     start = time.monotonic()
-    while len(results) < trials and (timeout is None or time.monotonic() - start < timeout):
-        trial = study.ask()
-        params = suggest(trial, space, cfg)
-        log.info("search: trial %d (%d/%d) %s", trial.number, len(results) + 1, trials, params)
-        result = run_trial(workspace, trial_config(cfg, params), directory / "trials" / f"{trial.number:04d}",
-                           trial.number, params)
-        trial.set_user_attr(RESULT, result.as_dict())
-        for gate, value in constraints(result).items():
-            trial.set_constraint(gate, value)
-        if result.error is not None:
-            study.tell(trial, state=TrialState.FAIL)
-            log.info("search: trial %d failed: %s", trial.number, result.error)
-        else:
-            study.tell(trial, list(values(result, objective)))
-            log.info("search: trial %d %s: %s %.3g, %s %.4g (%.0f s)", trial.number,
-                     "passed every gate" if result.passed else "failed a gate", objective, values(result, objective)[0],
-                     result.metrics.get("metric_name", "metric"), shipped_metric(result), result.seconds)
-        results.append(result)
-        front = pareto(results, objective, better)
-        _write(directory / "trials.json", {"objective": objective, "trials": [r.as_dict() for r in results]})
-        _write(directory / "pareto.json", {"objective": objective, "front": [r.number for r in front]})
-    return SearchResult(results, pareto(results, objective, better), resumed)
+    pending: list[tuple[Any, optuna.Trial, TrialSpec]] = []  # (the runner's handle, Optuna's trial, the trial)
+    while True:
+        while (len(pending) < runner.slots and len(results) + len(pending) < trials
+               and (timeout is None or time.monotonic() - start < timeout)):
+            trial = study.ask()
+            params = suggest(trial, space, cfg)
+            log.info("search: trial %d (%d/%d) %s", trial.number, len(results) + len(pending) + 1, trials, params)
+            spec = TrialSpec(str(workspace), trial_config(cfg, params), str(directory / "trials" / f"{trial.number:04d}"),
+                             trial.number, params, threads)
+            pending.append((runner.submit(spec), trial, spec))
+        if not pending:
+            break
+        handle, outcome = runner.wait_one([h for h, _, _ in pending])
+        _, trial, spec = pending.pop(next(i for i, (h, _, _) in enumerate(pending) if h is handle))
+        if isinstance(outcome, BaseException):  # the runner lost it (a worker died, and died again on the retries)
+            outcome = TrialResult(spec.number, spec.params, spec.directory, 0.0,
+                                  error=f"the trial's worker failed: {type(outcome).__name__}: {outcome}")
+        _tell(study, trial, outcome, objective)
+        results.append(outcome)
+        write_results(directory, objective, results, pareto(results, objective, better))
+    front = [remeasure(r) for r in pareto(results, objective, better)]
+    winner = best(front, objective, better)
+    by_number = {r.number: r for r in front}
+    results = [by_number.get(r.number, r) for r in results]
+    write_results(directory, objective, results, front, winner)
+    return SearchResult(results, front, resumed, winner)
+
+
+def best(front: list[TrialResult], objective: str, greater_is_better: bool) -> TrialResult | None:
+    """The front trial that passes every gate on its last measurement with the highest objective (then metric)."""
+    sign = 1.0 if greater_is_better else -1.0
+    passing = [r for r in front if r.final().passed]
+    if not passing:
+        return None
+    return max(passing, key=lambda r: (final_values(r, objective)[0], sign * final_values(r, objective)[1]))
+

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,9 +53,34 @@ class TrialResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    # the front's second measurement, alone (study.py): {passed, checks, latency}; None: measured once
+    remeasured: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def final(self) -> TrialResult:
+        """This trial as measured last: with the re-measurement's latency and gate verdict where there is one."""
+        if self.remeasured is None:
+            return self
+        return replace(self, passed=self.remeasured["passed"], checks=self.remeasured["checks"],
+                       latency=self.remeasured["latency"])
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a worker needs to run one trial (picklable: it travels to Dask workers)."""
+
+    workspace: str
+    cfg: Config
+    directory: str
+    number: int
+    params: dict[str, Any]
+    threads: int | None = None  # torch's intra-op threads in the trial (None: leave them as they are)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -67,15 +92,44 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def link_inputs(workspace: Path, cfg: Config, trial_dir: Path) -> None:
-    """The workspace's prepared data and dense model (and the caches) at the same relative paths in ``trial_dir``."""
+def check_inputs(workspace: Path, cfg: Config) -> None:
+    """A DataError naming the first input a trial needs that the workspace lacks, and the stage that makes it."""
     for key in inputs():
         src = workspace / getattr(cfg.paths, key)
         if not src.is_file():
             stage = next(s.name for s in BY_NAME.values() if key in s.writes)
             raise DataError(f"{src} not found: a search starts from the pipeline's dense model; run the {stage} stage "
                             f"first (python -m pruning {stage}, or dvc repro {stage})")
-        _link(src, trial_dir / getattr(cfg.paths, key))
+
+
+def check_fresh(workspace: Path) -> None:
+    """In a DVC workspace, a DataError when a stage that makes a trial's inputs is stale (its params or inputs changed
+    since it ran): the trials would start from a dense model the params no longer describe."""
+    from pruning.record import describe, is_dvc_workspace, recording
+
+    if not is_dvc_workspace(workspace):
+        return
+    makers = [s for s in BY_NAME.values() if set(s.writes) & set(inputs())]
+    with recording(workspace) as dvc:
+        for stage in makers:
+            name = stage.name
+            if stage.unchanged is not None:  # DVC runs it every time (prepare): its own check says whether it would
+                if not stage.outputs_unchanged(workspace / "params.yaml"):
+                    raise DataError(f"the {name} stage's outputs are not the ones it would write now (its data, "
+                                    f"params or code changed): run `dvc repro {name}` (or python -m pruning run) first")
+                continue
+            changes = dvc.stale(name)
+            if changes:
+                raise DataError(f"the {name} stage is stale ({describe(changes)}): a search starts from the pipeline's "
+                                f"dense model as params.yaml describes it; run `dvc repro {name}` (or python -m pruning "
+                                f"run) first")
+
+
+def link_inputs(workspace: Path, cfg: Config, trial_dir: Path) -> None:
+    """The workspace's prepared data and dense model (and the caches) at the same relative paths in ``trial_dir``."""
+    check_inputs(workspace, cfg)
+    for key in inputs():
+        _link(workspace / getattr(cfg.paths, key), trial_dir / getattr(cfg.paths, key))
     for key in CACHES:
         src = workspace / getattr(cfg.paths, key)
         if src.is_file():
@@ -86,10 +140,19 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def run_trial(workspace: str | Path, cfg: Config, trial_dir: str | Path, number: int,
-              params: dict[str, Any]) -> TrialResult:
-    """Run the trial stages of ``cfg`` (a trial's params) in ``trial_dir``; a library refusal is a failed trial."""
-    workspace, trial_dir = Path(workspace), Path(trial_dir)
+def run_trial(spec: TrialSpec) -> TrialResult:
+    """Run the trial stages of ``spec.cfg`` (a trial's params) in its directory; a library refusal is a failed trial.
+    Runs where it is called: in the search's process or on a Dask worker (which may be another machine that sees the
+    workspace at the same path: your ``module:callable`` code is imported from there, as params.yaml's loading does)."""
+    from pruning.schema import importable_from
+
+    workspace, trial_dir, cfg, number, params = (Path(spec.workspace), Path(spec.directory), spec.cfg, spec.number,
+                                                 spec.params)
+    importable_from(workspace)
+    if spec.threads is not None:
+        import torch
+
+        torch.set_num_threads(spec.threads)
     start = time.perf_counter()
     trial_dir.mkdir(parents=True, exist_ok=True)
     link_inputs(workspace, cfg, trial_dir)
@@ -105,6 +168,19 @@ def run_trial(workspace: str | Path, cfg: Config, trial_dir: str | Path, number:
     return TrialResult(**base, seconds=time.perf_counter() - start, passed=bool(gates["passed"]),
                        checks=gates["checks"], metrics=_read(trial_dir / cfg.paths.metrics),
                        latency=_read(trial_dir / cfg.paths.latency_metrics))
+
+
+def remeasure(result: TrialResult) -> TrialResult:
+    """Time a finished trial's models again with the evaluate stage (its paired protocol), alone, and judge its gates
+    on that: the result with ``remeasured`` set. Its reports in the trial directory are then the re-measured ones."""
+    from pruning.config import validate
+
+    trial_dir = Path(result.directory)
+    cfg = validate(yaml.safe_load((trial_dir / "params.yaml").read_text()), str(trial_dir / "params.yaml"))
+    BY_NAME["evaluate"].fn(cfg, trial_dir)
+    gates = _read(trial_dir / cfg.paths.gates)
+    return replace(result, remeasured={"passed": bool(gates["passed"]), "checks": gates["checks"],
+                                       "latency": _read(trial_dir / cfg.paths.latency_metrics)})
 
 
 def constraints(result: TrialResult) -> dict[str, float]:

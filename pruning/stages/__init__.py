@@ -52,6 +52,10 @@ class Stage:
         def timed(cfg: Any, root: Any = ".") -> Any:
             from pruning.stages.common import stamp
 
+            if getattr(cfg, "threads", None) is not None:  # params.yaml's threads: training's numerics depend on it
+                import torch
+
+                torch.set_num_threads(cfg.threads)
             start = time.time()
             result = run(cfg, root)
             stamp(cfg, root, self.name, start, time.time())  # after success only: a failing stage writes nothing
@@ -68,15 +72,15 @@ STAGES: tuple[Stage, ...] = (
           params=("seed", "data"), reads=(), writes=_DATA, reports=("data_meta",),
           unchanged="pruning.fingerprint:unchanged"),
     Stage("train", "Train the dense baseline (model.arch), or load model.weights (train.epochs 0: as they are).",
-          params=("seed", "device", "model", "task", "train"), reads=(*_DATA, "weights_dir"),
+          params=("seed", "device", "threads", "model", "task", "train"), reads=(*_DATA, "weights_dir"),
           writes=("dense_model", "train_report"),
           reports=("train_report",)),
     Stage("prune", "Prune the dense model with the method params.yaml names in prune.method.",
-          params=("seed", "device", "model.arch", "task", "prune", "export.opset"), reads=(*_DATA, "dense_model"),
+          params=("seed", "device", "threads", "model.arch", "task", "prune", "export.opset"), reads=(*_DATA, "dense_model"),
           writes=("pruned_model", "prune_report", "prune_steps", "latency_table"),
           reports=("prune_report", "prune_steps"), artifacts=("latency_table",)),
     Stage("finetune", "Fine-tune the pruned model, optionally distilling from the dense one.",
-          params=("seed", "device", "model.arch", "task", "finetune"), reads=(*_DATA, "dense_model", "pruned_model"),
+          params=("seed", "device", "threads", "model.arch", "task", "finetune"), reads=(*_DATA, "dense_model", "pruned_model"),
           writes=("finetuned_model", "finetune_report"), reports=("finetune_report",)),
     Stage("export", "Export dense and pruned models to ONNX; fail unless parity with torch holds.",
           params=("model.arch", "export"), reads=("test_data", "data_meta", "dense_model", "finetuned_model"),

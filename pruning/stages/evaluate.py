@@ -129,15 +129,28 @@ def _file_md5(path: str) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
+def track(cfg: Config, root: str | Path, store_root: str | Path, tags: dict[str, str]) -> str:
+    """Log the pipeline run whose outputs lie under ``root`` (a search trial's directory) to the MLflow store of the
+    workspace ``store_root``, with extra ``tags``, from the reports evaluate wrote there. Returns the parent run id."""
+    p = paths(cfg, root)
+    metrics, timed, verdict = read_results(cfg, root)
+    data = prepared_data(cfg, root)
+    example = take(data.test, range(min(4, len(data.test)))).x
+    return _track(cfg, root, p, (metrics, timed), verdict, example, time.time(), store_root, tags)
+
+
 def _track(cfg: Config, root: str | Path, p: PathsConfig, results: tuple[Metrics, Latency], verdict: dict[str, Any],
-           example: Any, started: float) -> str:
-    """Log the whole pipeline run to MLflow from the stages' outputs. Returns the parent run id."""
+           example: Any, started: float, store_root: str | Path | None = None,
+           extra_tags: dict[str, str] | None = None) -> str:
+    """Log the whole pipeline run to MLflow from the stages' outputs (into ``store_root``'s store: by default the
+    workspace ``root``'s). Returns the parent run id."""
     from pruning.acceptance.report import summary_markdown
     from pruning.stages import STAGES
     from pruning.tracking import PipelineRecord, log_pipeline, spans
 
     metrics, timed = results
-    tags = {"git_commit": git_commit(root) or "unknown", "params_hash": params_hash(cfg),
+    store_root = root if store_root is None else store_root
+    tags = {**(extra_tags or {}), "git_commit": git_commit(store_root) or "unknown", "params_hash": params_hash(cfg),
             "data_md5_train": _file_md5(p.train_data), "data_md5_test": _file_md5(p.test_data),
             "shipped": "int8" if timed.shipped == "quantized" else "fp32"}
     recorded = stage_times(p.stage_times)
@@ -148,7 +161,7 @@ def _track(cfg: Config, root: str | Path, p: PathsConfig, results: tuple[Metrics
                             tags=tags, example=example, times=times, since=since, stages=STAGES,
                             shipped=timed.shipped,
                             summary=summary_markdown(metrics, timed, verdict, None, ran) + "\n" + consumer_note(cfg, p))
-    return log_pipeline(record, cfg.tracking.experiment, root)
+    return log_pipeline(record, cfg.tracking.experiment, store_root)
 
 
 def consumer_note(cfg: Config, p: PathsConfig) -> str:

@@ -22,14 +22,18 @@ def test_a_search_keeps_every_trial_fronts_only_passing_ones_and_resumes_after_a
     written = json.loads((directory / "trials.json").read_text())
     assert [t["number"] for t in written["trials"]] == [0, 1, 2] and written["objective"] == "macs_reduction"
     assert json.loads((directory / "pareto.json").read_text())["front"] == [r.number for r in first.front]
+    # the front measured again, alone: both figures kept, the winner the best of those still passing
+    assert all(r.remeasured is not None and r.remeasured["latency"]["pruned"]["latency_ms_b1"] > 0 for r in first.front)
+    assert first.winner is not None and first.winner.remeasured["passed"] and first.winner in first.front
+    assert json.loads((directory / "pareto.json").read_text())["winner"] == first.winner.number
 
     # the search is killed while trial 3 runs: its journal holds a running trial; the rerun marks it failed, keeps
     # the three finished ones (their directories untouched) and runs one more to reach four
-    stamps = {p: p.stat().st_mtime_ns for p in directory.glob("trials/*/reports/gates.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in directory.glob("trials/*/models/finetuned.pt")}
     open_study(directory, base).ask()
     second = run_search(golden, base, space, directory, trials=4, objective="macs_reduction")
     assert second.resumed == 3 and [r.number for r in second.trials] == [0, 1, 2, 4]
-    assert {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-2]/reports/gates.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-2]/models/finetuned.pt")} == stamps
     journal = open_study(directory, base).get_trials()  # the study as Optuna holds it
     states = {t.number: t.state.name for t in journal}
     assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "FAIL", 4: "COMPLETE"}

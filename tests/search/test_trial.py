@@ -10,7 +10,7 @@ import yaml
 from pruning.config import load_config, parse_config
 from pruning.errors import DataError
 from pruning.search.space import trial_config
-from pruning.search.trial import TRIAL_STAGES, constraints, inputs, run_trial
+from pruning.search.trial import TRIAL_STAGES, TrialSpec, constraints, inputs, run_trial
 from pruning.stages import BY_NAME
 
 
@@ -25,7 +25,7 @@ def test_a_trial_reads_the_dense_model_and_data_where_they_are_and_answers_to_th
     golden_metrics = yaml.safe_load((golden / base.paths.metrics).read_text())
 
     params = {"prune.ratio": 0.25, "finetune.epochs": 1}  # a quarter of the channels: short of the 2x MACs gate
-    result = run_trial(golden, trial_config(base, params), tmp_path / "trial-0", 0, params)
+    result = run_trial(TrialSpec(str(golden), trial_config(base, params), str(tmp_path / "trial-0"), 0, params))
     assert result.error is None and result.params == params
     # the workspace's dense model, not one of its own: the same dense figures as the golden run's
     assert result.metrics["dense"] == golden_metrics["dense"]
@@ -47,7 +47,7 @@ def test_a_trial_reads_the_dense_model_and_data_where_they_are_and_answers_to_th
 def test_a_trial_the_library_refuses_is_a_failed_trial_with_its_one_line(golden, tmp_path):
     base = load_config(golden / "params.yaml")
     params = {"finetune.epochs": 0, "export.parity_atol": 0.0, "export.parity_rtol": 0.0}  # no rounding allowed
-    result = run_trial(golden, trial_config(base, params), tmp_path / "trial-1", 1, params)
+    result = run_trial(TrialSpec(str(golden), trial_config(base, params), str(tmp_path / "trial-1"), 1, params))
     assert result.error is not None and "\n" not in result.error
     assert result.error.startswith('Invalid "export.parity_atol": the dense model\'s ONNX export differs from torch')
     assert not result.passed and constraints(result) == {"trial": 1.0}
@@ -56,7 +56,7 @@ def test_a_trial_the_library_refuses_is_a_failed_trial_with_its_one_line(golden,
 def test_a_search_without_the_dense_model_says_which_stage_to_run(golden, tmp_path):
     base = load_config(golden / "params.yaml")
     with pytest.raises(DataError, match=r"data/train\.npz not found: .* run the prepare stage first"):
-        run_trial(tmp_path / "empty", base, tmp_path / "trial-2", 2, {})
+        run_trial(TrialSpec(str(tmp_path / "empty"), base, str(tmp_path / "trial-2"), 2, {}))
     shutil.copytree(golden / "data", tmp_path / "prepared" / "data")
     with pytest.raises(DataError, match=r"models/dense\.pt not found: .* run the train stage first"):
-        run_trial(tmp_path / "prepared", base, tmp_path / "trial-3", 3, {})
+        run_trial(TrialSpec(str(tmp_path / "prepared"), base, str(tmp_path / "trial-3"), 3, {}))
