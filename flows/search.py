@@ -102,7 +102,7 @@ def search(repo: str = ".", apply: bool = False) -> dict[str, Any]:
     """Search params.yaml's ``search.space`` from the pipeline's dense model; return the trials, the front, the winner,
     its MLflow run and promotion, and the params changed by ``apply``."""
     from pruning.config import load_config
-    from pruning.search.study import preflight, run_search
+    from pruning.search.study import points, preflight, run_search
     from pruning.tracking import figures
 
     root = Path(repo).absolute()
@@ -116,7 +116,7 @@ def search(repo: str = ".", apply: bool = False) -> dict[str, Any]:
     front = [t.number for t in result.front]
     winner = result.winner
     metric_name = next((t.metrics.get("metric_name") for t in result.trials if t.metrics), "metric")
-    figure = figures.search_front(trials, front, winner.number if winner else None, metric_name)
+    figure = figures.search_front(points(result.trials), front, winner.number if winner else None, metric_name)
     figure.savefig(directory / "pareto.png", dpi=110)
     out: dict[str, Any] = {"trials": len(trials), "front": front, "winner": winner.as_dict() if winner else None,
                            "resumed": result.resumed, "search_run_id": None, "run_id": None, "promotion": None,
@@ -142,7 +142,7 @@ def _track(cfg: Config, root: Path, directory: Path, trials: list[dict[str, Any]
 
     settings = cfg.search.model_dump(mode="json")
     search_run = log_search(cfg.tracking.experiment, root, settings, trials, OBJECTIVES[cfg.search.objective], figure,
-                            [directory / "trials.json", directory / "pareto.json"])
+                            [directory / "trials.json", directory / "pareto.json", directory / "points.json"])
     if winner is None:
         return {"search_run_id": search_run}
     import yaml
@@ -165,6 +165,24 @@ def _summary(out: dict[str, Any], objective: str) -> str:
         p = out["promotion"]
         lines.append(f"\nregistry: {p['model_name']} v{p['version']} -> {p['alias'] or 'no alias'} ({p['reason']})")
     return "\n".join(lines) + "\n"
+
+
+_GUARD: list[Any] = []  # the search lock, held until this process exits (the OS drops it on a kill)
+
+
+def _one_search(directory: Path) -> bool:
+    """Take the search directory's lock; False if another search holds it (two would share one study journal and
+    one set of trial directories)."""
+    import filelock
+
+    directory.mkdir(parents=True, exist_ok=True)
+    guard = filelock.FileLock(str(directory / ".lock"), timeout=0)
+    try:
+        guard.acquire()
+    except filelock.Timeout:
+        return False
+    _GUARD.append(guard)
+    return True
 
 
 def main() -> int:
@@ -192,6 +210,10 @@ def main() -> int:
 
         cfg = load_config(params)
         preflight(repo, cfg)
+        if not _one_search(repo / cfg.paths.search_dir):
+            err.print(f"[red]error:[/] another search is running in {repo}; wait for it to finish (or stop it: a "
+                      "rerun resumes it)", highlight=False, soft_wrap=True)
+            return 2
         process = server.launch()
         if process is not None:
             server.wait(process)

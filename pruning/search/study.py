@@ -145,10 +145,27 @@ def _tell(study: optuna.Study, trial: optuna.Trial, result: TrialResult, objecti
              result.metrics.get("metric_name", "metric"), shipped_metric(result), result.seconds)
 
 
+def points(results: list[TrialResult]) -> list[dict[str, Any]]:
+    """One record per trial that made a model, as measured last: the shipped model's latency at batch 1, its MACs
+    (millions), its task metric, and whether it passed every gate — points.json (``dvc plots show`` reads it) and the
+    Pareto figure."""
+    out = []
+    for r in results:
+        if r.error is not None or not r.metrics:
+            continue
+        last = r.final()
+        variant = "quantized" if last.latency.get("shipped") == "quantized" else "pruned"
+        out.append({"trial": r.number, "passed": last.passed, "latency_ms_b1": last.latency[variant]["latency_ms_b1"],
+                    "macs_m": r.metrics[variant]["macs"] / 1e6, "metric": r.metrics[variant]["metric"]})
+    return out
+
+
 def write_results(directory: Path, objective: str, results: list[TrialResult], front: list[TrialResult],
                   winner: TrialResult | None = None) -> None:
-    """trials.json (every trial, in the order they finished) and pareto.json (the front, the winner once named)."""
+    """trials.json (every trial, in the order they finished), points.json (:func:`points`) and pareto.json (the front,
+    the winner once named)."""
     _write(directory / "trials.json", {"objective": objective, "trials": [r.as_dict() for r in results]})
+    _write(directory / "points.json", points(results))
     _write(directory / "pareto.json", {"objective": objective, "front": [r.number for r in front],
                                        "winner": winner.number if winner is not None else None})
 

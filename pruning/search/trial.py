@@ -55,6 +55,7 @@ class TrialResult:
     latency: dict[str, Any] = field(default_factory=dict)
     # the front's second measurement, alone (study.py): {passed, checks, latency}; None: measured once
     remeasured: dict[str, Any] | None = None
+    worker: str | None = None  # the Dask worker that ran it (None: the search's own process)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +159,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     link_inputs(workspace, cfg, trial_dir)
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})  # the search logs
     write_bytes(trial_dir / "params.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
-    base = {"number": number, "params": params, "directory": str(trial_dir)}
+    base = {"number": number, "params": params, "directory": str(trial_dir), "worker": _worker()}
     try:
         for name in TRIAL_STAGES:
             BY_NAME[name].fn(cfg, trial_dir)
@@ -168,6 +169,15 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     return TrialResult(**base, seconds=time.perf_counter() - start, passed=bool(gates["passed"]),
                        checks=gates["checks"], metrics=_read(trial_dir / cfg.paths.metrics),
                        latency=_read(trial_dir / cfg.paths.latency_metrics))
+
+
+def _worker() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):  # not on a Dask worker
+        return None
 
 
 def remeasure(result: TrialResult) -> TrialResult:

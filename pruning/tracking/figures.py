@@ -72,39 +72,34 @@ def structure(rows: list[dict[str, Any]]):
     return fig
 
 
-def search_front(trials: list[dict[str, Any]], front: list[int], winner: int | None, metric_name: str):
-    """A search's trials: the shipped model's task metric against its measured latency at batch 1 and against its
-    MACs; trials that passed every gate filled, those that failed hollow, the Pareto front joined, the winner ringed
-    (latency: the front's re-measurement where there is one). Failed trials (no model) are not drawn."""
+def search_front(points: list[dict[str, Any]], front: list[int], winner: int | None, metric_name: str):
+    """A search's trials (``points``: one per trial that made a model, as :func:`pruning.search.study.points` writes
+    them): the shipped model's task metric against its measured latency at batch 1 and against its MACs; trials that
+    passed every gate filled, those that failed hollow, the Pareto front joined, the winner ringed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def point(t: dict[str, Any]) -> tuple[float, float, float, bool]:
-        shipped = (t.get("remeasured") or {}).get("latency") or t["latency"]
-        variant = "quantized" if shipped.get("shipped") == "quantized" else "pruned"
-        passed = (t.get("remeasured") or {}).get("passed", t["passed"])
-        return (shipped[variant]["latency_ms_b1"], t["metrics"][variant]["macs"] / 1e6, t["metrics"][variant]["metric"],
-                passed)
-
-    drawn = {t["number"]: point(t) for t in trials if t.get("error") is None and t.get("metrics")}
+    by_trial = {p["trial"]: p for p in points}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-    for ax, i, label in ((axes[0], 0, "latency p50, batch 1 (ms), shipped model"), (axes[1], 1, "MACs (M)")):
+    for ax, key, label in ((axes[0], "latency_ms_b1", "latency p50, batch 1 (ms), shipped model"),
+                           (axes[1], "macs_m", "MACs (M)")):
         for passed, style in ((True, {"color": "C0"}), (False, {"facecolors": "none", "edgecolors": "C3"})):
-            xs = [p[i] for p in drawn.values() if p[3] == passed]
-            ys = [p[2] for p in drawn.values() if p[3] == passed]
-            ax.scatter(xs, ys, s=28, label="passed every gate" if passed else "failed a gate", **style)
-        line = sorted((drawn[n][i], drawn[n][2]) for n in front if n in drawn)
+            chosen = [p for p in points if p["passed"] == passed]
+            ax.scatter([p[key] for p in chosen], [p["metric"] for p in chosen], s=28,
+                       label="passed every gate" if passed else "failed a gate", **style)
+        line = sorted((by_trial[n][key], by_trial[n]["metric"]) for n in front if n in by_trial)
         if line:
             ax.plot(*zip(*line, strict=True), "-", color="C0", alpha=0.5, label="Pareto front")
-        if winner is not None and winner in drawn:
-            ax.scatter([drawn[winner][i]], [drawn[winner][2]], s=160, facecolors="none", edgecolors="k",
-                       label="winner")
+        if winner in by_trial:
+            ax.scatter([by_trial[winner][key]], [by_trial[winner]["metric"]], s=160, facecolors="none",
+                       edgecolors="k", label="winner")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"test {metric_name}")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Search: {len(trials)} trials, {sum(p[3] for p in drawn.values())} passed every gate", fontsize=9)
+    fig.suptitle(f"Search: {len(points)} trials with a model, {sum(p['passed'] for p in points)} passed every gate "
+                 "(the front's latency measured again, alone)", fontsize=9)
     fig.tight_layout()
     return fig

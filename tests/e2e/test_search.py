@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import mlflow
 import yaml
@@ -65,3 +67,71 @@ def test_a_search_on_two_dask_workers_names_a_winner_that_apply_and_dvc_repro_re
     assert repro.returncode == 0, repro.stderr[-3000:]
     assert (repo / "reports/metrics.json").read_bytes() == (directory / "trials" / f"{winner['number']:04d}" /
                                                              "reports/metrics.json").read_bytes()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _in_flight(directory: Path) -> list[Path]:
+    """Trial directories whose trial has started (its params written) and not finished (no gates yet)."""
+    return [d for d in (directory / "trials").glob("*") if (d / "params.yaml").is_file()
+            and not (d / "reports/gates.json").is_file()]
+
+
+def test_a_search_on_a_real_dask_cluster_survives_a_killed_worker_and_a_killed_search_resumes(
+        golden_repo, tmp_path, tmp_path_factory, prefect_template):
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1 (no nanny: a killed worker stays dead). One
+    worker is SIGKILLed while both run a trial: Dask runs its trial again on the other, and the search completes.
+    Then the search itself is SIGKILLed during a trial: the rerun keeps the finished trials (their files untouched),
+    marks the lost one failed and runs new ones to reach the count."""
+    repo, scheduler_file = golden_repo, tmp_path / "scheduler.json"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home"))
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                               str(scheduler_file)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        _wait_for(scheduler_file.is_file, 60, "the scheduler")
+        address = json.loads(scheduler_file.read_text())["address"]
+        workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                     "--no-nanny", "--no-dashboard", "--name", f"w{i}"], env=env, cwd=tmp_path,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+        procs += workers
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["search"] = {"trials": 4, "dask_address": address, "objective": "macs_reduction", "space": SPACE}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        command = [sys.executable, "-m", "pruning", "search", "--params", str(repo / "params.yaml")]
+        directory = repo / "reports" / "search"
+        search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: len(_in_flight(directory)) == 2, 300, "two trials in flight")
+        workers[0].kill()  # SIGKILL, mid-trial
+        stdout, stderr = search.communicate(timeout=600)
+        assert search.returncode == 0, stderr[-3000:]
+        trials = json.loads((directory / "trials.json").read_text())["trials"]
+        assert sorted(t["number"] for t in trials) == [0, 1, 2, 3] and all(t["error"] is None for t in trials)
+        assert all(t["worker"].startswith("tcp://127.0.0.1:") for t in trials)  # every trial ran on the cluster
+        survivor = {t["worker"] for t in trials if t["number"] >= 2}  # started after the kill: the survivor only
+        assert len(survivor) == 1
+
+        stamps = {p: p.stat().st_mtime_ns for p in directory.glob("trials/*/models/finetuned.pt")}
+        params["search"]["trials"] = 6
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: any(d.name == "0004" for d in _in_flight(directory)), 300, "trial 4 in flight")
+        search.kill()
+        search.communicate(timeout=60)
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        trials = json.loads((directory / "trials.json").read_text())["trials"]
+        assert len(trials) == 6 and all(t["error"] is None for t in trials)
+        assert [t["number"] for t in trials][:4] == [0, 1, 2, 3] and 4 not in [t["number"] for t in trials]
+        assert {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-3]/models/finetuned.pt")} == stamps
+        assert "trial 4 was running when the search stopped" in rerun.stdout + rerun.stderr
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=30)
