@@ -205,3 +205,17 @@ def test_compose_config_is_valid_when_checked_by_a_compose_v2_client():
     assert proc.returncode == 0, proc.stderr
     listed = subprocess.run([*base, "config", "--services"], capture_output=True, text=True, timeout=60, check=False)
     assert set(listed.stdout.split()) == SERVICES | {"pipeline"}
+
+
+def test_compose_search_runs_its_trials_on_dask_workers_that_see_the_workspace_when_profiled():
+    """The search profile: a Dask scheduler, workers connecting to it, and the search command, all from the pipeline
+    image; the workers and the search mount the worker's workspace volumes at the same paths (a trial reads the dense
+    model and the data there: docs/search.md, "Scale out")."""
+    services = _compose()["services"]
+    scheduler, worker, search = services["dask-scheduler"], services["dask-worker"], services["search"]
+    assert {s.get("profiles") == ["search"] for s in (scheduler, worker, search)} == {True}
+    assert _option(_command(scheduler), "--port") == "8786"
+    assert _command(worker)[2] == "tcp://dask-scheduler:8786" and _option(_command(worker), "--nthreads") == "1"
+    assert _command(search) == ["python", "-m", "pruning", "search"]
+    assert _mounts(worker) == _mounts(search) == WORKSPACE_VOLUMES
+    assert {s.get("image") for s in (scheduler, worker, search)} == {services["worker"]["image"]}

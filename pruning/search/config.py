@@ -26,8 +26,9 @@ class SearchConfig(Section):
     timeout: float | None = Field(None, gt=0, le=30 * 86_400, description="seconds after which no new trial starts "
                                   "(null: no limit)")
     objective: Objective = Field("speedup_b1", description="what the search maximises, subject to every gate: "
-                                 "speedup_b1 | speedup_bN (the shipped model's measured speedup over the dense one) | "
-                                 "macs_reduction; the task metric is its second objective")
+                                 "speedup_b1 | speedup_bN | macs_reduction (the shipped model's measured speedup over "
+                                 "the dense one at batch 1 or N, or the MACs reduction); the task metric is its second "
+                                 "objective")
     workers: int | None = Field(None, ge=1, le=1024, description="trials at once: the local Dask cluster's worker "
                                 "processes, or the trials in flight on dask_address's cluster; null: this machine's "
                                 "cores / threads (the params' threads, else torch's default: one worker), or one per "

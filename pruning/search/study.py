@@ -78,6 +78,7 @@ class SearchResult:
     front: list[TrialResult]  # re-measured (:attr:`TrialResult.remeasured`)
     resumed: int  # finished trials found in the journal at the start
     winner: TrialResult | None  # the best re-measured front trial that passes every gate
+    seconds: float = 0.0  # wall time of the trial phase (this run's trials, before the front is measured again)
 
 
 class Runner(Protocol):
@@ -222,12 +223,14 @@ def run_search(workspace: str | Path, cfg: Config, space: Mapping[str, Values], 
         _tell(study, trial, outcome, objective)
         results.append(outcome)
         write_results(directory, objective, results, pareto(results, objective, better))
+    seconds = time.monotonic() - start
+    log.info("search: %d trials finished in %.0f s; measuring the front again, alone", len(results), seconds)
     front = [remeasure(r) for r in pareto(results, objective, better)]
     winner = best(front, objective, better)
     by_number = {r.number: r for r in front}
     results = [by_number.get(r.number, r) for r in results]
     write_results(directory, objective, results, front, winner)
-    return SearchResult(results, front, resumed, winner)
+    return SearchResult(results, front, resumed, winner, seconds)
 
 
 def best(front: list[TrialResult], objective: str, greater_is_better: bool) -> TrialResult | None:

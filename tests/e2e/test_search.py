@@ -12,18 +12,25 @@ from pathlib import Path
 import mlflow
 import yaml
 
+from tests.conftest import merge
 from tests.e2e.conftest import prefect_home
 
 SPACE = {"prune.ratio": [0.25, 0.5],  # a quarter of the channels misses the 2x MACs gate: passing and failing trials
          "finetune.distill.alpha": {"low": 0.5, "high": 0.9}}
+QUICK = {"prune": {"iterative_steps": 1}, "finetune": {"epochs": 1}}  # what every trial here runs: short
+
+
+def _search_params(repo: Path, search: dict) -> dict:
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), QUICK)
+    params["search"] = search
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
 
 
 def test_a_search_on_two_dask_workers_names_a_winner_that_apply_and_dvc_repro_reproduce(ran_repo, tmp_path_factory,
                                                                                         prefect_template):
     repo = ran_repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["search"] = {"trials": 4, "workers": 2, "objective": "macs_reduction", "space": SPACE}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _search_params(repo, {"trials": 4, "workers": 2, "objective": "macs_reduction", "space": SPACE})
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home"))
     out = subprocess.run([sys.executable, "-m", "pruning", "search", "--apply", "--params", str(repo / "params.yaml")],
@@ -69,9 +76,12 @@ def test_a_search_on_two_dask_workers_names_a_winner_that_apply_and_dvc_repro_re
                                                              "reports/metrics.json").read_bytes()
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
+def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"exited {process.returncode} before {what}: {(out + err)[-3000:]}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
 
@@ -101,13 +111,12 @@ def test_a_search_on_a_real_dask_cluster_survives_a_killed_worker_and_a_killed_s
                                      "--no-nanny", "--no-dashboard", "--name", f"w{i}"], env=env, cwd=tmp_path,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
         procs += workers
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["search"] = {"trials": 4, "dask_address": address, "objective": "macs_reduction", "space": SPACE}
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        params = _search_params(repo, {"trials": 4, "dask_address": address, "objective": "macs_reduction",
+                                       "space": SPACE})
         command = [sys.executable, "-m", "pruning", "search", "--params", str(repo / "params.yaml")]
         directory = repo / "reports" / "search"
         search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: len(_in_flight(directory)) == 2, 300, "two trials in flight")
+        _wait_for(lambda: len(_in_flight(directory)) == 2, 300, "two trials in flight", search)
         workers[0].kill()  # SIGKILL, mid-trial
         stdout, stderr = search.communicate(timeout=600)
         assert search.returncode == 0, stderr[-3000:]
@@ -118,16 +127,16 @@ def test_a_search_on_a_real_dask_cluster_survives_a_killed_worker_and_a_killed_s
         assert len(survivor) == 1
 
         stamps = {p: p.stat().st_mtime_ns for p in directory.glob("trials/*/models/finetuned.pt")}
-        params["search"]["trials"] = 6
+        params["search"]["trials"] = 5
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: any(d.name == "0004" for d in _in_flight(directory)), 300, "trial 4 in flight")
+        _wait_for(lambda: any(d.name == "0004" for d in _in_flight(directory)), 300, "trial 4 in flight", search)
         search.kill()
         search.communicate(timeout=60)
         rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         trials = json.loads((directory / "trials.json").read_text())["trials"]
-        assert len(trials) == 6 and all(t["error"] is None for t in trials)
+        assert len(trials) == 5 and all(t["error"] is None for t in trials)
         assert [t["number"] for t in trials][:4] == [0, 1, 2, 3] and 4 not in [t["number"] for t in trials]
         assert {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-3]/models/finetuned.pt")} == stamps
         assert "trial 4 was running when the search stopped" in rerun.stdout + rerun.stderr

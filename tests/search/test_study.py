@@ -39,3 +39,15 @@ def test_a_search_keeps_every_trial_fronts_only_passing_ones_and_resumes_after_a
     assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "FAIL", 4: "COMPLETE"}
     feasible = {t.number for t in journal if t.constraints and max(t.constraints.values()) <= 0}
     assert feasible == {r.number for r in second.trials if r.passed}  # what the sampler knows of the gates
+
+
+def test_the_objectives_are_one_list_in_the_schema_params_yaml_and_the_docs():
+    from typing import get_args
+
+    from pruning.search.config import OBJECTIVES, Objective, SearchConfig
+    from tests.conftest import REPO
+
+    assert get_args(Objective) == tuple(OBJECTIVES)
+    listed = " | ".join(OBJECTIVES)
+    assert listed in SearchConfig.model_fields["objective"].description
+    assert listed in (REPO / "params.yaml").read_text() and listed in (REPO / "docs/search.md").read_text()
