@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pruning")  # the trials' progress lines in the flow's logs
 logging.getLogger("pruning").setLevel(logging.INFO)
-logging.getLogger("distributed").setLevel(logging.WARNING)  # a line per worker start and stop otherwise
 
 from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
@@ -91,6 +90,7 @@ def task_runner(cfg: Config, workers: int) -> Any:
     thread each: one trial at a time per worker; its dashboard on a free port)."""
     from prefect_dask import DaskTaskRunner
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # set on its import: a line per worker start and stop
     if cfg.search.dask_address:
         return DaskTaskRunner(address=cfg.search.dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from pruning.acceptance.gates import GateConfig, check_metric
 from pruning.data import DataConfig
+from pruning.distributed import DistributedConfig
 from pruning.errors import ConfigError
 from pruning.methods import METHODS, MethodConfig, default_config
 from pruning.references import check_references, check_tracked
@@ -249,6 +250,7 @@ class Config(Section):
                                 "train (train, prune, finetune): null = torch's default here (the physical cores). "
                                 "Training's float sums depend on it: set it where two runs must give the same bytes "
                                 "(a search's trials and dvc repro; other machines)")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)

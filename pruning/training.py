@@ -130,8 +130,23 @@ def fit(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, d
 
     The test split is only reported, never used to pick anything. ``param_groups`` are torch.optim parameter groups
     (each may set its own ``lr`` / ``weight_decay``); by default every parameter in one group with ``opt``'s values.
+    In several processes: :func:`pruning.distributed.fit`.
     """
-    dev, home = resolve_device(device), _home(model)
+    return train_loop(model, train, opt, seed, desc, distill=distill, test=test, callbacks=callbacks,
+                      param_groups=param_groups, device=device, task=task)
+
+
+def train_loop(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, distill: Distill | None = None,
+               test: Dataset | None = None, callbacks: Sequence[Callback] = (),
+               param_groups: list[dict[str, Any]] | None = None, device: str | torch.device = "cpu",
+               task: Task = CLASSIFICATION, wrapped: nn.Module | None = None, rank: int = 0,
+               world: int = 1) -> list[dict[str, float]]:
+    """:func:`fit`'s loop. Under DDP (:mod:`pruning.distributed`) each of the ``world`` processes runs it with the
+    DDP ``wrapped`` model and its ``rank``: it takes samples ``rank``, ``rank + world``, ... of every batch the
+    single-process loop takes (the same steps and schedule; DDP averages the gradients), the epoch's figures are
+    summed over the ranks, and rank 0 alone evaluates the test split, reports progress and returns the history."""
+    dev, home = resolve_device(device) if isinstance(device, str) else device, _home(model)
+    net = wrapped if wrapped is not None else model
     gen = torch.Generator().manual_seed(seed)  # one stream of epoch orders: a rerun sees the same batches
     torch.manual_seed(seed)
     model.to(dev)
@@ -148,15 +163,17 @@ def fit(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, d
         bar_id = bar.add_task(desc, total=opt.epochs, status="")
         for epoch in range(opt.epochs):
             model.train()
-            total, metric, seen = 0.0, 0.0, 0
+            sums = torch.zeros(3, dtype=torch.float64)  # loss * samples, metric * samples, samples
             for batch in batches(train, opt.batch_size, shuffle=True, generator=gen):
-                if len(batch) < 2:  # BatchNorm cannot train on a single sample
+                if len(batch) < 2 * world:  # BatchNorm cannot train on a single sample (in any rank's share)
                     continue
+                if world > 1:
+                    batch = batch.take(slice(rank, None, world))
                 step += 1
                 batch = batch.to(dev)
                 for cb in callbacks:
                     cb.before_batch(model, step)
-                logits = forward(model, batch.x)
+                logits = forward(net, batch.x)
                 if distill is None:
                     loss = task.loss(logits, batch.y)
                 else:
@@ -175,20 +192,25 @@ def fit(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, d
                 schedule.step()
                 for cb in callbacks:
                     cb.on_step(model, step)
-                total += loss.item() * len(batch)
                 with torch.no_grad():
-                    metric += float(task.metric(logits, batch.y)) * len(batch)
-                seen += len(batch)
+                    sums += torch.tensor([loss.item() * len(batch), float(task.metric(logits, batch.y)) * len(batch),
+                                          len(batch)], dtype=torch.float64)
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(sums)  # the epoch's figures over every rank's share
+            total, metric, seen = sums.tolist()
             record = {"epoch": epoch + 1, "loss": total / max(seen, 1), f"train_{name}": metric / max(seen, 1)}
-            if test is not None:
-                record[f"test_{name}"], record["test_loss"] = evaluate(model, test, device=device, task=task)
+            if test is not None and rank == 0:
+                record[f"test_{name}"], record["test_loss"] = evaluate(model, test, device=str(dev), task=task)
             for cb in callbacks:
                 cb.on_epoch(model, record)
             history.append(record)
             status = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-            bar.update(bar_id, advance=1, status=status)
-            # INFO: with output redirected (CI, nohup, Prefect logs) the progress bar draws nothing until it ends
-            log.info("%s epoch %d/%d: %s", desc, epoch + 1, opt.epochs, status)
+            if rank == 0:
+                bar.update(bar_id, advance=1, status=status)
+                # INFO: with output redirected (CI, nohup, Prefect logs) the progress bar draws nothing until it ends
+                log.info("%s epoch %d/%d: %s", desc, epoch + 1, opt.epochs, status)
     model.to(home)
     if distill is not None:
         distill.teacher.to(home)

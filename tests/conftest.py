@@ -31,6 +31,7 @@ TINY: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",  # every key dvc.yaml tracks must be in params.yaml (DVC refuses a missing one)
     "threads": None,
+    "distributed": {"nproc": 1, "backend": "gloo", "timeout": 300},
     "data": {"source": "digits"},
     "task": {"loss": "cross_entropy", "metric": "accuracy"},
     "model": {"arch": "resnet", "kwargs": {"widths": [8, 16, 32], "blocks": [1, 1, 1]}},

@@ -11,7 +11,8 @@ from pathlib import Path
 from tests.conftest import REPO
 from tests.imports import import_cycles
 
-SECTIONS = ("seed", "device", "threads", "data", "model", "train", "prune", "finetune", "export", "quantize", "evaluate", "gates",
+SECTIONS = ("seed", "device", "threads", "distributed",
+            "data", "model", "train", "prune", "finetune", "export", "quantize", "evaluate", "gates",
             "tracking", "registry", "schedule", "search", "paths", "bench")
 # the edge of the configuration: these may name params.yaml keys (they validate it, or translate errors into it)
 EDGE = ("pruning/config.py", "pruning/references.py", "pruning/cli.py", "pruning/stages/",  # params.yaml is read here

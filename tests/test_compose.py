@@ -215,7 +215,7 @@ def test_compose_search_runs_its_trials_on_dask_workers_that_see_the_workspace_w
     scheduler, worker, search = services["dask-scheduler"], services["dask-worker"], services["search"]
     assert {s.get("profiles") == ["search"] for s in (scheduler, worker, search)} == {True}
     assert _option(_command(scheduler), "--port") == "8786"
-    assert _command(worker)[2] == "tcp://dask-scheduler:8786" and _option(_command(worker), "--nthreads") == "1"
+    assert "tcp://dask-scheduler:8786" in _command(worker) and _option(_command(worker), "--nthreads") == "1"
     assert _command(search) == ["python", "-m", "pruning", "search"]
     assert _mounts(worker) == _mounts(search) == WORKSPACE_VOLUMES
     assert {s.get("image") for s in (scheduler, worker, search)} == {services["worker"]["image"]}

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pruning.checkpoint import constraints, load_model, save_like
+from pruning.distributed import fit
 from pruning.stages.common import paths, prepared_data, provenance, write_json
 from pruning.task import build_task
-from pruning.training import Distill, Optim, evaluate, fit
+from pruning.training import Distill, Optim, evaluate
 
 if TYPE_CHECKING:
     from pruning.config import Config
@@ -40,7 +41,8 @@ def run(cfg: Config, root: str | Path = ".") -> FinetuneResult:
     before, _ = evaluate(model, data.test, device=cfg.device, task=task)
     history = []
     if f.epochs:
-        history = fit(model, data.train, Optim(f.epochs, f.batch_size, f.lr, f.momentum, f.weight_decay), cfg.seed,
+        history = fit(cfg.distributed, model, data.train, Optim(f.epochs, f.batch_size, f.lr, f.momentum,
+                                                                    f.weight_decay), cfg.seed,
                       "fine-tune pruned", distill=distill, test=data.test, callbacks=constraints(model, record),
                       device=cfg.device, task=task)
     accuracy, loss = evaluate(model, data.test, device=cfg.device, task=task)

@@ -14,10 +14,11 @@ from torch import nn
 from pruning.checkpoint import save_model
 from pruning.counting import count_macs
 from pruning.data import Data, forward
+from pruning.distributed import fit
 from pruning.errors import ModelError, params_errors
 from pruning.stages.common import paths, prepared_data, provenance, write_json
 from pruning.task import Task, build_task
-from pruning.training import Optim, evaluate, fit
+from pruning.training import Optim, evaluate
 from pruning.weights import load_weights
 from pruning.zoo import build_model
 
@@ -51,7 +52,8 @@ def run(cfg: Config, root: str | Path = ".") -> TrainResult:
     t = cfg.train
     history = []
     if t.epochs:
-        history = fit(model, data.train, Optim(t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay), cfg.seed,
+        history = fit(cfg.distributed, model, data.train, Optim(t.epochs, t.batch_size, t.lr, t.momentum,
+                                                                    t.weight_decay), cfg.seed,
                       "train dense", test=data.test, device=cfg.device, task=task)
     accuracy, loss = evaluate(model, data.test, device=cfg.device, task=task)
     macs, params = count_macs(model, data.spec)

@@ -36,7 +36,8 @@ def test_a_search_on_two_dask_workers_names_a_winner_that_apply_and_dvc_repro_re
     out = subprocess.run([sys.executable, "-m", "pruning", "search", "--apply", "--params", str(repo / "params.yaml")],
                          cwd=tmp_path_factory.mktemp("elsewhere"), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "Traceback" not in out.stderr and "winner trial" in out.stdout
+    assert "Traceback" not in out.stderr, out.stderr[out.stderr.index("Traceback") - 2000:][:5000]
+    assert "winner trial" in out.stdout
 
     directory = repo / "reports" / "search"
     trials = json.loads((directory / "trials.json").read_text())["trials"]
@@ -111,35 +112,27 @@ def test_a_search_on_a_real_dask_cluster_survives_a_killed_worker_and_a_killed_s
                                      "--no-nanny", "--no-dashboard", "--name", f"w{i}"], env=env, cwd=tmp_path,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
         procs += workers
-        params = _search_params(repo, {"trials": 4, "dask_address": address, "objective": "macs_reduction",
-                                       "space": SPACE})
+        _search_params(repo, {"trials": 4, "dask_address": address, "objective": "macs_reduction",
+                              "space": SPACE})
         command = [sys.executable, "-m", "pruning", "search", "--params", str(repo / "params.yaml")]
         directory = repo / "reports" / "search"
         search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for(lambda: len(_in_flight(directory)) == 2, 300, "two trials in flight", search)
-        workers[0].kill()  # SIGKILL, mid-trial
-        stdout, stderr = search.communicate(timeout=600)
-        assert search.returncode == 0, stderr[-3000:]
-        trials = json.loads((directory / "trials.json").read_text())["trials"]
-        assert sorted(t["number"] for t in trials) == [0, 1, 2, 3] and all(t["error"] is None for t in trials)
-        assert all(t["worker"].startswith("tcp://127.0.0.1:") for t in trials)  # every trial ran on the cluster
-        survivor = {t["worker"] for t in trials if t["number"] >= 2}  # started after the kill: the survivor only
-        assert len(survivor) == 1
-
-        stamps = {p: p.stat().st_mtime_ns for p in directory.glob("trials/*/models/finetuned.pt")}
-        params["search"]["trials"] = 5
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: any(d.name == "0004" for d in _in_flight(directory)), 300, "trial 4 in flight", search)
+        workers[0].kill()  # SIGKILL, mid-trial: Dask runs its trial again on the survivor
+        # the survivor runs one trial at a time: once trial 3 has started, trials 0 to 2 are done; kill the search
+        _wait_for(lambda: any(d.name == "0003" for d in _in_flight(directory)), 300, "trial 3 in flight", search)
+        stamps = {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-2]/models/finetuned.pt")}
         search.kill()
         search.communicate(timeout=60)
         rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "trial 3 was running when the search stopped" in rerun.stdout + rerun.stderr
         trials = json.loads((directory / "trials.json").read_text())["trials"]
-        assert len(trials) == 5 and all(t["error"] is None for t in trials)
-        assert [t["number"] for t in trials][:4] == [0, 1, 2, 3] and 4 not in [t["number"] for t in trials]
-        assert {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-3]/models/finetuned.pt")} == stamps
-        assert "trial 4 was running when the search stopped" in rerun.stdout + rerun.stderr
+        assert [t["number"] for t in trials] == [0, 1, 2, 4] and all(t["error"] is None for t in trials)
+        assert all(t["worker"].startswith("tcp://127.0.0.1:") for t in trials)  # every trial ran on the cluster
+        assert len({t["worker"] for t in trials if t["number"] >= 2}) == 1  # after the kill: the survivor alone
+        assert len(stamps) == 3  # trials 0 to 2 finished in the killed search, and the rerun left them as they were
+        assert {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-2]/models/finetuned.pt")} == stamps
     finally:
         for p in procs:
             p.kill()
