@@ -204,17 +204,17 @@ def main() -> int:
         err.print(f"[red]error:[/] --params {params}: expected a workspace's params.yaml (a file named params.yaml)",
                   highlight=False, soft_wrap=True)
         return 2
+    process = server.launch()  # first: it comes up on the other core while this process imports torch
     try:
         from pruning.config import load_config
         from pruning.search.study import preflight
 
         cfg = load_config(params)
-        preflight(repo, cfg)
+        preflight(repo, cfg, fresh=False)  # the flow checks the rest (DVC's status) before its first trial
         if not _one_search(repo / cfg.paths.search_dir):
             err.print(f"[red]error:[/] another search is running in {repo}; wait for it to finish (or stop it: a "
                       "rerun resumes it)", highlight=False, soft_wrap=True)
             return 2
-        process = server.launch()
         if process is not None:
             server.wait(process)
         gc.freeze()

@@ -171,16 +171,17 @@ def write_results(directory: Path, objective: str, results: list[TrialResult], f
                                        "winner": winner.number if winner is not None else None})
 
 
-def preflight(workspace: Path, cfg: Config) -> dict[str, Values]:
+def preflight(workspace: Path, cfg: Config, fresh: bool = True) -> dict[str, Values]:
     """Everything a search needs checked before its first trial, each failure one line: a space (parsed and checked
-    against the configs its keys land in), the dense model and data in the workspace, and (in a DVC workspace) the
-    stages that made them up to date with params.yaml."""
+    against the configs its keys land in), the dense model and data in the workspace, and (``fresh``; in a DVC
+    workspace) the stages that made them up to date with params.yaml."""
     from pruning.search.space import read_space
     from pruning.search.trial import check_fresh, check_inputs
 
     space = read_space(cfg)
     check_inputs(workspace, cfg)
-    check_fresh(workspace)
+    if fresh:
+        check_fresh(workspace)
     return space
 
 

@@ -1,6 +1,9 @@
-"""`python -m pruning search` end to end: Optuna's trials as Prefect tasks on a real two-worker local Dask cluster,
-the front measured again alone, the search and its trials in MLflow, the winner through the registry rules, and
-`--apply` + `dvc repro` making exactly the winner's model."""
+"""`python -m pruning search` end to end, one search in three launches: its first trials as Prefect tasks on a
+two-worker local Dask cluster (the front measured again alone, the search and its trials in MLflow, the winner through
+the registry rules); then more trials on a real Dask cluster (a `dask scheduler` and two `dask worker` processes on
+127.0.0.1) where one worker is SIGKILLed mid-trial and then the search itself; the rerun resumes and `--apply` +
+`dvc repro` make exactly the winner's model. One test, because every launch costs a Prefect server, a cluster and
+the workers' imports."""
 
 import json
 import os
@@ -27,56 +30,6 @@ def _search_params(repo: Path, search: dict) -> dict:
     return params
 
 
-def test_a_search_on_two_dask_workers_names_a_winner_that_apply_and_dvc_repro_reproduce(ran_repo, tmp_path_factory,
-                                                                                        prefect_template):
-    repo = ran_repo
-    _search_params(repo, {"trials": 4, "workers": 2, "objective": "macs_reduction", "space": SPACE})
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home"))
-    out = subprocess.run([sys.executable, "-m", "pruning", "search", "--apply", "--params", str(repo / "params.yaml")],
-                         cwd=tmp_path_factory.mktemp("elsewhere"), env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Traceback" not in out.stderr, out.stderr[out.stderr.index("Traceback") - 2000:][:5000]
-    assert "winner trial" in out.stdout
-
-    directory = repo / "reports" / "search"
-    trials = json.loads((directory / "trials.json").read_text())["trials"]
-    assert sorted(t["number"] for t in trials) == [0, 1, 2, 3] and all(t["error"] is None for t in trials)
-    for t in trials:  # every trial judged by the gates on its own reports
-        assert t["passed"] == (t["metrics"]["macs_reduction"] >= 2.0) == (t["params"]["prune.ratio"] == 0.5)
-    pareto = json.loads((directory / "pareto.json").read_text())
-    by_number = {t["number"]: t for t in trials}
-    winner = by_number[pareto["winner"]]
-    assert pareto["winner"] in pareto["front"] and all(by_number[n]["remeasured"] is not None for n in pareto["front"])
-    assert winner["remeasured"]["passed"] and winner["remeasured"]["latency"]["dense"]["latency_ms_b1"] > 0
-    assert (directory / "pareto.png").stat().st_size > 10_000
-
-    # MLflow: the search's parent run, a nested run per trial, the winner's pipeline run promoted (the first champion)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("flow-test").experiment_id
-    runs = client.search_runs([experiment])
-    search_run = next(r for r in runs if r.data.tags.get("kind") == "search")
-    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search_run.info.run_id]
-    assert sorted(int(r.data.tags["trial"]) for r in nested) == [0, 1, 2, 3]
-    assert {r.data.tags["trial"]: r.data.tags["gates"] for r in nested} == {
-        str(n): "passed" if (t["remeasured"] or t)["passed"] else "failed" for n, t in by_number.items()}
-    assert {"pareto.png", "trials.json", "pareto.json"} <= {a.path for a in client.list_artifacts(search_run.info.run_id)}
-    pipeline_run = next(r for r in runs if r.data.tags.get("search_run_id") == search_run.info.run_id)
-    assert pipeline_run.data.tags["search_trial"] == str(winner["number"])
-    champion = client.get_model_version_by_alias("tiny-int8", "champion")
-    assert champion.tags["run_id"] == pipeline_run.info.run_id
-
-    # --apply wrote the winner's values; dvc repro then makes the winner's model: its metrics.json, byte for byte
-    applied = yaml.safe_load((repo / "params.yaml").read_text())
-    assert applied["prune"]["ratio"] == winner["params"]["prune.ratio"]
-    assert applied["finetune"]["distill"]["alpha"] == winner["params"]["finetune.distill.alpha"]
-    repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True,
-                           timeout=600)
-    assert repro.returncode == 0, repro.stderr[-3000:]
-    assert (repo / "reports/metrics.json").read_bytes() == (directory / "trials" / f"{winner['number']:04d}" /
-                                                             "reports/metrics.json").read_bytes()
-
-
 def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -87,24 +40,67 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | 
         time.sleep(0.2)
 
 
-def _in_flight(directory: Path) -> list[Path]:
-    """Trial directories whose trial has started (its params written) and not finished (no gates yet)."""
-    return [d for d in (directory / "trials").glob("*") if (d / "params.yaml").is_file()
-            and not (d / "reports/gates.json").is_file()]
+def _started(directory: Path) -> set[int]:
+    return {int(d.name) for d in (directory / "trials").glob("*") if (d / "params.yaml").is_file()}
 
 
-def test_a_search_on_a_real_dask_cluster_survives_a_killed_worker_and_a_killed_search_resumes(
-        golden_repo, tmp_path, tmp_path_factory, prefect_template):
-    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1 (no nanny: a killed worker stays dead). One
-    worker is SIGKILLed while both run a trial: Dask runs its trial again on the other, and the search completes.
-    Then the search itself is SIGKILLed during a trial: the rerun keeps the finished trials (their files untouched),
-    marks the lost one failed and runs new ones to reach the count."""
-    repo, scheduler_file = golden_repo, tmp_path / "scheduler.json"
+def _in_flight(directory: Path) -> set[int]:
+    """Trials that have started (their params written) and not finished (no gates yet)."""
+    return {n for n in _started(directory) if not (directory / "trials" / f"{n:04d}" / "reports/gates.json").is_file()}
+
+
+def _told(directory: Path) -> list[dict]:
+    return json.loads((directory / "trials.json").read_text())["trials"]
+
+
+def _clean(out: str) -> None:
+    assert "Traceback" not in out, out[out.index("Traceback") - 2000:][:5000]
+
+
+def _local_phase(repo: Path, env: dict, directory: Path) -> None:
+    """Four trials on a local cluster of two workers, tracking on."""
+    _search_params(repo, {"trials": 4, "workers": 2, "objective": "macs_reduction", "space": SPACE})
+    out = subprocess.run([sys.executable, "-m", "pruning", "search", "--params", str(repo / "params.yaml")],
+                         cwd=repo.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _clean(out.stderr)
+    assert "winner trial" in out.stdout
+    trials = _told(directory)
+    assert sorted(t["number"] for t in trials) == [0, 1, 2, 3] and all(t["error"] is None for t in trials)
+    for t in trials:  # every trial judged by the gates on its own reports, on a worker of the local cluster
+        assert t["passed"] == (t["metrics"]["macs_reduction"] >= 2.0) == (t["params"]["prune.ratio"] == 0.5)
+        assert t["worker"].startswith("tcp://127.0.0.1:")
+    pareto = json.loads((directory / "pareto.json").read_text())
+    by_number = {t["number"]: t for t in trials}
+    winner = by_number[pareto["winner"]]
+    assert pareto["winner"] in pareto["front"] and all(by_number[n]["remeasured"] is not None for n in pareto["front"])
+    assert winner["remeasured"]["passed"] and winner["remeasured"]["latency"]["dense"]["latency_ms_b1"] > 0
+    assert (directory / "pareto.png").stat().st_size > 10_000
+
+    # MLflow: the search's parent run, a nested run per trial, the winner's pipeline run promoted (the first champion)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("flow-test").experiment_id])
+    search_run = next(r for r in runs if r.data.tags.get("kind") == "search")
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search_run.info.run_id]
+    assert {r.data.tags["trial"]: r.data.tags["gates"] for r in nested} == {
+        str(n): "passed" if (t["remeasured"] or t)["passed"] else "failed" for n, t in by_number.items()}
+    artifacts = {a.path for a in client.list_artifacts(search_run.info.run_id)}
+    assert {"pareto.png", "trials.json", "pareto.json", "points.json"} <= artifacts
+    pipeline_run = next(r for r in runs if r.data.tags.get("search_run_id") == search_run.info.run_id)
+    assert pipeline_run.data.tags["search_trial"] == str(winner["number"])
+    assert client.get_model_version_by_alias("tiny-int8", "champion").tags["run_id"] == pipeline_run.info.run_id
+
+
+def test_a_search_fans_out_on_dask_survives_a_killed_worker_resumes_after_a_kill_and_apply_reproduces_its_winner(
+        ran_repo, tmp_path, tmp_path_factory, prefect_template):
+    repo, directory, scheduler_file = ran_repo, ran_repo / "reports" / "search", tmp_path / "scheduler.json"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home"))
-    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                               str(scheduler_file)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    _local_phase(repo, env, directory)
+
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                               "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         _wait_for(scheduler_file.is_file, 60, "the scheduler")
         address = json.loads(scheduler_file.read_text())["address"]
@@ -112,28 +108,43 @@ def test_a_search_on_a_real_dask_cluster_survives_a_killed_worker_and_a_killed_s
                                      "--no-nanny", "--no-dashboard", "--name", f"w{i}"], env=env, cwd=tmp_path,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
         procs += workers
-        _search_params(repo, {"trials": 4, "dask_address": address, "objective": "macs_reduction",
-                              "space": SPACE})
+        _search_params(repo, {"trials": 7, "dask_address": address, "objective": "macs_reduction", "space": SPACE})
         command = [sys.executable, "-m", "pruning", "search", "--params", str(repo / "params.yaml")]
-        directory = repo / "reports" / "search"
         search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: len(_in_flight(directory)) == 2, 300, "two trials in flight", search)
+        _wait_for(lambda: _in_flight(directory) == {4, 5}, 300, "trials 4 and 5 on the two workers", search)
         workers[0].kill()  # SIGKILL, mid-trial: Dask runs its trial again on the survivor
-        # the survivor runs one trial at a time: once trial 3 has started, trials 0 to 2 are done; kill the search
-        _wait_for(lambda: any(d.name == "0003" for d in _in_flight(directory)), 300, "trial 3 in flight", search)
-        stamps = {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-2]/models/finetuned.pt")}
-        search.kill()
+        _wait_for(lambda: 6 in _in_flight(directory), 300, "trial 6 in flight", search)
+        search.kill()  # SIGKILL of the search, a trial running
         search.communicate(timeout=60)
-        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        told = {t["number"] for t in _told(directory)}
+        lost = _started(directory) - told  # running when the search died: marked failed, never counted
+        assert {0, 1, 2, 3} < told and 6 in lost
+        stamps = {p: p.stat().st_mtime_ns for n in told
+                  for p in (directory / "trials" / f"{n:04d}").glob("models/finetuned.pt")}
+
+        rerun = subprocess.run([*command, "--apply"], env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert "trial 3 was running when the search stopped" in rerun.stdout + rerun.stderr
-        trials = json.loads((directory / "trials.json").read_text())["trials"]
-        assert [t["number"] for t in trials] == [0, 1, 2, 4] and all(t["error"] is None for t in trials)
-        assert all(t["worker"].startswith("tcp://127.0.0.1:") for t in trials)  # every trial ran on the cluster
-        assert len({t["worker"] for t in trials if t["number"] >= 2}) == 1  # after the kill: the survivor alone
-        assert len(stamps) == 3  # trials 0 to 2 finished in the killed search, and the rerun left them as they were
-        assert {p: p.stat().st_mtime_ns for p in directory.glob("trials/000[0-2]/models/finetuned.pt")} == stamps
+        _clean(rerun.stderr)
+        assert "trial 6 was running when the search stopped" in rerun.stdout + rerun.stderr
+        trials = _told(directory)
+        assert len(trials) == 7 and all(t["error"] is None for t in trials)
+        numbers = {t["number"] for t in trials}
+        assert told <= numbers and not lost & numbers
+        assert len({t["worker"] for t in trials if t["number"] >= 4}) == 1  # the survivor ran every later trial
+        assert len(stamps) == len(told)  # finished trials kept as they were, files untouched
+        assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     finally:
         for p in procs:
             p.kill()
             p.wait(timeout=30)
+
+    # --apply wrote the winner's values; dvc repro then makes the winner's model: its metrics.json, byte for byte
+    winner = next(t for t in _told(directory) if t["number"] == json.loads((directory / "pareto.json").read_text())["winner"])
+    applied = yaml.safe_load((repo / "params.yaml").read_text())
+    assert applied["prune"]["ratio"] == winner["params"]["prune.ratio"]
+    assert applied["finetune"]["distill"]["alpha"] == winner["params"]["finetune.distill.alpha"]
+    repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    assert (repo / "reports/metrics.json").read_bytes() == (directory / "trials" / f"{winner['number']:04d}" /
+                                                             "reports/metrics.json").read_bytes()
