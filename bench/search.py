@@ -79,7 +79,7 @@ def _arm(tmp: Path, name: str, workers: int, trials: int, quick: bool) -> dict[s
     inside = sum(t.seconds for t in result.trials)
     return {"workers": workers, "wall_s": result.seconds, "total_s": wall, "trial_s": inside / len(result.trials),
             "overhead_per_trial_s": (result.seconds * slots - inside) / len(result.trials),
-            "params": [t.params for t in result.trials], "winner": result.winner, "repo": str(repo)}
+            "params": {t.number: t.params for t in result.trials}, "winner": result.winner, "repo": str(repo)}
 
 
 def _shipped(tmp: Path, quick: bool) -> Any:
@@ -101,6 +101,13 @@ def _figures(result: Any) -> dict[str, Any]:
 
 
 def run(trials: int, repeats: int, quick: bool) -> dict[str, Any]:
+    from flows import server
+
+    # as `python -m pruning search` does: the server first, so that the local Dask workers inherit its address
+    # (PREFECT_API_URL) instead of each starting a temporary server of its own
+    process = server.launch()
+    if process is not None:
+        server.wait(process)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         for r in range(repeats):

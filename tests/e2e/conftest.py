@@ -4,6 +4,7 @@ repositories for the flow."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -39,10 +40,10 @@ def prefect_home(template: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def harness(prefect_template, tmp_path_factory):
-    """What prefect_test_harness does — a Prefect server on a database of the tests' own, PREFECT_API_URL pointing at
-    it — on a copy of the migrated template instead of a database it migrates itself."""
+@contextlib.contextmanager
+def prefect_server(template: Path, home: Path):
+    """A Prefect server on a copy of the migrated template in ``home``; yields its API URL. This process's settings
+    point at it meanwhile (PREFECT_HOME in the environment too, for the processes a test starts)."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import (
         PREFECT_API_URL,
@@ -51,7 +52,8 @@ def harness(prefect_template, tmp_path_factory):
         temporary_settings,
     )
 
-    home = prefect_home(prefect_template, tmp_path_factory.mktemp("prefect") / "home")
+    home = prefect_home(template, home)
+    before = os.environ.get("PREFECT_HOME")
     os.environ["PREFECT_HOME"] = str(home)
     with temporary_settings(updates={PREFECT_HOME: home,
                                      PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{home}/prefect.db"}):
@@ -61,10 +63,22 @@ def harness(prefect_template, tmp_path_factory):
         server.start(timeout=90)
         try:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                yield
+                yield server.api_url
         finally:
             server.stop()
             SubprocessASGIServer._instances[None] = prior
+            if before is None:
+                os.environ.pop("PREFECT_HOME", None)
+            else:
+                os.environ["PREFECT_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def harness(prefect_template, tmp_path_factory):
+    """What prefect_test_harness does — a Prefect server on a database of the tests' own, PREFECT_API_URL pointing at
+    it — on a copy of the migrated template instead of a database it migrates itself."""
+    with prefect_server(prefect_template, tmp_path_factory.mktemp("prefect") / "home"):
+        yield
 
 
 def _tracked(root: Path, template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
