@@ -112,17 +112,16 @@ def search(repo: str = ".", apply: bool = False) -> dict[str, Any]:
     result = run_search(root, cfg, preflight(root, cfg), directory, trials=cfg.search.trials,
                         objective=cfg.search.objective, timeout=cfg.search.timeout, runner=DaskTrials(slots),
                         threads=threads)
-    trials = [t.as_dict() for t in result.trials]
     front = [t.number for t in result.front]
     winner = result.winner
     metric_name = next((t.metrics.get("metric_name") for t in result.trials if t.metrics), "metric")
     figure = figures.search_front(points(result.trials), front, winner.number if winner else None, metric_name)
     figure.savefig(directory / "pareto.png", dpi=110)
-    out: dict[str, Any] = {"trials": len(trials), "front": front, "winner": winner.as_dict() if winner else None,
+    out: dict[str, Any] = {"trials": len(result.trials), "front": front, "winner": winner.as_dict() if winner else None,
                            "resumed": result.resumed, "search_run_id": None, "run_id": None, "promotion": None,
                            "applied": []}
     if cfg.tracking.enabled:
-        out.update(_track(cfg, root, directory, trials, figure, winner))
+        out.update(_track(cfg, root, directory, result.trials, figure, winner))
     if apply and winner is not None:
         from pruning.search.apply import apply as write_params
 
@@ -132,24 +131,22 @@ def search(repo: str = ".", apply: bool = False) -> dict[str, Any]:
     return out
 
 
-def _track(cfg: Config, root: Path, directory: Path, trials: list[dict[str, Any]], figure: Any,
+def _track(cfg: Config, root: Path, directory: Path, trials: list[TrialResult], figure: Any,
            winner: TrialResult | None) -> dict[str, Any]:
-    from pruning.config import validate
-    from pruning.search.config import OBJECTIVES
+    from pruning.search.study import logged_figures
+    from pruning.search.trial import trial_params
     from pruning.stages.evaluate import track
     from pruning.tracking import promote
     from pruning.tracking.search import log_search
 
-    settings = cfg.search.model_dump(mode="json")
-    search_run = log_search(cfg.tracking.experiment, root, settings, trials, OBJECTIVES[cfg.search.objective], figure,
+    numbers = [logged_figures(t, cfg.search.objective) for t in trials]
+    search_run = log_search(cfg.tracking.experiment, root, cfg.search.model_dump(mode="json"),
+                            [t.as_dict() for t in trials], numbers, figure,
                             [directory / "trials.json", directory / "pareto.json", directory / "points.json"])
     if winner is None:
         return {"search_run_id": search_run}
-    import yaml
-
     trial_dir = Path(winner.directory)
-    trial_cfg = validate(yaml.safe_load((trial_dir / PARAMS).read_text()), str(trial_dir / PARAMS))
-    trial_cfg = trial_cfg.model_copy(update={"tracking": cfg.tracking, "registry": cfg.registry})
+    trial_cfg = trial_params(trial_dir).model_copy(update={"tracking": cfg.tracking, "registry": cfg.registry})
     run_id = track(trial_cfg, trial_dir, root, {"search_run_id": search_run, "search_trial": str(winner.number)})
     return {"search_run_id": search_run, "run_id": run_id, "promotion": promote(run_id, cfg, root).__dict__}
 
@@ -167,12 +164,9 @@ def _summary(out: dict[str, Any], objective: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-_GUARD: list[Any] = []  # the search lock, held until this process exits (the OS drops it on a kill)
-
-
-def _one_search(directory: Path) -> bool:
-    """Take the search directory's lock; False if another search holds it (two would share one study journal and
-    one set of trial directories)."""
+def _one_search(directory: Path) -> Any:
+    """The search directory's lock, held by the caller until it exits (the OS drops it on a kill); None if another
+    search holds it (two would share one study journal and one set of trial directories)."""
     import filelock
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -180,9 +174,8 @@ def _one_search(directory: Path) -> bool:
     try:
         guard.acquire()
     except filelock.Timeout:
-        return False
-    _GUARD.append(guard)
-    return True
+        return None
+    return guard
 
 
 def main() -> int:
@@ -211,7 +204,8 @@ def main() -> int:
 
         cfg = load_config(params)
         preflight(repo, cfg, fresh=False)  # the flow checks the rest (DVC's status) before its first trial
-        if not _one_search(repo / cfg.paths.search_dir):
+        guard = _one_search(repo / cfg.paths.search_dir)
+        if guard is None:
             err.print(f"[red]error:[/] another search is running in {repo}; wait for it to finish (or stop it: a "
                       "rerun resumes it)", highlight=False, soft_wrap=True)
             return 2

@@ -46,8 +46,7 @@ RESULT = "result"  # the user attribute holding a trial's TrialResult
 
 def shipped_metric(result: TrialResult) -> float:
     """The task metric of the model the trial ships (INT8 or pruned fp32, as evaluate decided)."""
-    variant = "quantized" if result.latency.get("shipped") == "quantized" else "pruned"
-    return float(result.metrics[variant]["metric"])
+    return float(result.metrics[result.shipped]["metric"])
 
 
 def values(result: TrialResult, objective: str) -> tuple[float, float]:
@@ -155,9 +154,22 @@ def points(results: list[TrialResult]) -> list[dict[str, Any]]:
         if r.error is not None or not r.metrics:
             continue
         last = r.final()
-        variant = "quantized" if last.latency.get("shipped") == "quantized" else "pruned"
+        variant = last.shipped
         out.append({"trial": r.number, "passed": last.passed, "latency_ms_b1": last.latency[variant]["latency_ms_b1"],
                     "macs_m": r.metrics[variant]["macs"] / 1e6, "metric": r.metrics[variant]["metric"]})
+    return out
+
+
+def logged_figures(result: TrialResult, objective: str) -> dict[str, float]:
+    """What a trial's MLflow run holds as metrics: its seconds and, when it made a model, the objective (as the trial
+    measured it, and again alone where the front was re-measured), the shipped metric and the MACs reduction."""
+    out = {"seconds": float(result.seconds)}
+    if result.error is not None or not result.metrics:
+        return out
+    out["objective"], out["shipped_metric"] = values(result, objective)
+    out["macs_reduction"] = float(result.metrics["macs_reduction"])
+    if result.remeasured is not None:
+        out["objective_remeasured"] = final_values(result, objective)[0]
     return out
 
 

@@ -64,6 +64,11 @@ class TrialResult:
     def from_dict(cls, data: dict[str, Any]) -> TrialResult:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
+    @property
+    def shipped(self) -> str:
+        """The variant the trial ships (evaluate's choice): ``quantized`` or ``pruned``."""
+        return "quantized" if self.latency.get("shipped") == "quantized" else "pruned"
+
     def final(self) -> TrialResult:
         """This trial as measured last: with the re-measurement's latency and gate verdict where there is one."""
         if self.remeasured is None:
@@ -180,13 +185,19 @@ def _worker() -> str | None:
         return None
 
 
+def trial_params(trial_dir: str | Path) -> Config:
+    """The params a trial ran with (its params.yaml, written by :func:`run_trial`), validated as params.yaml is."""
+    from pruning.config import validate
+
+    path = Path(trial_dir) / "params.yaml"
+    return validate(yaml.safe_load(path.read_text()), str(path))
+
+
 def remeasure(result: TrialResult) -> TrialResult:
     """Time a finished trial's models again with the evaluate stage (its paired protocol), alone, and judge its gates
     on that: the result with ``remeasured`` set. Its reports in the trial directory are then the re-measured ones."""
-    from pruning.config import validate
-
     trial_dir = Path(result.directory)
-    cfg = validate(yaml.safe_load((trial_dir / "params.yaml").read_text()), str(trial_dir / "params.yaml"))
+    cfg = trial_params(trial_dir)
     BY_NAME["evaluate"].fn(cfg, trial_dir)
     gates = _read(trial_dir / cfg.paths.gates)
     return replace(result, remeasured={"passed": bool(gates["passed"]), "checks": gates["checks"],

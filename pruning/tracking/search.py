@@ -12,24 +12,10 @@ from typing import Any
 from pruning.tracking.store import flatten, setup, store_errors
 
 
-def _trial_metrics(trial: dict[str, Any], objective_key: tuple[str, str]) -> dict[str, float]:
-    out: dict[str, float] = {"seconds": float(trial["seconds"])}
-    if trial.get("error") is not None or not trial.get("metrics"):
-        return out
-    variant = "quantized" if trial["latency"].get("shipped") == "quantized" else "pruned"
-    report, key = objective_key
-    out.update({"shipped_metric": float(trial["metrics"][variant]["metric"]),
-                "objective": float(trial[report][key]), "macs_reduction": float(trial["metrics"]["macs_reduction"])})
-    again = trial.get("remeasured")
-    if again is not None:
-        source = again if report == "latency" else trial
-        out["objective_remeasured"] = float((source["latency"] if report == "latency" else source[report])[key])
-    return out
-
-
 def log_search(experiment: str, root: str | Path, settings: dict[str, Any], trials: list[dict[str, Any]],
-               objective_key: tuple[str, str], figure: Any, files: list[Path]) -> str:
-    """Log the search's parent run and a nested run per trial; returns the parent run id."""
+               numbers: list[dict[str, float]], figure: Any, files: list[Path]) -> str:
+    """Log the search's parent run and a nested run per trial (``trials`` as trials.json holds them, ``numbers`` their
+    metrics, in the same order); returns the parent run id."""
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
@@ -46,12 +32,12 @@ def log_search(experiment: str, root: str | Path, settings: dict[str, Any], tria
         for path in files:
             mlflow.log_artifact(str(path))
         now = int(time.time() * 1000)
-        for trial in trials:
+        for trial, figures in zip(trials, numbers, strict=True):
             run = client.create_run(experiment_id, run_name=f"trial-{trial['number']:04d}",
                                     tags={"mlflow.parentRunId": parent.info.run_id})
             verdict = (trial.get("remeasured") or {}).get("passed", trial["passed"])
             client.log_batch(run.info.run_id,
-                             metrics=[Metric(k, v, now, 0) for k, v in _trial_metrics(trial, objective_key).items()],
+                             metrics=[Metric(k, v, now, 0) for k, v in figures.items()],
                              params=[Param(k, str(v)[:6000]) for k, v in trial["params"].items()],
                              tags=[RunTag("trial", str(trial["number"])),
                                    RunTag("gates", "passed" if verdict else "failed"),
