@@ -73,6 +73,51 @@ def prefect_server(template: Path, home: Path):
                 os.environ["PREFECT_HOME"] = before
 
 
+@contextlib.contextmanager
+def mlflow_server(root: Path):
+    """An MLflow tracking server on a real PostgreSQL, as docker/compose.yaml runs it (pgserver: a self-contained
+    PostgreSQL from the package registry, here with its data in ``root``); started in the background, so a test does
+    its other work while the server migrates its tables. Yields a function that waits for the server and returns its
+    URI."""
+    import socket
+    import urllib.request
+
+    import pgserver
+
+    root.mkdir(parents=True, exist_ok=True)
+    database = pgserver.get_server(root / "pgdata", cleanup_mode="stop")
+    store = database.get_uri().replace("postgresql://", "postgresql+psycopg2://")  # SQLAlchemy's default is psycopg 3
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (root / "mlflow-server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+                               "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    uri = f"http://127.0.0.1:{port}"
+
+    def ready(timeout: float = 120) -> str:
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            assert server.poll() is None, (root / "mlflow-server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                return uri
+            except OSError:
+                assert time.monotonic() < deadline, "the MLflow server did not answer"
+                time.sleep(0.3)
+
+    try:
+        yield ready
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+        database.cleanup()
+
+
 @pytest.fixture(scope="session")
 def harness(prefect_template, tmp_path_factory):
     """What prefect_test_harness does — a Prefect server on a database of the tests' own, PREFECT_API_URL pointing at

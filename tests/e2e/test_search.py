@@ -1,8 +1,9 @@
 """`python -m pruning search` end to end, one search in three launches: its first trials as Prefect tasks on a
 two-worker local Dask cluster (the front measured again alone, the search and its trials in MLflow, the winner through
 the registry rules); then more trials on a real Dask cluster (a `dask scheduler` and two `dask worker` processes on
-127.0.0.1) where one worker is SIGKILLed mid-trial and then the search itself; the rerun resumes and `--apply` +
-`dvc repro` make exactly the winner's model. One test, because every launch costs a Prefect server, a cluster and
+127.0.0.1) where one worker is SIGKILLed mid-trial and then the search itself; the rerun resumes, logs to an MLflow
+server on a real PostgreSQL (as docker/compose.yaml deploys it), and `--apply` + `dvc repro` make exactly the winner's
+model. One test, because every launch costs a Prefect server, a cluster and
 the workers' imports."""
 
 import json
@@ -16,17 +17,16 @@ import mlflow
 import yaml
 
 from tests.conftest import merge
-from tests.e2e.conftest import prefect_server
+from tests.e2e.conftest import mlflow_server, prefect_server
 
 SPACE = {"prune.ratio": [0.25, 0.5],  # a quarter of the channels misses the 2x MACs gate: passing and failing trials
          "finetune.distill.alpha": {"low": 0.5, "high": 0.9}}
 QUICK = {"prune": {"iterative_steps": 1}, "finetune": {"epochs": 1}}  # what every trial here runs: short
 
 
-def _search_params(repo: Path, search: dict, tracking: bool = True) -> dict:
+def _search_params(repo: Path, search: dict) -> dict:
     params = merge(yaml.safe_load((repo / "params.yaml").read_text()), QUICK)
     params["search"] = search
-    params["tracking"]["enabled"] = tracking
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -79,7 +79,12 @@ def _local_phase(repo: Path, env: dict, directory: Path) -> None:
     assert (directory / "pareto.png").stat().st_size > 10_000
 
     # MLflow: the search's parent run, a nested run per trial, the winner's pipeline run promoted (the first champion)
-    client = mlflow.MlflowClient()
+    _logged(mlflow.MlflowClient(), by_number, winner["number"])
+
+
+def _logged(client: mlflow.MlflowClient, by_number: dict[int, dict], winner: int) -> None:
+    """The search's parent run, a nested run per trial (none lost) with its gate verdict, the figures as artifacts,
+    and the winner's pipeline run promoted: the first champion of this store."""
     runs = client.search_runs([client.get_experiment_by_name("flow-test").experiment_id])
     search_run = next(r for r in runs if r.data.tags.get("kind") == "search")
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search_run.info.run_id]
@@ -88,7 +93,7 @@ def _local_phase(repo: Path, env: dict, directory: Path) -> None:
     artifacts = {a.path for a in client.list_artifacts(search_run.info.run_id)}
     assert {"pareto.png", "trials.json", "pareto.json", "points.json"} <= artifacts
     pipeline_run = next(r for r in runs if r.data.tags.get("search_run_id") == search_run.info.run_id)
-    assert pipeline_run.data.tags["search_trial"] == str(winner["number"])
+    assert pipeline_run.data.tags["search_trial"] == str(winner)
     assert client.get_model_version_by_alias("tiny-int8", "champion").tags["run_id"] == pipeline_run.info.run_id
 
 
@@ -97,10 +102,11 @@ def test_a_search_fans_out_on_dask_survives_a_killed_worker_resumes_after_a_kill
     """One Prefect server for the whole test, as a cluster has one: the three launches and the Dask workers report
     to it (PREFECT_API_URL), instead of a server per launch and one per worker."""
     repo, directory, scheduler_file = ran_repo, ran_repo / "reports" / "search", tmp_path / "scheduler.json"
-    with prefect_server(prefect_template, tmp_path_factory.mktemp("prefect") / "home") as url:
+    with (prefect_server(prefect_template, tmp_path_factory.mktemp("prefect") / "home") as url,
+          mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as tracking_server):
         env = {**os.environ, "PREFECT_API_URL": url}
-        _local_phase(repo, env, directory)
-        _cluster_phases(repo, env, directory, tmp_path, scheduler_file)
+        _local_phase(repo, env, directory)  # the default sqlite store; the server starts meanwhile
+        _cluster_phases(repo, {**env, "MLFLOW_TRACKING_URI": tracking_server()}, directory, tmp_path, scheduler_file)
     _reproduced(repo, env, directory)
 
 
@@ -116,9 +122,7 @@ def _cluster_phases(repo: Path, env: dict, directory: Path, tmp_path: Path, sche
                                      "--no-nanny", "--no-dashboard", "--name", f"w{i}"], env=env, cwd=tmp_path,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
         procs += workers
-        # MLflow was checked above: this part logs nothing (tracking off), as dvc repro's evaluate below
-        _search_params(repo, {"trials": 6, "dask_address": address, "objective": "macs_reduction", "space": SPACE},
-                       tracking=False)
+        _search_params(repo, {"trials": 6, "dask_address": address, "objective": "macs_reduction", "space": SPACE})
         command = [sys.executable, "-m", "pruning", "search", "--params", str(repo / "params.yaml")]
         search = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for(lambda: _in_flight(directory) == {4, 5}, 300, "trials 4 and 5 on the two workers", search)
@@ -144,20 +148,24 @@ def _cluster_phases(repo: Path, env: dict, directory: Path, tmp_path: Path, sche
         assert len({t["worker"] for t in trials if t["number"] >= 4}) == 1  # the survivor ran every later trial
         assert len(stamps) == len(told)  # finished trials kept as they were, files untouched
         assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+        by_number = {t["number"]: t for t in trials}
+        _logged(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), by_number,
+                json.loads((directory / "pareto.json").read_text())["winner"])
     finally:
         for p in procs:
             p.kill()
             p.wait(timeout=30)
 
 
-
 def _reproduced(repo: Path, env: dict, directory: Path) -> None:
-    """--apply wrote the winner's values; dvc repro then makes the winner's model: its metrics.json, byte for byte."""
+    """--apply wrote the winner's values; dvc repro then makes the winner's model: its metrics.json, byte for byte
+    (MLflow was checked above: evaluate logs nothing here)."""
     best = json.loads((directory / "pareto.json").read_text())["winner"]
     winner = next(t for t in _told(directory) if t["number"] == best)
     applied = yaml.safe_load((repo / "params.yaml").read_text())
     assert applied["prune"]["ratio"] == winner["params"]["prune.ratio"]
     assert applied["finetune"]["distill"]["alpha"] == winner["params"]["finetune.distill.alpha"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(applied, {"tracking": {"enabled": False}}), sort_keys=False))
     repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True,
                            timeout=600)
     assert repro.returncode == 0, repro.stderr[-3000:]
