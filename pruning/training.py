@@ -136,6 +136,16 @@ def fit(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, d
                       param_groups=param_groups, device=device, task=task)
 
 
+def summed(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The sum of ``values`` over the ranks (on ``device`` for the collective: nccl reduces CUDA tensors only);
+    returned where ``values`` was."""
+    import torch.distributed as dist
+
+    here = values.to(device)
+    dist.all_reduce(here)
+    return here.to(values.device)
+
+
 def train_loop(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, distill: Distill | None = None,
                test: Dataset | None = None, callbacks: Sequence[Callback] = (),
                param_groups: list[dict[str, Any]] | None = None, device: str | torch.device = "cpu",
@@ -196,9 +206,7 @@ def train_loop(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: st
                     sums += torch.tensor([loss.item() * len(batch), float(task.metric(logits, batch.y)) * len(batch),
                                           len(batch)], dtype=torch.float64)
             if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(sums)  # the epoch's figures over every rank's share
+                sums = summed(sums, dev)  # the epoch's figures over every rank's share
             total, metric, seen = sums.tolist()
             record = {"epoch": epoch + 1, "loss": total / max(seen, 1), f"train_{name}": metric / max(seen, 1)}
             if test is not None and rank == 0:

@@ -1,6 +1,9 @@
 """Training under torch DDP (pruning/distributed.py): two gloo ranks fine-tune the golden run's pruned model like one
-process does, the stage alone writes the outputs, and a killed rank ends the stage with one line, no hang."""
+process does, the stage alone writes the outputs, complexity-aware training runs in two ranks and the stage rebuilds
+its result from rank 0's edits, and a killed rank ends the stage with one line, no hang."""
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,13 +21,13 @@ READS = ("train_data", "test_data", "data_meta", "dense_model", "pruned_model")
 NOISE = 0.03  # accuracy on the 360 test digits: two ranks' BatchNorm statistics come from half batches
 
 
-def _workspace(golden: Path, dest: Path, nproc: int) -> Path:
+def _workspace(golden: Path, dest: Path, nproc: int, over: dict | None = None, reads: tuple[str, ...] = READS) -> Path:
     cfg = load_config(golden / "params.yaml")
-    for key in READS:
+    for key in reads:
         path = Path(getattr(cfg.paths, key))
         (dest / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(golden / path, dest / path)
-    write_params(dest, {"distributed": {"nproc": nproc}})
+    write_params(dest, {"distributed": {"nproc": nproc}, **(over or {})})
     return dest
 
 
@@ -46,6 +49,24 @@ def test_two_gloo_ranks_fine_tune_like_one_process_and_only_the_stage_writes(gol
     print({n: (r.accuracy_before, r.accuracy) for n, r in results.items()})
     assert abs(results[2].accuracy - results[1].accuracy) <= NOISE, results
     assert results[2].accuracy > results[2].accuracy_before  # it trained
+
+
+def test_complexity_aware_training_runs_in_two_gloo_ranks_and_the_stage_replays_rank_0_s_edits(golden, tmp_path):
+    over = {"prune": {"method": "complexity_aware", "epochs": 4, "warmup_epochs": 1, "strength": 20.0,
+                      "theta_lr": 0.3, "patience": 1}}
+    root = _workspace(golden, tmp_path / "ca", 2, over, READS[:-1])
+    before = _files(root)
+    cfg = load_config(root / "params.yaml")
+    result = BY_NAME["prune"].fn(cfg, root)
+    assert _files(root) - before == {"models/pruned.pt", "reports/prune.json", "reports/prune_steps.json",
+                                     "reports/stage_times.json", "models/latency_table.json"}
+    report = json.loads((root / cfg.paths.prune_report).read_text())
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2, 3, 4]
+    assert not any(math.isnan(e["test_accuracy"]) for e in report["epochs"])  # rank 0 evaluated every epoch
+    assert report["edits"] and result.macs_reduction > 1.2 and report["undecided_at_end"] <= 0.5
+    model, record = load_model(root / cfg.paths.pruned_model, cfg.model.arch)  # the file replays the same edits
+    assert evaluate(model, *_test_split(cfg, root), task=build_task(cfg.task))[0] == result.accuracy
+    assert sum(p.numel() for p in model.parameters()) == report["pruned_params"]
 
 
 def _test_split(cfg, root):

@@ -85,8 +85,9 @@ def test_the_check_fails_when_a_param_or_an_output_goes_missing():
     mutated = copy.deepcopy(_dvc())
     mutated["stages"]["prune"]["params"].remove("export.opset")
     mutated["stages"]["evaluate"]["outs"].pop()
-    assert problems(mutated) == ["prune: params ['model.arch', 'seed', 'device', 'threads', 'task', 'prune'] != the "
-                                 "table's ['seed', 'device', 'threads', 'model.arch', 'task', 'prune', 'export.opset']",
+    assert problems(mutated) == ["prune: params ['model.arch', 'seed', 'device', 'threads', 'distributed', 'task', "
+                                 "'prune'] != the table's ['seed', 'device', 'threads', 'distributed', 'model.arch', "
+                                 "'task', 'prune', 'export.opset']",
                                  "evaluate: outs ['${paths.gates}', '${paths.latency_metrics}', '${paths.metrics}'] "
                                  "!= the table's writes ['metrics', 'latency_metrics', 'gates', 'mlflow_run']"]
 

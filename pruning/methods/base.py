@@ -12,6 +12,7 @@ from torch import nn
 from pruning.checkpoint import Edit
 from pruning.counting import count_macs
 from pruning.data import Data
+from pruning.distributed import DistributedConfig
 from pruning.task import CLASSIFICATION, Task
 from pruning.training import evaluate
 
@@ -27,6 +28,7 @@ class Context:
     latency_table: Path  # where latency measurements are kept between runs
     opset: int  # ONNX opset of the export stage (latency allocation times exported candidates)
     task: Task = CLASSIFICATION  # the loss criteria and fine-tuning use, the metric the step records report
+    ranks: DistributedConfig = field(default_factory=DistributedConfig)  # processes for training inside a method
 
 
 @dataclass

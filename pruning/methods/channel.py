@@ -32,11 +32,12 @@ from pruning.allocation.uniform import search_ratio
 from pruning.checkpoint import blocks_edit, channels_edit
 from pruning.counting import count_macs
 from pruning.data import calibration_sample
+from pruning.distributed import fit
 from pruning.errors import PruningError
 from pruning.methods import depth
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.schema import Section
-from pruning.training import Optim, fit, recalibrate_batchnorm
+from pruning.training import Optim, recalibrate_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,8 @@ def run_schedule(model: nn.Module, cfg: Config, ratio: float, ctx: Context,
         if cfg.bn_recalibration:
             recalibrate_batchnorm(model, data.calibration_split, cfg.calibration_batches, seed + step, device)
         if cfg.step_finetune_epochs and step < n:
-            fit(model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr), seed + step,
-                f"prune step {step} fine-tune", device=device, task=task)
+            fit(ctx.ranks, model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr),
+                seed + step, f"prune step {step} fine-tune", device=device, task=task)
         steps.append(step_record(step, scheduled[step], model, ctx))
         log.info("prune step %d/%d: %s", step, n, steps[-1])
     return pruner.pruning_history(), steps, plan

@@ -50,7 +50,7 @@ def run(cfg: Config, root: str | Path = ".") -> PruneResult:
         return build_model(record["arch"], record["kwargs"], shape, data.num_classes)
 
     ctx = Context(data=data, seed=cfg.seed, device=cfg.device, build=build, latency_table=Path(p.latency_table),
-                  opset=cfg.export.opset, task=build_task(cfg.task))
+                  opset=cfg.export.opset, task=build_task(cfg.task), ranks=cfg.distributed)
     with params_errors("prune"):
         outcome = METHODS[cfg.prune.method].apply(copy.deepcopy(dense), cfg.prune, ctx)
     model = outcome.model

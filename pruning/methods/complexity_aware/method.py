@@ -30,6 +30,7 @@ whose): the cost formula and λ_k, the estimators, the pruning condition, the se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -44,6 +45,7 @@ from pruning.data import batches
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.methods.complexity_aware.config import Config
 from pruning.methods.complexity_aware.run import Run
+from pruning.training import summed
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,15 @@ def _histogram(theta: torch.Tensor) -> list[int]:
     return [int(v) for v in torch.histc(theta, bins=10, min=0.0, max=1.0)]
 
 
-def train(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Edit], dict[str, Any]]:
-    """Complexity-aware training of ``net`` (modified): (the pruned network, its edits, the report)."""
+def train(net: nn.Module, cfg: Config, ctx: Context, rank: int = 0, world: int = 1,
+          device: torch.device | None = None) -> tuple[nn.Module, list[Edit], dict[str, Any]]:
+    """Complexity-aware training of ``net`` (modified): (the pruned network, its edits, the report). Under DDP
+    (:func:`train_rank`) rank ``rank`` of ``world`` takes samples ``rank``, ``rank + world``, ... of every batch, and
+    rank 0 alone evaluates the test split and reports the epochs."""
     data = ctx.data
-    run = Run(net, cfg, ctx)
+    run = Run(net, cfg, ctx, rank, world, device)
     dense_macs = run.dense_total
-    gen = torch.Generator().manual_seed(ctx.seed)
+    gen = torch.Generator().manual_seed(ctx.seed + 7919 * rank)  # each rank's own draws of the gates
     order = torch.Generator().manual_seed(ctx.seed + 1)
     torch.manual_seed(ctx.seed)
     epochs: list[dict[str, Any]] = []
@@ -67,27 +72,31 @@ def train(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Ed
     run.net.to(run.dev)
     settle = min(cfg.settle_epochs, max(0, cfg.epochs - cfg.warmup_epochs - 1))
     per_epoch = max(1, sum(1 for n in range(0, len(data.train), cfg.batch_size)  # type: ignore[arg-type]
-                           if min(cfg.batch_size, len(data.train) - n) >= 2))  # type: ignore[arg-type]
+                           if min(cfg.batch_size, len(data.train) - n) >= 2 * world))  # type: ignore[arg-type]
     for epoch in range(1, cfg.epochs + 1):
         learn = epoch > cfg.warmup_epochs
         phase = "warmup" if not learn else "settle" if epoch > cfg.epochs - settle else "search"
         run.net.train()
         total, seen, cost, i = 0.0, 0, 0.0, 0
         for batch in batches(data.train, cfg.batch_size, shuffle=True, generator=order):
-            if len(batch) < 2:
+            if len(batch) < 2 * world:  # BatchNorm cannot train on a single sample (in any rank's share)
                 continue
+            if world > 1:
+                batch = batch.take(slice(rank, None, world))
             batch = batch.to(run.dev)
             done = epoch - (cfg.epochs - settle) - 1 + (i + 1) / per_epoch
             settled = min(1.0, done / settle) if phase == "settle" else 0.0
             out = run.train_step(batch.x, batch.y, phase, settled, gen)
             total, seen, cost, i = total + out["loss"] * len(batch), seen + len(batch), out.get("complexity", cost), i + 1
+        if world > 1:  # the epoch's loss over every rank's share
+            total, seen = summed(torch.tensor([total, float(seen)], dtype=torch.float64), run.dev).tolist()
         units, blocks = run.remove_dead() if learn else (0, [])
         theta = run.gates.theta().detach()
         with torch.no_grad():
             _, e_macs, e_params = run.complexity(theta)
         live_macs, live_params = count_macs(run.net.to("cpu"), data.spec)
         run.net.to(run.dev)
-        metric, test_loss = run.evaluate(data)
+        metric, test_loss = run.evaluate(data) if rank == 0 else (math.nan, math.nan)
         alive = run.gates.alive()
         record = {"epoch": epoch, "loss": total / max(seen, 1), "complexity_cost": cost,
                   "strength": math.exp(run.log_strength), "expected_macs": float(e_macs),
@@ -126,13 +135,40 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     steps = [step_record(0, 0.0, model, ctx)]
     net = ctx.build() if cfg.start == "scratch" else model
     widths = _widths(net)
-    net, edits, report = train(net, cfg, ctx)
+    if ctx.ranks.nproc > 1:
+        net, edits, report = _in_ranks(net, cfg, ctx)
+    else:
+        net, edits, report = train(net, cfg, ctx)
     after = _widths(net)
     report["structure"] = [{"layer": n, "dense": w, "found": after.get(n, 0)} for n, w in widths.items()]
     kept = sum(r["found"] for r in report["structure"])
     ratio = 1 - kept / max(sum(widths.values()), 1)
     steps.append(step_record(1, ratio, net, ctx))
     return Outcome(net, edits, steps, report)
+
+
+def _in_ranks(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Edit], dict[str, Any]]:
+    """:func:`train` in ``ctx.ranks.nproc`` DDP processes: rank 0 hands back its edits and weights, which are
+    replayed here on ``net`` as a model file's are (so the result is built by this process's code, not unpickled)."""
+    from pruning.checkpoint import REPLAY
+    from pruning.distributed import launch
+
+    job = {"net": net, "cfg": cfg, "ctx": dataclasses.replace(ctx, build=_no_build), "device": ctx.device}
+    result = launch(ctx.ranks, train_rank, job)
+    for edit in result["edits"]:
+        net = REPLAY[edit["kind"]](net, edit, ctx.data.spec)
+    net.load_state_dict(result["state"])
+    return net.eval(), result["edits"], result["report"]
+
+
+def train_rank(job: dict[str, Any], rank: int, world: int, device: torch.device) -> dict[str, Any]:
+    """One DDP rank of complexity-aware training (:func:`pruning.distributed.launch` runs it)."""
+    net, edits, report = train(job["net"], job["cfg"], job["ctx"], rank, world, device)
+    return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "edits": edits, "report": report}
+
+
+def _no_build() -> nn.Module:
+    raise RuntimeError("a training rank does not build models")  # the stage built it before the ranks started
 
 
 def _widths(model: nn.Module) -> dict[str, int]:

@@ -22,7 +22,7 @@ from pruning.methods.base import Context
 from pruning.methods.complexity_aware import bernoulli, estimators
 from pruning.methods.complexity_aware.config import Config
 from pruning.task import Task, cross_entropy
-from pruning.training import evaluate, resolve_device
+from pruning.training import evaluate, resolve_device, summed
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,16 @@ def _per_sample(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Run:
-    """One training run: the network, its gates, the optimisers, and what was removed (the edits)."""
+    """One training run: the network, its gates, the optimisers, and what was removed (the edits). Under DDP
+    (``world`` > 1, :func:`.method.train_rank`) every rank holds the same network and gates: the weights' gradients are
+    averaged by the DDP wrapper, θ's estimates by :meth:`train_step`, so every rank takes the same θ step and removes
+    the same structures; the wrapper is built again after every removal, on the unwrapped network."""
 
-    def __init__(self, net: nn.Module, cfg: Config, ctx: Context) -> None:
+    def __init__(self, net: nn.Module, cfg: Config, ctx: Context, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None) -> None:
         self.net, self.cfg, self.ctx, self.spec = net, cfg, ctx, ctx.data.spec
+        self.rank, self.world = rank, world
+        self.wrapped: nn.Module = net
         self.edits: list[Edit] = []
         self.removed_blocks: list[str] = []
         self.gates = self._build(None)
@@ -56,7 +62,7 @@ class Run:
         self.log_strength = math.log(max(cfg.strength, 1e-6))
         self.dual = 0.0
         self.undecided_at_settle: float | None = None
-        self.dev = resolve_device(ctx.device)
+        self.dev = device if device is not None else resolve_device(ctx.device)
         self.steps_per_epoch = max(1, len(ctx.data.train) // cfg.batch_size)  # type: ignore[arg-type]
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.step = 0
@@ -72,8 +78,13 @@ class Run:
         return g
 
     def _optimisers(self) -> None:
-        """Fresh optimisers for the current parameters (shapes change with every removal; momentum restarts)."""
+        """Fresh optimisers for the current parameters (shapes change with every removal; momentum restarts), and
+        under DDP a fresh wrapper for them."""
         cfg = self.cfg
+        if self.world > 1:
+            from pruning.distributed import wrap
+
+            self.wrapped = wrap(self.net.to(self.dev), self.dev)
         self.opt_w = torch.optim.SGD(self.net.parameters(), lr=self._lr(), momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
 
@@ -105,20 +116,22 @@ class Run:
             xi, k, weight = estimators.relaxed_draw(theta, len(y), ~g.frozen, self.is_block, gen)
             xi = xi.to(self.dev).requires_grad_(True)
             g.set(xi)
-            loss = self.ctx.task.loss(forward(self.net, x), y)  # the batch mean: n ∂loss/∂ξ_ik is sample i's own
+            loss = self.ctx.task.loss(forward(self.wrapped, x), y)  # the batch mean: n ∂loss/∂ξ_ik is sample i's own
             g.set(None)
             loss.backward()
             estimate = torch.zeros(g.size) if xi.grad is None else estimators.relaxed_grad(xi.grad.cpu(), k, weight, g.size)
         else:
             u, z1, z2 = estimators.arm_pair(theta, len(y), gen)
             g.set(z1.to(self.dev))
-            l1 = _per_sample(self.ctx.task, forward(self.net, x), y)
+            l1 = _per_sample(self.ctx.task, forward(self.wrapped, x), y)
             g.set(z2.to(self.dev))
-            l2 = _per_sample(self.ctx.task, forward(self.net, x), y)
+            l2 = _per_sample(self.ctx.task, forward(self.wrapped, x), y)
             g.set(None)
             loss = 0.5 * (l1.mean() + l2.mean())
             loss.backward()
             estimate = estimators.theta_grad(l1.detach().cpu(), l2.detach().cpu(), u, theta)
+        if self.world > 1:  # every rank's estimate is of its share of the batch: their mean is the batch's
+            estimate = summed(estimate, self.dev) / self.world
         self.opt_w.step()
         out = {"loss": float(loss.detach())}
         if phase == "settle" and g.size:
@@ -228,6 +241,6 @@ class Run:
         theta = g.theta().detach()
         g.set(((theta >= 0.5).float() if self.cfg.eval_gates == "mode" else theta).to(self.dev))
         try:
-            return evaluate(self.net, data.test, device=self.ctx.device, task=self.ctx.task)
+            return evaluate(self.net, data.test, device=str(self.dev), task=self.ctx.task)
         finally:
             g.set(None)
