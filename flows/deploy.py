@@ -1,4 +1,5 @@
-"""Serve the pipeline flow as a Prefect deployment on the cron schedule of params.yaml (``schedule.cron``).
+"""Serve the pipeline flow as a Prefect deployment on the cron schedule of params.yaml (``schedule.cron``), and the
+search flow beside it when ``schedule.search_cron`` is set.
 
 ``python -m pruning serve`` runs :func:`serve`: a long-running process that Prefect's server triggers on schedule.
 Prefect does not schedule on its ephemeral server: start ``prefect server start`` and set PREFECT_API_URL first.
@@ -28,18 +29,36 @@ def build_deployment(cfg: Config, repo: str):
     )
 
 
+def build_deployments(cfg: Config, repo: str) -> list:
+    """What :func:`serve` serves: the pipeline's deployment, and the search's when ``schedule.search_cron`` is set
+    (its winner goes through the registry rules; params.yaml is left as it is: no ``--apply`` on a schedule)."""
+    deployments = [build_deployment(cfg, repo)]
+    if cfg.schedule.search_cron is not None:
+        from flows.search import search
+
+        deployments.append(search.to_deployment(
+            name=DEPLOYMENT,
+            schedule=Cron(cfg.schedule.search_cron, timezone=cfg.schedule.timezone),
+            parameters={"repo": repo},
+            description=f"Pruning search on {cfg.schedule.search_cron} ({cfg.schedule.timezone}); params from "
+                        f"{PARAMS}",
+            tags=["pruning", "search", cfg.registry.model_name],
+        ))
+    return deployments
+
+
 def serve() -> None:
-    """Serve the deployment until interrupted (Ctrl-C, SIGTERM): Prefect then pauses its schedule and returns."""
+    """Serve the deployments until interrupted (Ctrl-C, SIGTERM): Prefect then pauses their schedules and returns."""
     import gc
 
     from prefect import serve as prefect_serve
 
-    deployment = build_deployment(load_config(PARAMS), os.getcwd())
+    deployments = build_deployments(load_config(PARAMS), os.getcwd())
     # The flow's imports (torch, every method) live until exit: freezing them spares the interpreter's shutdown a
     # collection over all of them, which made a Ctrl-C take seconds to stop an idle server (docs/design.md,
     # "Measured reasons").
     gc.freeze()
-    prefect_serve(deployment)
+    prefect_serve(*deployments)
 
 
 def main() -> int:

@@ -144,8 +144,15 @@ class _NoUserTracebacks(logging.Filter):
         return True
 
 
-for _name in ("prefect.task_runs", "prefect.flow_runs"):
-    logging.getLogger(_name).addFilter(_NoUserTracebacks())
+def quiet_user_errors() -> None:
+    """Install :class:`_NoUserTracebacks` on Prefect's run loggers (once: every flow module of this package calls it)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoUserTracebacks) for f in logger.filters):
+            logger.addFilter(_NoUserTracebacks())
+
+
+quiet_user_errors()
 
 
 def _task(stage: Stage):

@@ -29,12 +29,14 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows import server  # noqa: E402
+from flows.pipeline import quiet_user_errors  # noqa: E402
 from pruning.search.trial import TrialResult, TrialSpec, run_trial  # noqa: E402
 
 if TYPE_CHECKING:
     from pruning.config import Config
 
 PARAMS = "params.yaml"
+quiet_user_errors()  # a user error (bad space, stale inputs, a search already running) logged in one line
 
 
 @task(name="trial", cache_policy=NO_CACHE)  # a trial's inputs are its spec; a rerun is the resumed study's business
@@ -100,18 +102,41 @@ def task_runner(cfg: Config, workers: int) -> Any:
 @flow(name="pruning-search")
 def search(repo: str = ".", apply: bool = False) -> dict[str, Any]:
     """Search params.yaml's ``search.space`` from the pipeline's dense model; return the trials, the front, the winner,
-    its MLflow run and promotion, and the params changed by ``apply``."""
+    its MLflow run and promotion, and the params changed by ``apply``. One search at a time per workspace."""
     from pruning.config import load_config
-    from pruning.search.study import points, preflight, run_search
-    from pruning.tracking import figures
+    from pruning.errors import PruningError
 
     root = Path(repo).absolute()
     cfg = load_config(root / PARAMS)
+    guard = _one_search(root / cfg.paths.search_dir)
+    if guard is None:
+        raise PruningError(f"another search is running in {root}; wait for it to finish (or stop it: a rerun "
+                           "resumes it)")
+    try:
+        return _search(root, cfg, apply)
+    finally:
+        guard.release()
+
+
+@flow(name="pruning-search-trials", validate_parameters=False)
+def trials(root: Path, cfg: Config, slots: int, threads: int | None) -> Any:
+    """The trials, on the Dask runner the search gives this subflow when it starts (:func:`task_runner`, from
+    params.yaml): a deployment imports the search flow as it is declared, so the runner is chosen here, at run time,
+    not by the caller."""
+    from pruning.search.study import preflight, run_search
+
+    return run_search(root, cfg, preflight(root, cfg), root / cfg.paths.search_dir, trials=cfg.search.trials,
+                      objective=cfg.search.objective, timeout=cfg.search.timeout, runner=DaskTrials(slots),
+                      threads=threads)
+
+
+def _search(root: Path, cfg: Config, apply: bool) -> dict[str, Any]:
+    from pruning.search.study import points
+    from pruning.tracking import figures
+
     directory = root / cfg.paths.search_dir
     slots, threads = plan(cfg)
-    result = run_search(root, cfg, preflight(root, cfg), directory, trials=cfg.search.trials,
-                        objective=cfg.search.objective, timeout=cfg.search.timeout, runner=DaskTrials(slots),
-                        threads=threads)
+    result = trials.with_options(task_runner=task_runner(cfg, slots))(root, cfg, slots, threads)
     front = [t.number for t in result.front]
     winner = result.winner
     metric_name = next((t.metrics.get("metric_name") for t in result.trials if t.metrics), "metric")
@@ -204,15 +229,10 @@ def main() -> int:
 
         cfg = load_config(params)
         preflight(repo, cfg, fresh=False)  # the flow checks the rest (DVC's status) before its first trial
-        guard = _one_search(repo / cfg.paths.search_dir)
-        if guard is None:
-            err.print(f"[red]error:[/] another search is running in {repo}; wait for it to finish (or stop it: a "
-                      "rerun resumes it)", highlight=False, soft_wrap=True)
-            return 2
         if process is not None:
             server.wait(process)
         gc.freeze()
-        out = search.with_options(task_runner=task_runner(cfg, plan(cfg)[0]))(repo=str(repo), apply=args.apply)
+        out = search(repo=str(repo), apply=args.apply)
     except KeyboardInterrupt:
         err.print("[red]error:[/] interrupted", highlight=False)
         return 128 + signal.SIGINT

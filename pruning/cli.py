@@ -224,7 +224,8 @@ def search(params: ParamsOpt = Path("params.yaml"),
 
 @app.command(cls=_Command)
 def serve() -> None:
-    """Serve the flow as a Prefect deployment on params.yaml's schedule.cron (needs PREFECT_API_URL)."""
+    """Serve the pipeline on params.yaml's schedule.cron (and the search on schedule.search_cron) as Prefect
+    deployments (needs PREFECT_API_URL)."""
     _flows("flows.deploy")
 
 

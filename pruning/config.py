@@ -151,10 +151,12 @@ class RegistryConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """When ``python -m pruning serve`` runs the flow (Prefect cron schedule)."""
+    """When ``python -m pruning serve`` runs the flows (Prefect cron schedules)."""
 
-    cron: str = Field("0 3 * * *", description="cron expression (5 fields)")
-    timezone: str = Field("UTC", description="time zone of the cron expression")
+    cron: str = Field("0 3 * * *", description="cron expression (5 fields) of the pipeline")
+    search_cron: str | None = Field(None, description="cron expression of the search (python -m pruning search), "
+                                    "served beside the pipeline; null: not served")
+    timezone: str = Field("UTC", description="time zone of the cron expressions")
 
     @model_validator(mode="after")
     def _valid_cron(self) -> ScheduleConfig:
@@ -165,13 +167,16 @@ class ScheduleConfig(Section):
 
         from cronsim import CronSim, CronSimError
 
-        fields = self.cron.split()
-        if len(fields) != 5:
-            raise ValueError(f"expected 5 cron fields (minute hour day month weekday), got {len(fields)}")
-        try:
-            CronSim(self.cron, datetime.datetime(2026, 1, 1))
-        except CronSimError as exc:
-            raise ValueError(f"cron {self.cron!r}: {exc}") from None
+        for name, cron in (("cron", self.cron), ("search_cron", self.search_cron)):
+            if cron is None:
+                continue
+            fields = cron.split()
+            if len(fields) != 5:
+                raise ValueError(f"{name}: expected 5 cron fields (minute hour day month weekday), got {len(fields)}")
+            try:
+                CronSim(cron, datetime.datetime(2026, 1, 1))
+            except CronSimError as exc:
+                raise ValueError(f"{name} {cron!r}: {exc}") from None
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -103,6 +103,9 @@ class InProcess:
         return pending[0], run_trial(pending[0])
 
 
+INPUTS = "inputs.json"  # the fingerprint of what the study in the directory searched
+
+
 def open_study(directory: Path, cfg: Config) -> optuna.Study:
     """The search's Optuna study in ``directory`` (created on first use)."""
     import optuna
@@ -197,10 +200,64 @@ def preflight(workspace: Path, cfg: Config, fresh: bool = True) -> dict[str, Val
     return space
 
 
+PREVIOUS = ("study.journal", "trials", "trials.json", "pareto.json", "points.json", "pareto.png", INPUTS)
+
+
+def inputs_fingerprint(workspace: Path, cfg: Config, space: Mapping[str, Values]) -> str:
+    """What a search's trials are a function of: the dense model and the data (their bytes), params.yaml as the trials
+    see it (every section but how the search runs, where it logs and when it is served) and the space. Not where the
+    trials run: a search resumed on a cluster keeps the trials it finished on this machine."""
+    import hashlib
+
+    from pruning.search.trial import inputs
+
+    digest = hashlib.sha256()
+    for key in inputs():
+        path = workspace / getattr(cfg.paths, key)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            digest.update(f"{key}:{f.relative_to(workspace)}\n".encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    settings = cfg.model_dump(mode="json", exclude={"search", "tracking", "registry", "schedule"})
+    for key in space:  # the values the trials sample: an --apply of the winner changes nothing a trial computes
+        *parents, leaf = key.split(".")
+        section = settings
+        for part in parents:
+            section = section.get(part, {}) if isinstance(section, dict) else {}
+        if isinstance(section, dict):
+            section.pop(leaf, None)
+    digest.update(json.dumps([settings, dict(space)], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _start_over_if_changed(directory: Path, fingerprint: str) -> None:
+    """Resume the study in ``directory`` only if it searched the same inputs; else its trials are of another dense
+    model, data, params or space: they are removed (their MLflow runs stay) and a new search starts."""
+    import shutil
+
+    record = directory / INPUTS
+    if not (directory / "study.journal").exists():
+        record.unlink(missing_ok=True)
+    elif not record.is_file() or json.loads(record.read_text()).get("fingerprint") != fingerprint:
+        log.info("search: the dense model, the data, params.yaml or the space changed since the search in %s: "
+                 "starting a new search", directory)
+        for name in PREVIOUS:
+            path = directory / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write(record, {"fingerprint": fingerprint})
+
+
 def run_search(workspace: str | Path, cfg: Config, space: Mapping[str, Values], directory: str | Path, *,
                trials: int, objective: str, timeout: float | None = None, runner: Runner | None = None,
                threads: int | None = None) -> SearchResult:
-    """Run trials until ``trials`` have finished (those of an earlier, killed run included) or ``timeout`` seconds
+    """Run trials until ``trials`` have finished (those of an earlier, killed run of the same inputs included: see
+    :func:`inputs_fingerprint`; another search's are removed first) or ``timeout`` seconds
     passed, ``runner.slots`` at a time; write trials.json and pareto.json into ``directory`` after every trial; then
     measure the front again, alone, and name the winner. ``threads``: torch's threads in each trial (None: as is)."""
     from optuna.study import StudyDirection
@@ -208,6 +265,7 @@ def run_search(workspace: str | Path, cfg: Config, space: Mapping[str, Values], 
 
     runner = runner or InProcess()
     workspace, directory = Path(workspace).absolute(), Path(directory).absolute()
+    _start_over_if_changed(directory, inputs_fingerprint(workspace, cfg, space))
     study = open_study(directory, cfg)
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # the search died during it
         log.info("search: trial %d was running when the search stopped: marked failed, run again", stale.number)

@@ -94,18 +94,23 @@ def test_pipeline_flow_tracks_every_stage_and_promotes_only_on_passing_gates(har
 
 
 @PREFECT
-def test_serve_builds_a_deployment_on_the_cron_of_params_yaml(harness, tmp_path, monkeypatch):
-    from flows.deploy import build_deployment
+def test_serve_builds_the_pipeline_s_deployment_and_the_search_s_on_the_crons_of_params_yaml(harness, tmp_path):
+    from flows.deploy import build_deployments
     from pruning.config import load_config
 
     write_params(tmp_path, {"schedule": {"cron": "15 4 * * 1", "timezone": "Europe/Paris"}})
-    cfg = load_config(tmp_path / "params.yaml")
-    deployment = build_deployment(cfg, str(tmp_path))
+    (deployment,) = build_deployments(load_config(tmp_path / "params.yaml"), str(tmp_path))  # no search_cron
     assert len(deployment.schedules) == 1
     schedule = deployment.schedules[0].schedule
     assert schedule.cron == "15 4 * * 1" and schedule.timezone == "Europe/Paris"
     assert deployment.parameters == {"repo": str(tmp_path)}
     assert deployment.flow_name == "pruning-pipeline"
+
+    write_params(tmp_path, {"schedule": {"cron": "15 4 * * 1", "search_cron": "0 5 * * 0", "timezone": "UTC"}})
+    pipeline, search = build_deployments(load_config(tmp_path / "params.yaml"), str(tmp_path))
+    assert search.flow_name == "pruning-search" and search.parameters == {"repo": str(tmp_path)}
+    assert search.entrypoint.endswith("flows/search.py:search")  # what a worker imports: the runner is chosen inside
+    assert [d.schedules[0].schedule.cron for d in (pipeline, search)] == ["15 4 * * 1", "0 5 * * 0"]
 
 
 def test_serve_refuses_the_ephemeral_server_with_one_line(tmp_path):

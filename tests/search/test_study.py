@@ -40,6 +40,12 @@ def test_a_search_keeps_every_trial_fronts_only_passing_ones_and_resumes_after_a
     feasible = {t.number for t in journal if t.constraints and max(t.constraints.values()) <= 0}
     assert feasible == {r.number for r in second.trials if r.passed}  # what the sampler knows of the gates
 
+    # another space: the old trials are of another search; they go, and a new study starts at trial 0
+    third = run_search(golden, base, parse_space({"prune.ratio": [0.5]}), directory, trials=1,
+                       objective="macs_reduction")
+    assert third.resumed == 0 and [r.number for r in third.trials] == [0]
+    assert sorted(p.name for p in (directory / "trials").iterdir()) == ["0000"]
+
 
 def test_the_objectives_are_one_list_in_the_schema_params_yaml_and_the_docs():
     from typing import get_args
