@@ -33,6 +33,13 @@ def latest() -> tuple[object, str]:
     return run, (found[0].data if found else "")
 
 
+def _foreground() -> None:
+    """SIGINT as a terminal's foreground process has it. A test run started in the background by a shell without job
+    control (``pytest … &`` in a script: POSIX ignores SIGINT there) would hand its children an ignored SIGINT, and
+    Python keeps an ignored SIGINT ignored: the flow could not be interrupted, by design of the shell, not of the flow."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def flow_process(repo):
     """Start `python -m flows.pipeline` as `python -m pruning run` starts it, in its own session (a terminal's Ctrl-C
@@ -48,7 +55,8 @@ def flow_process(repo):
         with out.open("w") as f:
             started.append(subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--params",
                                              str(repo / "params.yaml")], cwd=repo, env=env, stdout=f,
-                                            stderr=subprocess.STDOUT, start_new_session=True))
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_foreground))  # noqa: PLW1509 - no threads in the child
         return started[-1], out
 
     yield start
