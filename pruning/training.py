@@ -136,6 +136,14 @@ def fit(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: str, *, d
                       param_groups=param_groups, device=device, task=task)
 
 
+def shard(batch: Batch, rank: int, world: int) -> Batch | None:
+    """Rank ``rank``'s share of ``batch`` under DDP (samples ``rank``, ``rank + world``, ...; the whole batch in one
+    process), or None for a batch too small to train on: BatchNorm cannot train on a single sample, in any share."""
+    if len(batch) < 2 * world:
+        return None
+    return batch.take(slice(rank, None, world)) if world > 1 else batch
+
+
 def summed(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The sum of ``values`` over the ranks (on ``device`` for the collective: nccl reduces CUDA tensors only);
     returned where ``values`` was."""
@@ -175,10 +183,9 @@ def train_loop(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: st
             model.train()
             sums = torch.zeros(3, dtype=torch.float64)  # loss * samples, metric * samples, samples
             for batch in batches(train, opt.batch_size, shuffle=True, generator=gen):
-                if len(batch) < 2 * world:  # BatchNorm cannot train on a single sample (in any rank's share)
+                batch = shard(batch, rank, world)
+                if batch is None:
                     continue
-                if world > 1:
-                    batch = batch.take(slice(rank, None, world))
                 step += 1
                 batch = batch.to(dev)
                 for cb in callbacks:

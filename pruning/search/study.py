@@ -209,17 +209,10 @@ def inputs_fingerprint(workspace: Path, cfg: Config, space: Mapping[str, Values]
     trials run: a search resumed on a cluster keeps the trials it finished on this machine."""
     import hashlib
 
+    from pruning.fingerprint import source_digest
     from pruning.search.trial import inputs
 
-    digest = hashlib.sha256()
-    for key in inputs():
-        path = workspace / getattr(cfg.paths, key)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            digest.update(f"{key}:{f.relative_to(workspace)}\n".encode())
-            with f.open("rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+    files = [source_digest(key, str(workspace / getattr(cfg.paths, key))) for key in inputs()]  # names + contents
     settings = cfg.model_dump(mode="json", exclude={"search", "tracking", "registry", "schedule"})
     for key in space:  # the values the trials sample: an --apply of the winner changes nothing a trial computes
         *parents, leaf = key.split(".")
@@ -228,8 +221,7 @@ def inputs_fingerprint(workspace: Path, cfg: Config, space: Mapping[str, Values]
             section = section.get(part, {}) if isinstance(section, dict) else {}
         if isinstance(section, dict):
             section.pop(leaf, None)
-    digest.update(json.dumps([settings, dict(space)], sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    return hashlib.sha256(json.dumps([files, settings, dict(space)], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _start_over_if_changed(directory: Path, fingerprint: str) -> None:

@@ -45,7 +45,7 @@ from pruning.data import batches
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.methods.complexity_aware.config import Config
 from pruning.methods.complexity_aware.run import Run
-from pruning.training import summed
+from pruning.training import shard, summed
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,9 @@ def train(net: nn.Module, cfg: Config, ctx: Context, rank: int = 0, world: int =
         run.net.train()
         total, seen, cost, i = 0.0, 0, 0.0, 0
         for batch in batches(data.train, cfg.batch_size, shuffle=True, generator=order):
-            if len(batch) < 2 * world:  # BatchNorm cannot train on a single sample (in any rank's share)
+            batch = shard(batch, rank, world)
+            if batch is None:
                 continue
-            if world > 1:
-                batch = batch.take(slice(rank, None, world))
             batch = batch.to(run.dev)
             done = epoch - (cfg.epochs - settle) - 1 + (i + 1) / per_epoch
             settled = min(1.0, done / settle) if phase == "settle" else 0.0
