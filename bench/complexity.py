@@ -241,7 +241,7 @@ def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_d
             for fut in done:
                 spec = pending.pop(fut)
                 records += fut.result()
-                log.warning("bench complexity: %s %s seed %d done (%d left, %.0f s)", spec["kind"],
+                log.info("bench complexity: %s %s seed %d done (%d left, %.0f s)", spec["kind"],
                             spec.get("variant", ""), spec["seed"], len(pending), time.perf_counter() - start)
             for s in range(seeds):  # a seed's baselines once its complexity-aware runs have their achieved MACs
                 ours = {r["target"]: r["achieved"] for r in records if r["kind"] == "complexity" and r["seed"] == s
@@ -277,6 +277,5 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="1 seed, 1000 samples, the 4x target, 4 epochs")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     sys.exit(main(lambda cfg, b, out: print(run_complexity(cfg, b, args.quick, max(1, args.workers), out)["markdown"]),
                   args.params))

@@ -90,7 +90,12 @@ def load_bench(path: str | Path = BENCH_PARAMS) -> BenchConfig:
 
 def main(fn: Callable[[Config, BenchConfig, Path], Any], params: str | Path = "params.yaml",
          bench_params: str | Path = BENCH_PARAMS) -> int:
-    """Load params.yaml and bench/params.yaml, run ``fn(cfg, bench, out_dir)``; a PruningError is one line, exit 2."""
+    """Load params.yaml and bench/params.yaml, run ``fn(cfg, bench, out_dir)``; a PruningError is one line, exit 2.
+    The benchmark's and the library's INFO lines go to stderr, one plain line each when piped (a benchmark runs for
+    minutes to hours: its progress shows in a file or a CI log as it goes, :mod:`pruning.progress`)."""
+    from pruning.progress import configure
+
+    configure("pruning", "bench", "__main__")  # a benchmark run as `python -m bench.<name>` logs as __main__
     try:
         cfg = load_config(params)
         fn(cfg, load_bench(bench_params), Path(cfg.paths.bench_dir))

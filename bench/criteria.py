@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from torch import nn
 
 from bench.config import BenchConfig, BenchMethod, main
@@ -39,6 +38,7 @@ from pruning.counting import count_macs
 from pruning.criteria.oracle import LossChangeImportance, oracle_correlation
 from pruning.data import CALIBRATION_BATCH, Data, Split
 from pruning.methods import Context, channel
+from pruning.progress import steps as progress_steps
 from pruning.training import Distill, Optim, evaluate, fit
 from pruning.zoo import build_model
 
@@ -238,9 +238,9 @@ def run_criteria(cfg: Config, b: BenchConfig, quick: bool, out_dir: Path) -> dic
     names = sorted({m.criterion for m in b.methods.values()} - {"loss_change"})
     records: list[dict[str, Any]] = []
     correlations: list[dict[str, dict[str, float]]] = []
-    with Progress() as progress:
-        task = progress.add_task("bench criteria", total=seeds * len(plan))
+    with progress_steps(seeds * len(plan), "bench criteria", log) as advance:
         for seed in range(seeds):
+            log.info("bench criteria: seed %d: training the base model (%d epochs)", seed, b.base_epochs)
             base = train_base(b, data, seed)
             base_accuracy = evaluate(base, data.test)[0]
             correlations.append(oracle_correlations(base, b, data, seed, names + ["loss_change"]))
@@ -248,7 +248,7 @@ def run_criteria(cfg: Config, b: BenchConfig, quick: bool, out_dir: Path) -> dic
             for name, m, regime, target in plan:
                 rec = run_one(base, name, m, regime, target, data, b, seed, ratios)
                 records.append({**rec, "base_accuracy": base_accuracy})
-                progress.update(task, advance=1, description=f"seed {seed} {name} {regime} {target:g}x")
+                advance(f"seed {seed} {name} {regime} {target:g}x: accuracy {rec['accuracy']:.4f}")
             result = _write(b, quick, seed + 1, targets, records, correlations, out_dir)  # a checkpoint per seed
     if cfg.tracking.enabled:
         from pruning.tracking import log_bench

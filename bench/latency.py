@@ -51,6 +51,7 @@ from pruning.counting import count_macs
 from pruning.data import Data, Split
 from pruning.errors import ConfigError, GraphTraceError, ModelError, PruningError
 from pruning.methods import Context, channel
+from pruning.progress import steps as progress_steps
 from pruning.runtime.export import export_onnx
 from pruning.runtime.int8_select import select
 from pruning.runtime.quantize import quantize
@@ -155,6 +156,7 @@ def _variants(build: Builder, shape: tuple[int, ...], classes: int, cfg: Config,
         path = tmp / f"{len(out)}.onnx"
         export_onnx(model.eval(), shape, path, cfg.export.opset)
         out[name] = {"path": path, "macs": macs, "params": params, **extra}
+        log.info("bench latency: %s built and exported (%.3g M MACs)", name, macs / 1e6)
         return path
 
     def add_int8(name: str, of: str, selected: bool = False) -> None:
@@ -168,6 +170,7 @@ def _variants(build: Builder, shape: tuple[int, ...], classes: int, cfg: Config,
         sel = select(out[of]["path"], path, calibration, per_channel=True, activation_type=cfg.quantize.activation_type,
                      threads=cfg.evaluate.threads, protocol=Protocol(2, 10, 3))
         out[name] = {**out[of], "path": path, "int8_selection": sel.report()}
+        log.info("bench latency: %s quantized", name)
 
     def skip(name: str, exc: Exception) -> None:
         log.warning("%s: %s", name, exc)
@@ -215,43 +218,47 @@ def run_latency(cfg: Config, b: BenchConfig, archs: list[str], batches: list[int
     results: dict[str, Any] = {}
     skipped: dict[str, dict[str, str]] = {}
     report: dict[str, Any] = {}
-    for name, build in builders.items():
-        skipped[name] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                variants = _variants(build, shape, num_classes, cfg, target, round_to, step, alloc_batch, Path(tmp),
-                                     skipped[name])
-            except PruningError as exc:  # the user's builder failed, or its model does not export
-                raise ConfigError(f"bench latency, {name}: {_one_line(exc)}") from None
-            x = np.random.default_rng(0).normal(size=(max(batches), *shape)).astype(np.float32)
-            protocol = Protocol(b.latency_warmup, b.latency_repeats, b.latency_rounds)
-            times = latency({n: v["path"] for n, v in variants.items()}, x, {f"b{bs}": bs for bs in batches},
-                            cfg.evaluate.threads, protocol,
-                            levels={n: v["level"] for n, v in variants.items() if "level" in v})
-            pairs = _pairs(variants, times, target, x[:1], cfg.evaluate.threads, protocol)
-        dense = variants["dense"]
-        rows = {}
-        for vname, v in variants.items():
-            row = {"macs": v["macs"], "params": v["params"], "macs_reduction": dense["macs"] / v["macs"]}
-            for bs in batches:
-                p50 = times[vname][f"latency_ms_b{bs}"]
-                speedup = times["dense"][f"latency_ms_b{bs}"] / p50
-                row.update({f"p50_ms_b{bs}": p50, f"p95_ms_b{bs}": times[vname][f"latency_p95_ms_b{bs}"],
-                            f"speedup_b{bs}": speedup, f"efficiency_b{bs}": speedup / row["macs_reduction"]})
-            for key in ("allocation", "int8_selection"):
-                if key in v:
-                    row[key] = v[key]
-            rows[vname] = row
-        for vname, figures in pairs.items():
-            rows[vname].update(figures)
-        ship(rows, target, cfg.evaluate.int8_min_speedup)
-        results[name] = rows
-        report = write(out_dir, {"target": target, "batches": batches, "threads": cfg.evaluate.threads,
-                                  "rounds": b.latency_rounds, "repeats": b.latency_repeats, "step": step,
-                                  "alloc_batch": alloc_batch, "input_shape": list(shape), "classes": num_classes,
-                                  "archs": results, "skipped": skipped,
-                                  "markdown": markdown(results, batches, skipped)})
-        log.info("bench latency: %s done\n%s", name, markdown({name: rows}, batches, skipped))
+    with progress_steps(len(builders), "bench latency", log) as advance:
+        for name, build in builders.items():
+            skipped[name] = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    variants = _variants(build, shape, num_classes, cfg, target, round_to, step, alloc_batch, Path(tmp),
+                                         skipped[name])
+                except PruningError as exc:  # the user's builder failed, or its model does not export
+                    raise ConfigError(f"bench latency, {name}: {_one_line(exc)}") from None
+                log.info("bench latency: %s: timing %d variants at batch %s", name, len(variants),
+                         ", ".join(map(str, batches)))
+                x = np.random.default_rng(0).normal(size=(max(batches), *shape)).astype(np.float32)
+                protocol = Protocol(b.latency_warmup, b.latency_repeats, b.latency_rounds)
+                times = latency({n: v["path"] for n, v in variants.items()}, x, {f"b{bs}": bs for bs in batches},
+                                cfg.evaluate.threads, protocol,
+                                levels={n: v["level"] for n, v in variants.items() if "level" in v})
+                pairs = _pairs(variants, times, target, x[:1], cfg.evaluate.threads, protocol)
+            dense = variants["dense"]
+            rows = {}
+            for vname, v in variants.items():
+                row = {"macs": v["macs"], "params": v["params"], "macs_reduction": dense["macs"] / v["macs"]}
+                for bs in batches:
+                    p50 = times[vname][f"latency_ms_b{bs}"]
+                    speedup = times["dense"][f"latency_ms_b{bs}"] / p50
+                    row.update({f"p50_ms_b{bs}": p50, f"p95_ms_b{bs}": times[vname][f"latency_p95_ms_b{bs}"],
+                                f"speedup_b{bs}": speedup, f"efficiency_b{bs}": speedup / row["macs_reduction"]})
+                for key in ("allocation", "int8_selection"):
+                    if key in v:
+                        row[key] = v[key]
+                rows[vname] = row
+            for vname, figures in pairs.items():
+                rows[vname].update(figures)
+            ship(rows, target, cfg.evaluate.int8_min_speedup)
+            results[name] = rows
+            report = write(out_dir, {"target": target, "batches": batches, "threads": cfg.evaluate.threads,
+                                      "rounds": b.latency_rounds, "repeats": b.latency_repeats, "step": step,
+                                      "alloc_batch": alloc_batch, "input_shape": list(shape), "classes": num_classes,
+                                      "archs": results, "skipped": skipped,
+                                      "markdown": markdown(results, batches, skipped)})
+            log.info("bench latency: %s done\n%s", name, markdown({name: rows}, batches, skipped))
+            advance(name)
     return report
 
 

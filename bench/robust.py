@@ -229,5 +229,4 @@ def _cli() -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(_cli())

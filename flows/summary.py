@@ -21,19 +21,22 @@ def tag_gates(passed: bool) -> None:
 
 
 def mlflow_link(uri: str, experiment_id: str, run_id: str) -> str:
-    """Markdown saying where an MLflow run is: a link into the UI of a tracking server, or for a local sqlite store
-    the command that opens its UI. Another store's URI is not written out: it may hold a database password."""
+    """Markdown saying where an MLflow run is: links into the UI of a tracking server (the run, and the experiment's
+    runs table), or for a local sqlite store the command that opens its UI. Another store's URI is not written out: it
+    may hold a database password. The links open the UI's model-training view (:data:`UI_VIEW`), not its GenAI one."""
     from urllib.parse import urlsplit, urlunsplit
 
+    from pruning.tracking import UI_VIEW
+
     url = urlsplit(uri)
-    where = f"#/experiments/{experiment_id}/runs/{run_id}"
+    run, table = f"#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}", f"#/experiments/{experiment_id}/runs?{UI_VIEW}"
     if url.scheme in ("http", "https"):  # without user:password@, query and fragment
         bare = urlunsplit((url.scheme, url.netloc.rpartition("@")[2], url.path.rstrip("/"), "", ""))
-        return f"[Open it in the MLflow UI]({bare}/{where})."
+        return f"[Open the run in the MLflow UI]({bare}/{run}), or [all the runs]({bare}/{table})."
     if url.scheme == "sqlite":
         return (f"It is in the local store `{uri}`: open the UI with `mlflow ui --backend-store-uri {uri}`, then "
-                f"<http://127.0.0.1:5000/{where}>")
-    return f"It is in the store of MLFLOW_TRACKING_URI ({url.scheme}); in its UI: `{where}`."
+                f"<http://127.0.0.1:5000/{run}> (all the runs: <http://127.0.0.1:5000/{table}>)")
+    return f"It is in the store of MLFLOW_TRACKING_URI ({url.scheme}); in its UI: `{run}`."
 
 
 def mlflow_markdown(recorded: dict[str, Any], root: Path) -> str:

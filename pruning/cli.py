@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.logging import RichHandler
 from typer.core import TyperCommand, TyperGroup
 
 from pruning.acceptance.report import make_console
@@ -61,13 +59,10 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.", metavar=FLAG)] = False) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
-    # The root logger stays at WARNING: onnxruntime's quantizer logs its INFO chatter there (logging.info). Ours says
-    # what it does at INFO (an epoch, a pruning step), and more at DEBUG with -v.
-    logging.getLogger("pruning").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("torch", "onnx", "onnxruntime"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Ours says what it does at INFO (an epoch, a pruning step), and more at DEBUG with -v.
+    from pruning.progress import configure
+
+    configure("pruning", verbose=verbose)
 
 
 def _stage(params: Path, fn: Callable[[Any, Path], Any], name: str) -> Any:
@@ -107,7 +102,8 @@ def _commit(recorder: Any, stage: str) -> None:
     try:
         recorder.commit(stage)
     except Exception as exc:  # noqa: BLE001 - the stage ran and wrote its outputs: recording them is extra
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        # the first line: DVC's own (a help footer or a hint may follow it)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         err.print(f"[yellow]warning:[/] {stage} ran, but DVC did not record it ({reason}); run `dvc commit {stage}`",
                   highlight=False, soft_wrap=True)
 
@@ -132,7 +128,10 @@ def record_timing(stage: str, seconds: float, tracking_seconds: float = 0.0) -> 
 
 
 def _done(name: str, result: Any) -> None:
-    fields = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(result).items())
+    """``<stage> done: key=value, …``: the stage's result, floats to 4 significant digits, what does not apply (None)
+    left out."""
+    fields = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(result).items()
+                       if v is not None)
     out.print(f"[green]{name}[/] done: {fields}", highlight=False)
 
 
@@ -161,8 +160,18 @@ def _verb(stage: Stage) -> Callable[..., None]:
     return verb
 
 
+def _epilog(stage: Stage) -> str:
+    """What a verb's --help says beside its line: the params.yaml keys it reads, its inputs and outputs (paths.*), from
+    its row of the stage table."""
+    def keys(names: tuple[str, ...], prefix: str = "") -> str:
+        return ", ".join(prefix + n for n in names) or "nothing"
+
+    return (f"Params: {keys(stage.params)}. Reads: {keys(stage.reads, 'paths.')}. "
+            f"Writes: {keys(stage.writes, 'paths.')}.")
+
+
 for _row in STAGES:
-    app.command(name=_row.name, help=_row.help, cls=_Command)(_verb(_row))
+    app.command(name=_row.name, help=_row.help, epilog=_epilog(_row), cls=_Command)(_verb(_row))
 
 
 def die_with_parent() -> None:
@@ -181,29 +190,45 @@ FLOW = "flows.pipeline"  # the pipeline's entry point
 def _flows(module: str, *args: str) -> None:
     """Run an entry point of flows/ or bench/ in its own process: pruning/ never imports them (see ARCHITECTURE.md).
 
-    A SIGTERM (``docker stop``, ``kill``) is passed on to it and waited for, so that Prefect's runner stops cleanly
-    within the stop grace period; this process then exits with its code (as PID 1, without a handler, it would ignore
-    the signal)."""
-    with subprocess.Popen([sys.executable, "-m", module, *args], env=child_env(),
-                          preexec_fn=die_with_parent) as child:  # noqa: PLW1509 - no threads yet here
-        # Ctrl-C reaches the child with the whole process group: it reports its flow run Crashed and prints one line;
-        # this process waits for that instead of dying first (set after the start: the child must not inherit it)
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
-        # `kill -USR1` on a run that looks hung: the flow writes its threads' stacks and goes on (docs/orchestration.md).
-        # Passed on to that child only: SIGUSR1's default action would end this process, and any child that does not
-        # register it (a benchmark) too
-        previous_usr1 = None
-        if module == FLOW:
-            previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, _frame: child.send_signal(signum))
+    The child runs in a process group of its own, and this process passes the signals a user sends on to it, so that
+    each reaches it exactly once whether it came from the terminal or from ``kill`` (docs/orchestration.md, "Signals"):
+    SIGINT (Ctrl-C, ``kill -INT <pid>``) to the child's whole group, as a terminal sends it; SIGTERM (``docker
+    stop``, ``kill``) and SIGUSR1 (stacks, for the flow) to the child; Ctrl-Z stops the child's group, then this
+    process, and ``fg``/``bg`` resume both. This process then exits with the child's code. (In the terminal's
+    group, a Ctrl-C would reach the child directly and a ``kill -INT`` of this pid would not reach it at all.)"""
+    forwarded = {signal.SIGINT: _to_group, signal.SIGTERM: _to_child}
+    if module == FLOW:  # SIGUSR1's default would end a child that does not register it (a benchmark): not passed on
+        forwarded[signal.SIGUSR1] = _to_child
+    with subprocess.Popen([sys.executable, "-m", module, *args], env=child_env(), stdin=subprocess.DEVNULL,
+                          preexec_fn=die_with_parent, process_group=0) as child:  # noqa: PLW1509 - no threads yet
+        previous = {signum: signal.signal(signum, lambda n, _f, send=send: send(child, n))
+                    for signum, send in forwarded.items()}
+        previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, lambda _n, _f: _suspend(child))
         try:
             code = child.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
-            if previous_usr1 is not None:
-                signal.signal(signal.SIGUSR1, previous_usr1)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     raise typer.Exit(128 - code if code < 0 else code)  # killed by signal N: 128 + N, as a shell says
+
+
+def _to_child(child: subprocess.Popen[bytes], signum: int) -> None:
+    child.send_signal(signum)
+
+
+def _to_group(child: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the child has just ended
+        os.killpg(child.pid, signum)
+
+
+def _suspend(child: subprocess.Popen[bytes]) -> None:
+    """Ctrl-Z: stop the child's group, then this process (the shell gets its prompt back); resumed (``fg``), resume
+    the child's group too."""
+    _to_group(child, signal.SIGTSTP)
+    handler = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTSTP)  # stops here until a SIGCONT
+    signal.signal(signal.SIGTSTP, handler)
+    _to_group(child, signal.SIGCONT)
 
 
 @app.command(cls=_Command)

@@ -12,11 +12,12 @@ models (``python -m pruning params-doc``), so a value has one home.
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pruning.acceptance.gates import GateConfig, check_metric
 from pruning.data import DataConfig
@@ -24,7 +25,7 @@ from pruning.distributed import DistributedConfig
 from pruning.errors import ConfigError
 from pruning.methods import METHODS, MethodConfig, default_config
 from pruning.references import check_references, check_tracked
-from pruning.schema import Section, TooLarge, importable_from, safe_load_unique, workspace_path_problem
+from pruning.schema import NotPlain, Section, TooLarge, importable_from, safe_load_unique, workspace_path_problem
 from pruning.search.config import SearchConfig
 from pruning.task import TaskConfig
 
@@ -136,10 +137,39 @@ class TrackingConfig(Section):
     experiment: str = Field("pruning", min_length=1, description="MLflow experiment")
 
 
+MAX_MODEL_NAME = 256  # the registry's name column (String(256)): a server on Postgres or MySQL refuses a longer one
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why MLflow's registry would refuse ``name`` as a registered model's name, or None.
+
+    MLflow's own rule (``mlflow.utils.validation._validate_model_name``, with the file store's extra ``%``), written
+    out here because importing mlflow takes seconds and loading params.yaml must not; tests/test_config.py checks this
+    rule against MLflow's functions on a list of names."""
+    if not name.strip():
+        return "empty"
+    if bad := [c for c in "/:%" if c in name]:
+        return f"a registered model's name cannot contain {' or '.join(repr(c) for c in bad)}"
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(("..", "/")):
+        return "MLflow treats names as paths: a name cannot be '.' or start with '..'"
+    if len(name) > MAX_MODEL_NAME:
+        return f"longer than the registry's {MAX_MODEL_NAME} characters"
+    return None
+
+
 class RegistryConfig(Section):
     """MLflow model registry: where the INT8 model goes and how a new version can become ``champion``."""
 
-    model_name: str = Field("pruned-int8", min_length=1, description="registered model of the INT8 ONNX versions")
+    model_name: str = Field("pruned-int8", min_length=1, description="registered model of the INT8 ONNX versions "
+                            "(MLflow's rule: no '/', ':' or '%', at most 256 characters)")
+
+    @field_validator("model_name")
+    @classmethod
+    def _registrable(cls, name: str) -> str:
+        if problem := model_name_problem(name):
+            raise ValueError(problem)
+        return name
     primary_metric: str = Field("shipped.metric", description="a metric a new version must beat to become "
                                 "champion (shipped.metric: the task.metric of the model that ships)")
     greater_is_better: bool | None = Field(None, description="direction of primary_metric (null: the task metric's)")
@@ -206,6 +236,7 @@ class PathsConfig(Section):
     metrics: str  # deterministic: the same data + params give the same bytes
     latency_metrics: str  # measured latencies and the speedups derived from them (noisy by nature)
     gates: str
+    headline: str  # the few figures DVC shows first (dvc exp show, metrics diff): its only metrics file
     mlflow_run: str
     stage_times: str  # when each stage last ran here (start, end): the MLflow runs' real times; not a DVC output
     bench_dir: str  # the benchmarks (bench/) write their json / md / png here
@@ -229,15 +260,17 @@ class PathsConfig(Section):
             if norm in seen:
                 raise ValueError(f"paths.{key} and paths.{seen[norm]} are both {value!r}: each output needs its own file")
             seen[norm] = key
-        for key, value in values.items():
-            for other, inner in values.items():
-                if other != key and Path(inner).parts[:len(Path(value).parts)] == Path(value).parts \
-                        and key != "bench_dir" and key != "weights_dir":
-                    raise ValueError(f"paths.{other} {inner!r} lies inside paths.{key} {value!r}, a file")
-        weights = Path(self.weights_dir).parts
-        for key, value in values.items():
-            if key != "weights_dir" and Path(value).parts[:len(weights)] == weights:
-                raise ValueError(f"paths.{key} {value!r} lies in paths.weights_dir, the train stage's input")
+        parts = {key: Path(value).parts for key, value in values.items()}  # once: every load of params.yaml runs this
+        for key, outer in parts.items():
+            if key in ("bench_dir", "weights_dir"):  # directories
+                continue
+            for other, inner in parts.items():
+                if other != key and inner[:len(outer)] == outer:
+                    raise ValueError(f"paths.{other} {values[other]!r} lies inside paths.{key} {values[key]!r}, a file")
+        weights = parts["weights_dir"]
+        for key, inner in parts.items():
+            if key != "weights_dir" and inner[:len(weights)] == weights:
+                raise ValueError(f"paths.{key} {values[key]!r} lies in paths.weights_dir, the train stage's input")
         return self
 
     def under(self, root: str | Path) -> PathsConfig:
@@ -349,6 +382,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path} nests too deeply to be a params file") from None
     except TooLarge as exc:
         raise ConfigError(f"{path} {exc}") from None
+    except NotPlain as exc:
+        raise ConfigError(f'Invalid "{exc.key}" in {path} (line {exc.line}): {exc.what}') from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"{path} holds a value that cannot be read ({str(exc).split(';')[0]})") from None
     return raw

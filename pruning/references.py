@@ -5,13 +5,15 @@ must import (and be what they claim), names that must agree across sections, and
 
 from __future__ import annotations
 
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pruning.errors import ConfigError, PruningError
-from pruning.schema import workspace_path_problem
+from pruning.schema import link_problem, workspace_path_problem
 from pruning.zoo import check_builder, resolve_callable
 
 
@@ -44,20 +46,22 @@ def check_references(cfg: Any, file: str, root: Path) -> None:
     d = cfg.data
     if d.path is not None and (problem := workspace_path_problem(d.path)):
         raise ConfigError(f'Invalid "data.path" in {file}: {d.path!r} {problem}')
+    _check_confined(cfg, file, root)
     if d.source == "npz":
         if not d.path:
             raise ConfigError(f'Missing "data.path" in {file}: data.source "npz" needs the path of an .npz file')
-        if not (root / d.path).is_file():
-            raise ConfigError(f'Invalid "data.path" in {file}: data file {d.path} not found')
+        if problem := _not_a(stat.S_ISREG, root, d.path, "data file"):
+            raise ConfigError(f'Invalid "data.path" in {file}: {problem}')
     elif d.source == "imagefolder":
         if not d.path:
             raise ConfigError(f'Missing "data.path" in {file}: data.source "imagefolder" needs the folder of '
                               "class folders")
-        if not (root / d.path).is_dir():
-            raise ConfigError(f'Invalid "data.path" in {file}: image folder {d.path} not found')
+        if problem := _not_a(stat.S_ISDIR, root, d.path, "image folder"):
+            raise ConfigError(f'Invalid "data.path" in {file}: {problem}')
     elif ":" in d.source:
-        if d.path is not None and not (root / d.path).exists():
-            raise ConfigError(f'Invalid "data.path" in {file}: {d.path} not found')
+        if d.path is not None and (problem := _not_a(lambda mode: stat.S_ISREG(mode) or stat.S_ISDIR(mode), root,
+                                                     d.path, "data path")):
+            raise ConfigError(f'Invalid "data.path" in {file}: {problem}')
         try:
             resolve_callable(d.source)
         except PruningError as exc:
@@ -82,6 +86,35 @@ def check_references(cfg: Any, file: str, root: Path) -> None:
                 resolve_callable(spec)
             except PruningError as exc:
                 raise ConfigError(f'Invalid "task.{key}" in {file}: {exc}') from None
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_a(wanted: Callable[[int], bool], root: Path, value: str, noun: str) -> str | None:
+    """Why ``value`` (relative to ``root``) is not what a key asks for (``wanted``: a ``stat.S_IS*`` test), or None:
+    "not found", or what is there instead (a named pipe would block the stage that opens it)."""
+    try:
+        mode = (root / value).stat().st_mode
+    except OSError:
+        return f"{noun} {value} not found"
+    if wanted(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "something else")
+    want = " or ".join(name for fmt, name in ((stat.S_IFREG, "a regular file"), (stat.S_IFDIR, "a directory"))
+                       if wanted(fmt))
+    return f"{noun} {value} is {kind}, not {want}"
+
+
+def _check_confined(cfg: Any, file: str, root: Path) -> None:
+    """Every path params.yaml names lies inside the workspace once its symbolic links are followed: a ``data/`` that
+    links elsewhere would take the stages' outputs there, a data file that links out would be read from there."""
+    named = {f"paths.{key}": value for key, value in cfg.paths.model_dump().items()}
+    named |= {"data.path": cfg.data.path, "model.weights": cfg.model.weights}
+    for key, value in named.items():
+        if value is not None and not workspace_path_problem(value) and (problem := link_problem(value, root)):
+            raise ConfigError(f'Invalid "{key}" in {file}: {value!r} {problem}')
 
 
 def _check_metric_names(cfg: Any, file: str) -> None:
@@ -119,5 +152,5 @@ def _check_weights(cfg: Any, file: str, root: Path) -> None:
     if path.suffix not in SUFFIXES:
         raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not a weights file '
                           f"({' | '.join(SUFFIXES)})")
-    if not (root / path).is_file():
-        raise ConfigError(f'Invalid "model.weights" in {file}: weights file {weights} not found')
+    if problem := _not_a(stat.S_ISREG, root, weights, "weights file"):
+        raise ConfigError(f'Invalid "model.weights" in {file}: {problem}')

@@ -65,6 +65,20 @@ def workspace_path_problem(value: str) -> str | None:
     return None
 
 
+def link_problem(value: str, root: str | Path) -> str | None:
+    """Why ``value`` (a path that passed :func:`workspace_path_problem`) is not inside the workspace ``root`` once its
+    symbolic links are followed (``data/`` -> elsewhere, or the file itself linking out), or None: the text stays
+    inside, the file a stage reads or writes must too."""
+    base = Path(root).resolve()
+    try:
+        real = (base / value).resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return "is a loop of symbolic links"
+    if real.is_relative_to(base):
+        return None
+    return f"leads outside the workspace through a symbolic link (to {real}): make it a directory or file of the workspace"
+
+
 def importable_from(workspace: str | Path) -> None:
     """Let ``module:callable`` references (a model, a data source, a loss or metric) import from ``workspace``, the
     directory of params.yaml, as ``python -m`` lets them import from the working directory: its absolute path goes
@@ -77,6 +91,24 @@ def importable_from(workspace: str | Path) -> None:
 
 class TooLarge(ValueError):
     """The document expands to more than :data:`MAX_VALUES` values."""
+
+
+class NotPlain(ValueError):
+    """A value of a YAML type beyond text, numbers, booleans, null, lists and mappings (``!!binary``, a date, a
+    ``!!set``...): the schema may coerce it (bytes pass as text), but DVC hashes params as JSON and fails on it in the
+    middle of a run. ``key``: where (``a.b[0]``), ``line``: 1-based."""
+
+    def __init__(self, key: str, line: int, what: str) -> None:
+        super().__init__(f'"{key}" (line {line}) {what}')
+        self.key, self.line, self.what = key, line, what
+
+
+_YAML = "tag:yaml.org,2002:"
+_ONLY = "params hold text, numbers, booleans, null, lists and mappings only (DVC hashes them as JSON)"
+_NOT_PLAIN = {f"{_YAML}binary": f"a !!binary value (bytes): {_ONLY}",
+              f"{_YAML}timestamp": "a date or time (YAML reads an unquoted 2026-01-31 as one): quote it to keep it text",
+              f"{_YAML}set": f"a !!set: {_ONLY}", f"{_YAML}omap": f"an !!omap: {_ONLY}",
+              f"{_YAML}pairs": f"a !!pairs list: {_ONLY}"}
 
 
 MAX_FLOW_DEPTH = 100  # nested [ ] / { } of a params file (real ones nest fewer than ten levels)
@@ -131,11 +163,11 @@ def safe_load_unique(text: str) -> Any:
     """``yaml.safe_load``, refusing a key given twice in one mapping (safe_load keeps the last silently; DVC refuses
     the file later, in the middle of a run) and a document that expands to more than :data:`MAX_VALUES` values. Both
     are found on the composed node tree, before any object is constructed; the values are then constructed from that
-    same tree (one parse). The pure-Python loader on purpose: libyaml's composer recurses in C, and a deeply nested
-    file crashes the interpreter instead of raising RecursionError."""
+    same tree (one parse). libyaml's composer (10x faster) only where the text cannot nest deeply: it recurses in C,
+    and a deeply nested file would crash the interpreter instead of raising RecursionError (the pure-Python loader's)."""
     if _flow_too_deep(text):
         raise RecursionError(f"nests [ ] / {{ }} deeper than {MAX_FLOW_DEPTH} levels")  # as PyYAML itself would, sooner
-    loader = yaml.SafeLoader(text)
+    loader = yaml.CSafeLoader(text) if _shallow(text) else yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
         _check_nodes(root)
@@ -144,24 +176,41 @@ def safe_load_unique(text: str) -> Any:
         loader.dispose()
 
 
+def _shallow(text: str) -> bool:
+    """True when no line can open more than :data:`MAX_FLOW_DEPTH` block levels: a block collection nests by indenting
+    or by ``- ``, ``? `` and ``: `` on one line, so a line's indentation plus its count of those characters bounds the
+    depth it reaches (an overcount only costs the slower loader). Flow collections are :func:`_flow_too_deep`'s."""
+    if not getattr(yaml, "__with_libyaml__", False):
+        return False
+    return all(len(line) - len(line.lstrip(" ")) + line.count("-") + line.count("?") + line.count(":") < MAX_FLOW_DEPTH
+               for line in text.splitlines())
+
+
 def _check_nodes(root: yaml.Node | None) -> None:
-    """TooLarge when ``root`` expands beyond :data:`MAX_VALUES` values; a ConstructorError naming a duplicate key."""
+    """TooLarge when ``root`` expands beyond :data:`MAX_VALUES` values; a ConstructorError naming a duplicate key;
+    NotPlain naming a value of a type params cannot hold (tags the safe loader does not know are its to refuse)."""
     if root is not None and _expanded_size(root) > MAX_VALUES:
         raise TooLarge(f"expands to more than {MAX_VALUES} values once its YAML aliases are followed")
-    stack, visited = [root] if root is not None else [], set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "(top level)")] if root is not None else []
+    visited: set[int] = set()
     while stack:
-        node = stack.pop()
+        node, where = stack.pop()
         if id(node) in visited:  # an alias shares its node: each once (no blow-up, no loop)
             continue
         visited.add(id(node))
+        if node.tag in _NOT_PLAIN:
+            raise NotPlain(where, node.start_mark.line + 1, _NOT_PLAIN[node.tag])
+        inside = "" if where == "(top level)" else where
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
                 if isinstance(key, yaml.ScalarNode):
                     if key.value in seen:
                         raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key.value!r}",
                                                                 key.start_mark)
                     seen.add(key.value)
-                stack += [key, value]
+                path = f"{inside}.{name}" if inside else str(name)
+                stack += [(key, path), (value, path)]
         elif isinstance(node, yaml.SequenceNode):
-            stack += node.value
+            stack += [(item, f"{inside}[{i}]") for i, item in enumerate(node.value)]

@@ -111,7 +111,7 @@ def user_datasets(spec: str, kwargs: dict[str, Any], path: str | None) -> tuple[
     """Call the user's ``module:callable`` (with ``kwargs``, and ``path=`` when set): (train, test or None,
     calibration or None). It may return one dataset (split here), ``(train, test)``, ``(train, test, calibration)``
     or a dict with those keys."""
-    from pruning.zoo import resolve_callable
+    from pruning.zoo import resolve_callable, user_code, what_failed
 
     try:
         fn = resolve_callable(spec)
@@ -119,12 +119,15 @@ def user_datasets(spec: str, kwargs: dict[str, Any], path: str | None) -> tuple[
         raise DataError(str(exc), field="source") from None
     call = {**kwargs, **({"path": path} if path is not None else {})}
     try:
-        out = fn(**call)
+        with user_code() as interrupted:
+            out = fn(**call)
     except PruningError:
         raise
-    except Exception as exc:  # the user's code: any failure is theirs to fix, in one line
+    except BaseException as exc:  # the user's code: any failure (sys.exit too) is theirs to fix, in one line
+        if interrupted(exc):
+            raise
         raise DataError(f"{spec}({', '.join(f'{k}={v!r}' for k, v in call.items())}) failed: "
-                        f"{type(exc).__name__}: {exc}", field="source") from None
+                        f"{what_failed(exc)}", field="source") from None
     if isinstance(out, dict):
         unknown = set(out) - {"train", "test", "calibration"}
         if "train" not in out or unknown:

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,3 +169,19 @@ def test_a_sigterm_to_the_cli_reaches_the_flow_process_and_is_waited_for(tmp_pat
     cli.send_signal(signal.SIGTERM)
     assert cli.wait(timeout=60) == 3  # the child's own exit code: the CLI waited for its clean stop
     assert (tmp_path / "stopped").read_text() == str(int(signal.SIGTERM))
+
+
+def test_piped_logs_are_one_plain_line_each_and_a_result_leaves_out_what_does_not_apply(capsys):
+    """Piped (here: pytest's capture), Rich padded every log line to 200 columns; quantize printed
+    `chosen=None, int8_faster_than_fp32=None`."""
+    import logging
+    from types import SimpleNamespace
+
+    from pruning.cli import _done
+    from pruning.progress import log_handler
+
+    line = log_handler().format(logging.LogRecord("pruning", logging.INFO, __file__, 1, "prune step %d/%d", (1, 2),
+                                                  None))
+    assert re.fullmatch(r"\d\d:\d\d:\d\d INFO     prune step 1/2", line), line
+    _done("quantize", SimpleNamespace(mode="static", calibration_samples=64, chosen=None, macs_reduction=3.76130286))
+    assert capsys.readouterr().out.strip() == "quantize done: mode=static, calibration_samples=64, macs_reduction=3.761"

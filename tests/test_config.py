@@ -146,6 +146,9 @@ def test_data_path_stays_inside_the_workspace_too():
     (b"seed: 1\nseed: 2\n", r"line 2 is not valid YAML: duplicate key 'seed'"),
     ("seed: 1\n".encode("utf-16"), r"is not UTF-8 text \(byte 0\)"),
     (("a: " + "[" * 5000 + "]" * 5000 + "\n").encode(), r"nests too deeply"),
+    # block nesting, on one line and by indentation: the pure-Python loader's RecursionError, not libyaml's crash
+    (("a:\n  " + "- " * 5000 + "x\n").encode(), r"nests too deeply"),
+    (("a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 3000))).encode(), r"nests too deeply"),
     (("seed: " + "1" * 5000 + "\n").encode(), r"holds a value that cannot be read \(Exceeds the limit"),
 ])
 def test_params_files_that_cannot_be_read_are_one_line_not_a_traceback(tmp_path, content, match):
@@ -217,3 +220,83 @@ def _exits():
 
 def _raises():
     raise RuntimeError("no GPU")
+
+
+# names MLflow's registry takes and refuses (quotes and spaces are fine; '/', ':', '%', '.', '..x' and blanks are not)
+MODEL_NAMES = ["pruned-int8", "a'b", 'a"b', "a b", " a", "a\\b", "a@b", "é-ünï", "a.b", "..", "..x", ".", "x..",
+               "a/b", "/a", "a:b", "a%b", "", "  ", "\t", "a" * 256, "a" * 257]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_registry_model_name_follows_mlflow_s_own_rule(name):
+    """Our copy of the rule (params.yaml loads without importing mlflow) against MLflow's functions: the tracking
+    stores' rule and the file store's stricter one (also '%'), plus the registry column's 256 characters."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.model_registry.file_store import _validate_model_name as file_store_rule
+    from mlflow.utils.validation import _validate_model_name as mlflow_rule
+
+    from pruning.config import MAX_MODEL_NAME, model_name_problem
+
+    def accepted(rule):
+        try:
+            rule(name)
+        except MlflowException:
+            return False
+        return True
+
+    mlflow_accepts = accepted(mlflow_rule) and accepted(file_store_rule) and len(name) <= MAX_MODEL_NAME
+    assert (model_name_problem(name) is None) == mlflow_accepts
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("a/b", "a registered model's name cannot contain '/'"),
+    ("team:model", "a registered model's name cannot contain ':'"),
+    ("..x", "MLflow treats names as paths: a name cannot be '.' or start with '..'"),
+])
+def test_a_model_name_mlflow_refuses_is_an_error_when_params_yaml_loads(name, reason):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(merge(TINY, {"registry": {"model_name": name}}))
+    assert str(exc.value) == f'Invalid "registry.model_name" in params.yaml: {name!r} ({reason})'
+
+
+@pytest.mark.parametrize(("source", "make", "reason"), [
+    ("npz", "fifo", "data file in.npz is a named pipe (FIFO), not a regular file"),
+    ("npz", "dir", "data file in.npz is a directory, not a regular file"),
+    ("imagefolder", "file", "image folder in.npz is a regular file, not a directory"),
+    ("tests.userpkg:datasets", "fifo", "data path in.npz is a named pipe (FIFO), not a regular file or a directory"),
+    ("npz", None, "data file in.npz not found"),
+])
+def test_a_data_path_that_is_not_a_file_of_the_kind_asked_says_what_it_is(in_tmp, source, make, reason):
+    """A FIFO was reported "not found" (and opening one would block the stage)."""
+    import os
+
+    if make == "fifo":
+        os.mkfifo(in_tmp / "in.npz")
+    elif make == "dir":
+        (in_tmp / "in.npz").mkdir()
+    elif make == "file":
+        (in_tmp / "in.npz").write_bytes(b"")
+    with pytest.raises(ConfigError) as exc:
+        load_config(write_params(in_tmp, {"data": {"source": source, "path": "in.npz"}}))
+    assert str(exc.value) == f'Invalid "data.path" in {in_tmp / "params.yaml"}: {reason}'
+
+
+ONLY = "params hold text, numbers, booleans, null, lists and mappings only (DVC hashes them as JSON)"
+
+
+@pytest.mark.parametrize(("at", "value", "key", "reason"), [
+    ("source", "!!binary ZGlnaXRz", "data.source", f"a !!binary value (bytes): {ONLY}"),
+    ("source", "2026-01-31", "data.source", "a date or time (YAML reads an unquoted 2026-01-31 as one): quote it to "
+                                            "keep it text"),
+    ("kwargs", "{a: !!set {x, y}}", "data.kwargs.a", f"a !!set: {ONLY}"),
+    ("kwargs", "{a: [1, !!omap [x: 1]]}", "data.kwargs.a[1]", f"an !!omap: {ONLY}"),
+])
+def test_a_yaml_value_dvc_cannot_hash_is_refused_naming_the_key_and_line(tmp_path, at, value, key, reason):
+    """!!binary text passed the schema (bytes become str) and failed in DVC's params hash, in the middle of a run."""
+    params = write_params(tmp_path, {"data": {at: "PLACEHOLDER"}})
+    text = params.read_text().replace("PLACEHOLDER", value)
+    params.write_text(text)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if value in ln)
+    with pytest.raises(ConfigError) as exc:
+        load_config(params)
+    assert str(exc.value) == f'Invalid "{key}" in {params} (line {line}): {reason}'

@@ -88,8 +88,9 @@ def test_the_check_fails_when_a_param_or_an_output_goes_missing():
     assert problems(mutated) == ["prune: params ['model.arch', 'seed', 'device', 'threads', 'distributed', 'task', "
                                  "'prune'] != the table's ['seed', 'device', 'threads', 'distributed', 'model.arch', "
                                  "'task', 'prune', 'export.opset']",
-                                 "evaluate: outs ['${paths.gates}', '${paths.latency_metrics}', '${paths.metrics}'] "
-                                 "!= the table's writes ['metrics', 'latency_metrics', 'gates', 'mlflow_run']"]
+                                 "evaluate: outs ['${paths.gates}', '${paths.headline}', '${paths.latency_metrics}', "
+                                 "'${paths.metrics}'] != the table's writes ['metrics', 'latency_metrics', 'gates', "
+                                 "'headline', 'mlflow_run']"]
 
 
 def test_the_config_reads_of_a_stage_are_found_in_its_code():

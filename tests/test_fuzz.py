@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from pruning.cli import app
 from pruning.config import load_config
 from pruning.errors import PruningError
-from tests.conftest import TINY, merge
+from tests.conftest import TINY, merge, write_params
 
 FUZZ = settings(max_examples=220, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
@@ -250,3 +250,118 @@ def test_a_damaged_data_or_model_file_is_one_line_naming_it(prepared, tmp_path_f
     (root / target).write_bytes(damaged)
     line = _one_line_exit_2(root, READERS[target])
     assert Path(target).name in line, line
+
+
+# ---- links that lead out of the workspace ----------------------------------------------------------------------
+
+
+def test_a_data_directory_linking_out_of_the_workspace_is_refused_before_anything_is_written(tmp_path):
+    """data/ -> elsewhere: the text of paths.train_data stays inside, the file prepare would write does not."""
+    root, outside = _workspace(_mkdir(tmp_path / "ws")), tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "data").symlink_to(outside, target_is_directory=True)
+    write_params(root)
+    line = _one_line_exit_2(root, "prepare")
+    assert line == (f"error: Invalid \"paths.train_data\" in {root / 'params.yaml'}: 'data/train.npz' leads outside "
+                    f"the workspace through a symbolic link (to {outside / 'train.npz'}): make it a directory or file "
+                    "of the workspace")
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize(("source", "name"), [("npz", "in.npz"), ("imagefolder", "images")])
+def test_a_data_path_linking_out_of_the_workspace_is_not_read(tmp_path, source, name):
+    root, secret = _workspace(_mkdir(tmp_path / "ws")), tmp_path / "secret"
+    if source == "npz":
+        secret.write_bytes(_npz(x=np.zeros((4, 2), np.float32), y=np.zeros(4, np.int64)))
+    else:
+        (secret / "cat").mkdir(parents=True)
+    (root / name).symlink_to(secret)
+    write_params(root, {"data": {"source": source, "path": name}})
+    line = _one_line_exit_2(root, "prepare")
+    assert line == (f"error: Invalid \"data.path\" in {root / 'params.yaml'}: {name!r} leads outside the workspace "
+                    f"through a symbolic link (to {secret}): make it a directory or file of the workspace")
+
+
+def test_a_link_inside_the_workspace_and_a_loop_of_links(tmp_path):
+    root = _workspace(_mkdir(tmp_path / "ws"))
+    (root / "real").mkdir()
+    (root / "data").symlink_to(root / "real", target_is_directory=True)  # a link that stays inside: fine
+    write_params(root)
+    assert load_config(root / "params.yaml").paths.train_data == "data/train.npz"
+    (root / "data").unlink()
+    (root / "data").symlink_to(root / "data")
+    assert _one_line_exit_2(root, "prepare").endswith("'data/train.npz' is a loop of symbolic links")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("verb", ["quantize", "evaluate"])
+def test_onnx_external_data_outside_the_model_s_directory_is_one_line_in_every_stage(finished, tmp_path, verb):
+    """An ONNX file of the workspace whose weights point out of its directory: quantize and evaluate refuse it alike,
+    in one line naming the file and the tensor (evaluate gave ONNX Runtime's 56-line traceback)."""
+    import onnx
+
+    from tests.runtime.test_session import externalize
+
+    root = _workspace(_mkdir(tmp_path / "ws"))
+    for sub in ("data", "models", "reports"):
+        shutil.copytree(finished / sub, root / sub)
+    shutil.copy(finished / "params.yaml", root / "params.yaml")
+    onnx_file = root / load_config(root / "params.yaml").paths.pruned_onnx
+    model = onnx.load(str(onnx_file))
+    tensor = model.graph.initializer[0]
+    externalize(model, tensor, root / "weights.bin", "../weights.bin")
+    onnx.save(model, str(onnx_file))
+    line = _one_line_exit_2(root, verb)
+    assert line == (f"error: {onnx_file}: tensor {tensor.name!r} keeps its data in '../weights.bin', outside the "
+                    "model's directory: refused (rerun the stage that wrote it)")
+
+
+# ---- user code that exits, and YAML values DVC cannot hash ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "body", "did"), [
+    ("model.arch", "import sys\nsys.exit(3)\n", "it called sys.exit(3)"),
+    ("model.arch", "raise KeyboardInterrupt\n", "it raised KeyboardInterrupt"),
+    ("data.source", "raise SystemExit\n", "it called sys.exit()"),
+])
+def test_a_user_module_that_exits_at_import_is_one_line_naming_it(tmp_path, key, body, did):
+    """Exit 3 / 130 and no message before: SystemExit and KeyboardInterrupt are no Exceptions."""
+    root = _workspace(_mkdir(tmp_path / "ws"))
+    module = f"exits_at_import_{abs(hash((key, body))) % 10**8}"  # a name of its own: imports are cached
+    (root / f"{module}.py").write_text(body)
+    section, field = key.split(".")
+    write_params(root, {section: {field: f"{module}:build"}})
+    assert _one_line_exit_2(root, "prepare") == (f'error: Invalid "{key}" in {root / "params.yaml"}: cannot import '
+                                                 f"module {module!r} ({did})")
+
+
+def test_a_ctrl_c_while_a_user_module_imports_is_still_an_interrupt(tmp_path, monkeypatch):
+    """What tells a module's own KeyboardInterrupt from the user's: a SIGINT arrived meanwhile (the handler in place,
+    Python's default here, still runs and raises it)."""
+    import signal
+
+    from pruning.zoo import resolve_callable
+
+    (tmp_path / "slow_to_import.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                                "time.sleep(5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # Python's own handler, as in a terminal: a test run started in the background by a shell without job control
+    # inherits an ignored SIGINT, and the kill above would then do nothing
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            resolve_callable("slow_to_import:build")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler in place again
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_binary_value_in_params_yaml_is_one_line_before_dvc_or_a_stage_reads_it(tmp_path):
+    root = _workspace(_mkdir(tmp_path / "ws"))
+    params = write_params(root, {"registry": {"model_name": "PLACEHOLDER"}})
+    params.write_text(params.read_text().replace("PLACEHOLDER", "!!binary dGlueS1pbnQ4"))
+    assert _one_line_exit_2(root, "prepare").startswith(f'error: Invalid "registry.model_name" in {params} (line ')

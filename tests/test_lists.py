@@ -126,6 +126,14 @@ def _docs() -> list[Path]:
     return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
+def test_the_prune_verb_s_help_names_every_method_and_the_default():
+    from pruning.methods import DEFAULT
+
+    text = next(s for s in STAGES if s.name == "prune").help
+    assert {m for m in METHODS if re.search(rf"\b{m}\b", text)} == set(METHODS)
+    assert f"{DEFAULT} (the default)" in text
+
+
 def test_the_docs_count_methods_criteria_and_stages_as_their_registries_do():
     pattern = re.compile(rf"\b({'|'.join(NUMBERS)}|\d+) (?:pruning )?({'|'.join(COUNTED)})\b", re.I)
     wrong = [(path.relative_to(REPO).as_posix(), m[0]) for path in _docs() for m in pattern.finditer(path.read_text())

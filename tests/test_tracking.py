@@ -1,5 +1,7 @@
 """Registry rules against a real MLflow sqlite store: champion moves only on passing gates AND a better metric."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import onnx
@@ -154,13 +156,42 @@ def test_setup_puts_the_default_store_in_the_workspace_root_not_the_working_dire
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")  # leave no global state pointing here
 
 
-def test_stage_params_are_the_keys_the_stage_reads():
-    from pruning.tracking.pipeline import _stage_params
+def test_stage_params_are_the_keys_the_stage_reads_without_the_unset_ones():
+    from pruning.tracking.pipeline import _params
 
-    params = {"seed": 0, "prune": {"method": "channel", "ratio": 0.3}, "export": {"opset": 17, "exporter": "x"},
-              "train": {"lr": 0.1}}
-    assert _stage_params(params, ("seed", "prune", "export.opset")) == {
+    params = {"seed": 0, "prune": {"method": "channel", "ratio": 0.3, "round_to": None},
+              "export": {"opset": 17, "exporter": "x"}, "train": {"lr": 0.1}}
+    assert _params(params, ("seed", "prune", "export.opset")) == {
         "seed": "0", "prune.method": "channel", "prune.ratio": "0.3", "export.opset": "17"}
+
+
+def test_a_report_number_that_repeats_a_setting_is_no_metric_but_one_the_stage_computed_is():
+    from pruning.tracking.pipeline import _curves_and_summary
+
+    report = {"ratio": 0.5, "opset": 17, "parity_score": 0.02, "steps": [{"step": 0, "ratio": 0.25}]}
+    curves, summary = _curves_and_summary([report], {"ratio": 0.5, "opset": 17})
+    assert summary == {"parity_score": 0.02} and len(curves) == 1
+    _, searched = _curves_and_summary([report], {"ratio": None, "opset": 17})  # prune.ratio unset: it searched
+    assert searched == {"final_ratio": 0.5, "parity_score": 0.02}
+
+
+def test_the_parent_run_s_params_are_params_yaml_s_settings_with_one_param_per_gate():
+    """The shipped params.yaml logged 106 params: 24 of them gates.* (four per gate, `relative_to_dense: None` among
+    them), more unset defaults as "None"."""
+    import yaml
+
+    from pruning.config import load_config
+    from pruning.stages import STAGES
+    from pruning.tracking.pipeline import _used_params
+    from tests.conftest import REPO
+
+    written = yaml.safe_load((REPO / "params.yaml").read_text())
+    logged = _used_params(load_config(REPO / "params.yaml").model_dump(mode="json"), STAGES)
+    gates = {k for k in logged if k.startswith("gates.")}
+    assert gates == {f"gates.{name}" for name in written["gates"]}
+    assert logged["gates.macs"] == "macs_reduction >= 2"
+    assert set(logged) - gates <= set(flatten(written))  # nothing params.yaml does not say
+    assert "None" not in logged.values() and len(logged) <= 80
 
 
 def test_an_equal_metric_does_not_beat_the_champion_through_a_rounded_tag(store):
@@ -168,3 +199,108 @@ def test_an_equal_metric_does_not_beat_the_champion_through_a_rounded_tag(store)
     cfg = parse_config(TINY)
     assert promote(_pipeline_run(store, 1 / 3, True), cfg).alias == "champion"
     assert promote(_pipeline_run(store, 1 / 3, True), cfg).alias == "challenger"
+
+
+@pytest.mark.parametrize("shipped", ["quantized", "pruned"])
+def test_tradeoff_shows_the_pruned_and_the_int8_point_where_they_coincide(shipped):
+    """Same MACs and (here) the same accuracy: each point still changes pixels where it is drawn (before, the INT8
+    circle covered the pruned one in the MACs panel)."""
+    from pruning.tracking.figures import tradeoff
+
+    variant = {"macs": 5e4, "metric": 0.93, "latency_ms_b1": 0.03, "latency_ms_bN": 0.1}
+    metrics = {"dense": {**variant, "macs": 2e5, "metric": 0.98}, "pruned": variant, "quantized": dict(variant)}
+    fig = tradeoff(metrics, 16, shipped)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    x, y = ax.transData.transform((variant["macs"] * 1e-6, variant["metric"]))
+    height = fig.canvas.get_width_height()[1]
+    window = (slice(int(height - y) - 12, int(height - y) + 12), slice(int(x) - 12, int(x) + 12))
+    full = np.asarray(fig.canvas.buffer_rgba())[window].copy()
+    for line in [ln for ln in ax.get_lines() if ln.get_label().startswith(("pruned fp32", "pruned INT8"))]:
+        line.set_visible(False)  # what the image loses without this point: nothing if another covers it
+        fig.canvas.draw()
+        assert (np.asarray(fig.canvas.buffer_rgba())[window] != full).any(axis=-1).sum() > 10, line.get_label()
+        line.set_visible(True)
+
+
+def test_promote_registers_a_model_whose_name_holds_quotes(store):
+    """MLflow takes quotes in a name; a filter string quoting it (name='a'b') made promote fail at the end of a run."""
+    cfg = parse_config(merge(TINY, {"registry": {"model_name": "team's \"best\" model"}}))
+    run_id = _pipeline_run(store, 0.9, True)
+    first = promote(run_id, cfg)
+    assert (first.model_name, first.version, first.alias) == ("team's \"best\" model", "1", "champion")
+    assert promote(run_id, cfg).reason == "already registered (first champion)"
+    assert promote(_pipeline_run(store, 0.8, True), cfg).alias == "challenger"
+
+
+def test_the_move_the_store_aside_hint_only_where_the_store_is_damaged(tmp_path):
+    """A request the store refused (a bad value) leaves a healthy store where it is; a file that is no database
+    gets the hint (test_an_unreachable_server_and_a_damaged_store_are_one_line_each)."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    from pruning.errors import PruningError
+    from pruning.tracking.store import store_errors
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(PruningError) as exc, store_errors(uri):
+        raise MlflowException.invalid_parameter_value("Invalid model name 'a/b'. Names cannot contain '/' or ':'.")
+    assert str(exc.value) == (f"MLflow store {uri} failed: MlflowException: Invalid model name 'a/b'. Names cannot "
+                              "contain '/' or ':'.")
+    with pytest.raises(PruningError, match=r"database is locked$"), store_errors(uri):
+        raise sqlite3.OperationalError("database is locked")  # busy, not damaged
+    with pytest.raises(PruningError, match=r"wrapped \(the file is damaged: move it aside \(mv "), store_errors(uri):
+        try:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        except sqlite3.DatabaseError as cause:
+            raise RuntimeError("wrapped") from cause
+
+
+def test_a_store_that_cannot_be_written_while_it_is_created_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """A real write failure half-way through creating the tables (the file size limit, RLIMIT_FSIZE: a full disk
+    without root): one line naming the store and sqlite's reason, no temporary store left, no store."""
+    import resource
+    import signal
+
+    from pruning.errors import PruningError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), no signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # the new store grows past 64 KiB while migrating
+    try:
+        with pytest.raises(PruningError) as exc:
+            setup("pruning", tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert str(exc.value) == f"cannot create the MLflow store {tmp_path / 'mlflow.db'}: disk I/O error"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db.create.lock"]  # the lock's (empty) file only
+
+
+@pytest.mark.parametrize("error", ["sqlite", "os"])
+def test_a_full_disk_while_the_store_is_created_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, error):
+    """ENOSPC as sqlite reports it (SQLITE_FULL, through SQLAlchemy) and as the OS does, after the temporary store
+    was started: "no space left on device", and the temporary file gone."""
+    import errno
+    import sqlite3
+
+    import sqlalchemy.exc
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from pruning.errors import PruningError
+
+    def full(self, uri, artifacts):
+        Path(uri.removeprefix("sqlite:///")).write_bytes(b"SQLite format 3\x00")  # what was written before
+        if error == "os":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        full_ = sqlite3.OperationalError("database or disk is full")
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE runs (...)", {}, full_) from full_
+
+    monkeypatch.setattr(SqlAlchemyStore, "__init__", full)  # MLflow's side: our creation around it is under test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PruningError) as exc:
+        setup("pruning", tmp_path)
+    assert str(exc.value) == f"cannot create the MLflow store {tmp_path / 'mlflow.db'}: no space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db.create.lock"]

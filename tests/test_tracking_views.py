@@ -85,7 +85,7 @@ def test_the_registered_version_links_to_the_pipeline_run_and_says_its_verdict(l
     cfg, client, promotion = logged["cfg"], logged["client"], logged["promotion"]
     version = client.get_model_version(cfg.registry.model_name, promotion.version)
     assert version.run_id == logged["parent"].info.run_id  # Source Run: the parent, not the quantize run
-    assert version.description.startswith("**GATES PASSED** (2 of 2) · champion: first champion")
+    assert version.description.startswith("GATES PASSED (2 of 2) · champion: first champion")  # plain: the list
     assert "## Using the model" in version.description and "pixel values / 16" in version.description
     gate = version.tags["gate.parity"]  # 4 significant digits, as the summary prints
     value = gate.split(" = ")[1].split(" ")[0]
@@ -100,17 +100,41 @@ def test_the_parent_run_holds_what_a_reviewer_reads_and_nothing_else(logged):
     assert parent.data.tags["mlflow.note.content"].startswith("# Pruning pipeline")
     assert not [k for k in parent.data.params if k.startswith(("bench.", "paths.", "schedule."))]
     assert {"prune.ratio", "registry.model_name", "latency.batch_size_N", "latency.threads"} <= parent.data.params.keys()
+    assert parent.data.params["gates.parity"] == "parity_score <= 1" and "gates.parity.op" not in parent.data.params
     metrics = parent.data.metrics
     assert "threads" not in metrics and "batch_size_N" not in metrics
     assert "shipped.latency_ms_b16" in metrics and not [k for k in metrics if k.endswith("_bN")]  # N = 16 here
     assert {"int8_vs_dense_speedup_b1", "int8_vs_pruned_speedup_b1"} <= metrics.keys()
     assert runs["evaluate"].data.metrics == {}  # the parent's figures, not repeated
     artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
-    assert {"tradeoff.png", "prune_steps.png", "gates.json", "metrics.json"} <= artifacts
+    assert {"tradeoff.png", "prune_steps.png", "gates.json", "metrics.json", "params.json"} <= artifacts
     inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
     md5 = parent.data.tags["data_md5_train"]
     assert inputs["digits:train.npz"].dataset.digest == md5
     assert {t.key: t.value for t in inputs["digits:train.npz"].tags}["mlflow.data.context"] == "training"
+
+
+def test_no_run_charts_a_setting_as_a_metric(logged):
+    """A report number that repeats one of its run's params (export's atol / rtol / opset / parity samples, quantize's
+    calibration samples, prune's ratio and steps, all logged as metrics before) is not a metric: a constant."""
+    client = logged["client"]
+    for name, run in logged["runs"].items():
+        params = run.data.params
+        for metric, value in run.data.metrics.items():
+            if len(client.get_metric_history(run.info.run_id, metric)) > 1:
+                continue  # a curve (prune's ratio over its steps: the schedule)
+            echoes = [k for k, v in params.items() if k.rsplit(".", 1)[-1].split("_")[-1] == metric.split("_")[-1]
+                      and (k.endswith("." + metric) or k.endswith("_" + metric)) and _number(v) == value]
+            assert not echoes, f"{name}: metric {metric} = {value} repeats the param {echoes}"
+    assert logged["runs"]["export"].data.params["export.parity_atol"] == "0.0001"
+    assert {"parity_score", "dense_parity"} <= logged["runs"]["export"].data.metrics.keys()  # what it measured stays
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def test_a_stage_dvc_reused_is_a_zero_length_run_that_says_so():
@@ -142,7 +166,10 @@ def test_a_timing_too_spread_to_trust_decides_no_gate():
         {"name": "speed", "metric": "speedup_bN", "op": ">=", "threshold": 1.5, "value": 9.0, "passed": True},
         {"name": "fast", "metric": "shipped.latency_ms_b1 (ratio vs dense)", "op": "<=", "threshold": 1, "value": 0.5,
          "passed": True},
-        {"name": "macs", "metric": "macs_reduction", "op": ">=", "threshold": 2.0, "value": 3.0, "passed": True}]}
+        {"name": "macs", "metric": "macs_reduction", "op": ">=", "threshold": 2.0, "value": 3.0, "passed": True},
+        # the shipped model's accuracy: measured on the test split, whatever the timing (it was distrusted too)
+        {"name": "shipped_accuracy", "metric": "shipped_metric_drop", "op": "<=", "threshold": 0.01, "value": 0.0,
+         "passed": True}]}
     out = distrust_latency(verdict, "unreliable timing")
-    assert not out["passed"] and [c["passed"] for c in out["checks"]] == [False, False, True]
+    assert not out["passed"] and [c["passed"] for c in out["checks"]] == [False, False, True, True]
     assert out["checks"][0]["why"] == "unreliable timing" and "why" not in out["checks"][2]

@@ -59,6 +59,11 @@ def metric_value(metrics: dict[str, Any], name: str, relative_to_dense: str | No
     return value
 
 
+def gate_metric(metric: str, relative_to_dense: str | None) -> str:
+    """What a gate checks, as its reports say it: ``metric_drop``, ``quantized.accuracy (diff vs dense)``."""
+    return metric + (f" ({relative_to_dense} vs dense)" if relative_to_dense else "")
+
+
 def evaluate_gates(metrics: dict[str, Any], gates: dict[str, GateConfig]) -> dict[str, Any]:
     """Check every gate. Returns ``{passed, checks: [{name, metric, op, threshold, value, passed}]}``.
 
@@ -74,7 +79,7 @@ def evaluate_gates(metrics: dict[str, Any], gates: dict[str, GateConfig]) -> dic
         checks.append(
             {
                 "name": name,
-                "metric": gate.metric + (f" ({gate.relative_to_dense} vs dense)" if gate.relative_to_dense else ""),
+                "metric": gate_metric(gate.metric, gate.relative_to_dense),
                 "op": gate.op,
                 "threshold": gate.threshold,
                 "value": None if math.isnan(value) else value,

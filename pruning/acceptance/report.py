@@ -86,7 +86,7 @@ def summary_table(metrics: Metrics, latency: Latency) -> Table:
     """Dense vs pruned vs INT8, with the ratios against dense."""
     caption = " ".join(n for n in (shipped_note(latency), sparsity_note(metrics)) if n)
     table = Table(title=f"Pruning summary (ONNX Runtime, {latency.threads} thread(s), N = {latency.batch_size_N})",
-                  caption=caption)
+                  caption=caption, caption_justify="left")  # a sentence: centred, its wrapped last words float
     for col in ("", "dense", "pruned", "INT8", "pruned vs dense", "INT8 vs dense"):
         table.add_column(col, justify="left" if not col else "right")
     for row in _cells(metrics, latency):

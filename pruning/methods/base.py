@@ -41,6 +41,15 @@ class Outcome:
     report: dict[str, Any] = field(default_factory=dict)  # the method's own facts
 
 
+def describe_step(record: dict[str, Any], dense: dict[str, Any], metric: str) -> str:
+    """A step record as a log line: ``ratio 0.25, MACs 115.5 k (1.74x fewer), params 11.3 k, accuracy 0.9694, loss
+    0.1553`` (``dense``: the step-0 record, what the MACs are compared with; ``metric``: the task metric's name, which
+    the record keeps under ``accuracy``)."""
+    fewer = dense["macs"] / record["macs"] if record["macs"] else float("inf")
+    return (f"ratio {record['ratio']:.3g}, MACs {record['macs'] / 1e3:.1f} k ({fewer:.2f}x fewer), params "
+            f"{record['params'] / 1e3:.1f} k, {metric} {record['accuracy']:.4f}, loss {record['loss']:.4f}")
+
+
 def step_record(step: int, ratio: float, model: nn.Module, ctx: Context) -> dict[str, Any]:
     """One point of the pruning curve: what was removed so far (``ratio``, the method's own measure), MACs, params,
     the task's metric on the test split (under ``accuracy``, the curve's fixed column) and loss, scored on

@@ -35,7 +35,7 @@ from pruning.data import calibration_sample
 from pruning.distributed import fit
 from pruning.errors import PruningError
 from pruning.methods import depth
-from pruning.methods.base import Context, Outcome, step_record
+from pruning.methods.base import Context, Outcome, describe_step, step_record
 from pruning.schema import Section
 from pruning.training import Optim, recalibrate_batchnorm
 
@@ -172,7 +172,7 @@ def run_schedule(model: nn.Module, cfg: Config, ratio: float, ctx: Context,
             fit(ctx.ranks, model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr),
                 seed + step, f"prune step {step} fine-tune", device=device, task=task)
         steps.append(step_record(step, scheduled[step], model, ctx))
-        log.info("prune step %d/%d: %s", step, n, steps[-1])
+        log.info("prune step %d/%d: %s", step, n, describe_step(steps[-1], steps[0], task.metric_name))
     return pruner.pruning_history(), steps, plan
 
 

@@ -19,7 +19,8 @@ from onnxruntime.quantization import CalibrationDataReader
 from rich import get_console
 from rich.progress import Progress
 
-from pruning.errors import QuantizationError
+from pruning.errors import ModelError, QuantizationError
+from pruning.runtime.session import check_model_file
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,12 @@ class _Calibration(CalibrationDataReader):
 
 def preprocess(src: str | Path, dst: str | Path) -> None:
     """ORT's shape pre-processing of ``src`` into ``dst``, every node given a unique name (ORT excludes nodes from
-    quantization by name, so an unnamed node could not be told apart)."""
+    quantization by name, so an unnamed node could not be told apart). ``src`` is checked first
+    (:func:`~pruning.runtime.session.check_model_file`)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    check_model_file(src)
     quant_pre_process(str(src), str(dst))
     model = onnx.load(str(dst))
     seen: set[str] = set()
@@ -109,5 +112,7 @@ def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarra
                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                                 calibrate_method=methods[method], calibration_cache_path=ranges,
                                 extra_options={"CalibTensorRangeSymmetric": False})
+    except ModelError:  # the model file itself, named by preprocess
+        raise
     except Exception as exc:  # ORT raises assorted errors (onnx, numpy, its own)
         raise QuantizationError(f"INT8 quantization of {src} failed: {type(exc).__name__}: {exc}") from None

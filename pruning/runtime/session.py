@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pruning.data import batches, tensors
+from pruning.errors import ModelError
 from pruning.task import CLASSIFICATION, Task, mean_scores
 
 INPUT_NAME = "input"  # a single-input model's input; a model with several keeps its own names (export.py)
@@ -34,15 +35,63 @@ def session_options(threads: int = 1, level: str = "all"):
     return opts
 
 
+def check_model_file(path: str | Path) -> None:
+    """Refuse, in one line (:class:`~pruning.errors.ModelError` naming the file and the tensor), an ONNX file that is
+    not one, or one with a tensor whose external data lies outside the file's directory once symbolic links are
+    followed (``../secret.bin``, or a link out), or is missing. Every model file a stage opens goes through it (ORT
+    sessions, quantization) before ONNX or ONNX Runtime reads it: they refuse such data too, but as a traceback."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, an OSError: the file is not a model
+        raise ModelError(f"{path} is not an ONNX model ({type(exc).__name__}): rerun the stage that wrote it") from None
+    base = path.absolute().parent.resolve()
+    for tensor in _tensors(model.graph):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        try:
+            real = (base / location).resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            real = None
+        if real is None or not real.is_relative_to(base):
+            raise ModelError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, outside the model's "
+                             "directory: refused (rerun the stage that wrote it)")
+        if not real.is_file():
+            raise ModelError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is not a file "
+                             "beside it (rerun the stage that wrote it)")
+
+
+def _tensors(graph: Any) -> Iterable[Any]:
+    """Every tensor of an ONNX graph: initializers (sparse ones' values and indices) and node attributes, subgraphs
+    (If / Loop / Scan bodies) included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
 def session(path: str | Path | bytes, threads: int = 1, level: str = "all"):
     """An ONNX Runtime CPU session with fixed intra-op threads and graph optimisation ``level`` (default: all).
 
-    ``path`` may also be a serialized model. ``level``: "disable", "basic", "extended" or "all" (ORT's levels; "all"
-    adds the layout optimisations, e.g. NCHWc convolutions).
+    ``path`` may also be a serialized model; a file is checked first (:func:`check_model_file`). ``level``:
+    "disable", "basic", "extended" or "all" (ORT's levels; "all" adds the layout optimisations, e.g. NCHWc
+    convolutions).
     """
     import onnxruntime as ort
 
     opts = session_options(threads, level)
+    if not isinstance(path, bytes):
+        check_model_file(path)
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 

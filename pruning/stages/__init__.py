@@ -31,6 +31,9 @@ class Stage:
     models: dict[str, str] = field(default_factory=dict)  # MLflow model name -> paths.* key, logged with its run
     retries: int = 0  # flow task retries: only for stages that do I/O against a service
     gated: bool = False  # its result carries the gate verdict (the verb gets --strict)
+    # report key -> the params.yaml key whose value it repeats (how the stage ran): a param of its MLflow run, not a
+    # metric; a report value the stage computed instead (prune's ratio, searched for when prune.ratio is unset) stays one
+    settings: dict[str, str] = field(default_factory=dict)
     # "module:function" (params.yaml path -> bool), importing no torch: True when the stage's outputs are the ones it
     # would write now, and the command DVC runs may return at once (a stage DVC runs on every repro: always_changed)
     unchanged: str | None = None
@@ -75,11 +78,13 @@ STAGES: tuple[Stage, ...] = (
           params=("seed", "device", "threads", "distributed", "model", "task", "train"), reads=(*_DATA, "weights_dir"),
           writes=("dense_model", "train_report"),
           reports=("train_report",)),
-    Stage("prune", "Prune the dense model with the method params.yaml names in prune.method.",
+    Stage("prune", "Prune the dense model with the method params.yaml names in prune.method: channel (the default), "
+          "depth, unstructured, lottery or complexity_aware (docs/methods.md).",
           params=("seed", "device", "threads", "distributed", "model.arch", "task", "prune", "export.opset"),
           reads=(*_DATA, "dense_model"),
           writes=("pruned_model", "prune_report", "prune_steps", "latency_table"),
-          reports=("prune_report", "prune_steps"), artifacts=("latency_table",)),
+          reports=("prune_report", "prune_steps"), artifacts=("latency_table",),
+          settings={"ratio": "prune.ratio", "iterative_steps": "prune.iterative_steps"}),
     Stage("finetune", "Fine-tune the pruned model, optionally distilling from the dense one.",
           params=("seed", "device", "threads", "distributed", "model.arch", "task", "finetune"),
           reads=(*_DATA, "dense_model", "pruned_model"),
@@ -87,16 +92,20 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", "Export dense and pruned models to ONNX; fail unless parity with torch holds.",
           params=("model.arch", "export"), reads=("test_data", "data_meta", "dense_model", "finetuned_model"),
           writes=("dense_onnx", "pruned_onnx", "export_report"), reports=("export_report",),
-          models={"pruned_fp32": "pruned_onnx"}),
+          models={"pruned_fp32": "pruned_onnx"},
+          settings={"opset": "export.opset", "parity_samples": "export.parity_samples", "atol": "export.parity_atol",
+                    "rtol": "export.parity_rtol"}),
     Stage("quantize", "Quantize the pruned ONNX model with ONNX Runtime (static INT8 QDQ by default).",
           params=("seed", "quantize", "evaluate"), reads=("train_data", "data_meta", "pruned_onnx"),
-          writes=("quantized_onnx", "quantize_report"), reports=("quantize_report",), models={"int8": "quantized_onnx"}),
+          writes=("quantized_onnx", "quantize_report"), reports=("quantize_report",), models={"int8": "quantized_onnx"},
+          settings={"calibration_samples": "quantize.calibration_samples"}),
     Stage("evaluate", "Measure dense / pruned / INT8 in ONNX Runtime, write metrics.json, check the gates.",
           params=("data", "model.arch", "task", "evaluate", "gates", "tracking"),
           reads=("test_data", "data_meta", "dense_model", "finetuned_model", "dense_onnx", "pruned_onnx",
                  "quantized_onnx", "train_report", "prune_report", "prune_steps", "finetune_report", "export_report",
                  "quantize_report", "latency_table"),
-          writes=("metrics", "latency_metrics", "gates", "mlflow_run"), reports=("metrics", "latency_metrics", "gates"),
+          writes=("metrics", "latency_metrics", "gates", "headline", "mlflow_run"),
+          reports=("metrics", "latency_metrics", "gates"),
           retries=2, gated=True),
 )
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pruning import sparse
 from pruning.acceptance.gates import distrust_latency, evaluate_gates
-from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, choose_shipped, dump, merged, spread
+from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, choose_shipped, dump, headline, merged, spread
 from pruning.checkpoint import load_model
 from pruning.counting import count_macs, structural_sparsity
 from pruning.data import EVAL_BATCH, take
@@ -89,6 +89,7 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     write_json(p.metrics, dump(metrics))
     write_json(p.latency_metrics, dump(timed))
     write_json(p.gates, verdict)
+    write_json(p.headline, headline(metrics, timed, verdict))
     # the previous run's id is not this run's; written before any MLflow run opens, so that an output directory that
     # cannot be written fails here, leaving no orphan run in MLflow
     write_json(p.mlflow_run, {"run_id": None, "experiment": cfg.tracking.experiment})

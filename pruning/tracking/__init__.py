@@ -9,9 +9,9 @@ the modules never import it back.
 """
 
 from pruning.tracking.benchmarks import log_bench, log_report
-from pruning.tracking.pipeline import PipelineRecord, log_pipeline, reap, spans
+from pruning.tracking.pipeline import UI_VIEW, PipelineRecord, log_pipeline, reap, spans
 from pruning.tracking.registry import Promotion, promote
 from pruning.tracking.store import FP32_MODEL_TAG, INT8_MODEL_TAG, flatten, setup, warm_up
 
 __all__ = ["FP32_MODEL_TAG", "INT8_MODEL_TAG", "PipelineRecord", "Promotion", "flatten", "log_bench", "log_pipeline",
-           "log_report", "promote", "reap", "setup", "spans", "warm_up"]
+           "log_report", "promote", "reap", "setup", "spans", "UI_VIEW", "warm_up"]

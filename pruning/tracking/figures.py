@@ -14,16 +14,20 @@ def tradeoff(metrics: dict[str, Any], batch_n: int, shipped: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = {"dense": "dense fp32", "pruned": "pruned fp32", "quantized": "pruned INT8"}
+    # pruned fp32 and INT8 have the same MACs and often the same metric: INT8 is a hollow diamond around the pruned
+    # model's filled square, so that neither hides the other
+    styles = {"dense": ("dense fp32", "o", 7, {}), "pruned": ("pruned fp32", "s", 6, {}),
+              "quantized": ("pruned INT8", "D", 12, {"markerfacecolor": "none", "markeredgewidth": 2})}
     axes_spec = [("macs", 1e-6, "MACs (M)"), ("latency_ms_b1", 1.0, "latency p50, batch 1 (ms)"),
                  ("latency_ms_bN", 1.0, f"latency p50, batch {batch_n} (ms)")]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.5), sharey=True)
     for ax, (key, scale, label) in zip(axes, axes_spec, strict=True):
-        for i, (variant, name) in enumerate(names.items()):
+        for i, (variant, (name, marker, size, style)) in enumerate(styles.items()):
             m = metrics[variant]
-            ax.plot(m[key] * scale, m["metric"], "o", color=f"C{i}", markersize=9 if variant == shipped else 6,
-                    label=name + (" (ships)" if variant == shipped else ""))
+            ax.plot(m[key] * scale, m["metric"], marker, color=f"C{i}", markersize=size + (2 if variant == shipped else 0),
+                    label=name + (" (ships)" if variant == shipped else ""), **style)
         ax.set_xlabel(label)
+        ax.margins(0.12)  # no marker cut in half by the frame
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"test {metrics.get('metric_name', 'metric')}")
     axes[0].legend(fontsize=7)

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 _SERIES_KEYS = ("epoch", "step", "round")
 _SETTINGS = ("batch_size_N", "threads")  # how latency was measured: params of the run, not metrics
 EXPERIMENT_KIND = "custom_model_development"  # the UI opens it as model training, not as the GenAI (traces) view
+# The query that opens MLflow 3.x's UI on its model-training view (runs, models): the experiment kind alone does not,
+# the UI starts in its GenAI view (traces, evaluation runs) whatever the experiment is
+UI_VIEW = "workflowType=machine_learning"
 
 
 class TrackedStage(Protocol):
@@ -53,6 +56,7 @@ class TrackedStage(Protocol):
     artifacts: tuple[str, ...]  # paths.* keys of other files logged as they are
     models: dict[str, str]  # MLflow model name -> paths.* key of an ONNX file
     gated: bool  # its figures are the parent run's
+    settings: dict[str, str]  # report key -> the params.yaml key it repeats: a param of the run, not a metric
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,11 @@ def _log_pipeline(record: PipelineRecord, experiment_id: str) -> str:
                                tags={**_owner(), "mlflow.note.content": record.summary})
     with mlflow.start_run(run_id=parent.info.run_id):
         mlflow.set_tags({**record.tags, "gates": "passed" if record.gates["passed"] else "failed"})
-        mlflow.log_params({k: str(v)[:6000] for k, v in _used_params(record.params, record.stages).items()})
+        mlflow.log_params(_used_params(record.params, record.stages))
         mlflow.log_params({f"latency.{k}": record.metrics[k] for k in _SETTINGS if k in record.metrics})
         mlflow.log_metrics({metric_name(k, batch_n): v for k, v in numbers(record.metrics).items()
                             if k not in _SETTINGS})
+        mlflow.log_dict(record.params, "params.json")  # every setting, the defaults params.yaml left out included
         mlflow.log_dict(record.metrics, "metrics.json")
         mlflow.log_dict(record.gates, "gates.json")
         _log_input(record)
@@ -148,10 +153,25 @@ def _log_pipeline(record: PipelineRecord, experiment_id: str) -> str:
         return parent.info.run_id
 
 
-def _used_params(params: dict[str, Any], stages: Sequence[TrackedStage]) -> dict[str, Any]:
+def _used_params(params: dict[str, Any], stages: Sequence[TrackedStage]) -> dict[str, str]:
     """The params.yaml keys some stage or the registry reads (not the paths, the schedule or the benchmarks')."""
-    keys = {k for stage in stages for k in stage.params} | {"registry"}
-    return {k: v for k, v in flatten(params).items() if any(k == key or k.startswith(key + ".") for key in keys)}
+    return _params(params, tuple({k for stage in stages for k in stage.params} | {"registry"}))
+
+
+def _params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
+    """The settings under ``keys`` as MLflow params, flattened (``prune.ratio``, ``seed``, ``export.opset``): what is
+    unset (None) left out, each gate one param (``gates.macs`` = ``macs_reduction >= 2.0``) instead of four."""
+    flat = flatten({k: v for k, v in params.items() if k != "gates"})
+    flat.update({f"gates.{name}": _gate(gate) for name, gate in (params.get("gates") or {}).items()})
+    return {k: str(v)[:6000] for k, v in flat.items()
+            if v is not None and any(k == key or k.startswith(key + ".") for key in keys)}
+
+
+def _gate(gate: dict[str, Any]) -> str:
+    """A gate of params.yaml in one line, as the gates report says it (``quantized.accuracy (diff vs dense) >= -0.01``)."""
+    from pruning.acceptance.gates import gate_metric
+
+    return f"{gate_metric(gate['metric'], gate.get('relative_to_dense'))} {gate['op']} {gate['threshold']:g}"
 
 
 def _log_input(record: PipelineRecord) -> None:
@@ -188,25 +208,24 @@ def _series(run_id: str, rows: list[dict[str, Any]], step_key: str) -> None:
         mlflow.MlflowClient().log_batch(run_id, metrics=points[i:i + 900])
 
 
-def _curves_and_summary(docs: list[Any]) -> tuple[list[tuple[list[dict[str, Any]], str]], dict[str, float]]:
+def _curves_and_summary(docs: list[Any], settings: dict[str, Any] | None = None,
+                        ) -> tuple[list[tuple[list[dict[str, Any]], str]], dict[str, float]]:
     """A stage's reports as (curves, summary numbers); a summary number whose name a curve uses becomes
-    ``final_<name>`` (one name, one meaning: the curve)."""
+    ``final_<name>`` (one name, one meaning: the curve). ``settings``: report key -> the value of the param it
+    repeats; such a number is left out (export's opset, quantize's calibration samples: params of the run, a metric
+    would chart a constant), unless the stage computed another value (a ratio prune searched for, prune.ratio unset)."""
     curves: list[tuple[list[dict[str, Any]], str]] = []
     summary: dict[str, float] = {}
+    settings = settings or {}
     for doc in docs:
         if (step := _series_key(doc)) is not None:
             curves.append((doc, step))
         elif isinstance(doc, dict):
-            summary.update(numbers({k: v for k, v in doc.items() if _series_key(v) is None}))
+            summary.update(numbers({k: v for k, v in doc.items()
+                                    if _series_key(v) is None and not (k in settings and settings[k] == v)}))
             curves += [(rows, step) for rows in doc.values() if (step := _series_key(rows)) is not None]
     names = {k for rows, _ in curves for row in rows for k in row}
     return curves, {(f"final_{k}" if k in names else k): v for k, v in summary.items()}
-
-
-def _stage_params(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, str]:
-    """The params.yaml keys a stage reads, flattened (``prune.ratio``, ``seed``, ``export.opset``)."""
-    flat = flatten(params)
-    return {k: str(v)[:6000] for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in keys)}
 
 
 def _log_stage(stage: TrackedStage, record: PipelineRecord, models: dict[str, str], experiment_id: str, parent_id: str,
@@ -222,10 +241,12 @@ def _log_stage(stage: TrackedStage, record: PipelineRecord, models: dict[str, st
                                        "are those of the run that produced them.")
     run_id = client.create_run(experiment_id, start_time=_ms(start), tags=tags, run_name=stage.name).info.run_id
     with mlflow.start_run(run_id=run_id, nested=True):
-        mlflow.log_params(_stage_params(record.params, stage.params))
+        mlflow.log_params(_params(record.params, stage.params))
         paths = [Path(getattr(record.paths, key)) for key in stage.reports]
         if not stage.gated:  # the gated stage's figures are the parent run's
-            curves, summary = _curves_and_summary([json.loads(path.read_text()) for path in paths])
+            flat = flatten(record.params)
+            curves, summary = _curves_and_summary([json.loads(path.read_text()) for path in paths],
+                                                  {k: flat.get(key) for k, key in stage.settings.items()})
             mlflow.log_metrics(summary)
             for rows, step in curves:
                 _series(run_id, rows, step)

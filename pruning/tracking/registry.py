@@ -87,10 +87,10 @@ def promote(run_id: str, cfg: Config, root: str | Path = ".") -> Promotion:
 
 
 def _registered(client: Any, name: str, run_id: str) -> Any | None:
-    """The version registered from ``run_id``, or None."""
-    if not client.search_registered_models(f"name='{name}'"):
-        return None
-    found = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("run_id") == run_id]
+    """The version registered from ``run_id``, or None. Searched by the run's id (hex digits), not by the name: a
+    filter string cannot quote every name MLflow accepts (``a'b``)."""
+    found = [v for v in client.search_model_versions(f"run_id='{run_id}'")
+             if v.name == name and v.tags.get("run_id") == run_id]
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -129,12 +129,13 @@ def _g(value: Any) -> str:
 
 def _verdict(gates: dict[str, Any], promotion: Promotion | None) -> str:
     """The first line of a version's description: the gate verdict and the alias decision, where the UI shows it
-    (the version list's green check only means the files were registered)."""
+    (the version list's green check only means the files were registered). Plain text: the versions list shows the
+    description's first line as it is, markdown marks included."""
     if gates["passed"]:
-        head = f"**GATES PASSED** ({len(gates['checks'])} of {len(gates['checks'])})"
+        head = f"GATES PASSED ({len(gates['checks'])} of {len(gates['checks'])})"
     else:
         failed = [c["name"] for c in gates["checks"] if not c["passed"]]
-        head = f"**GATES FAILED**: {', '.join(failed)} — not for deployment"
+        head = f"GATES FAILED: {', '.join(failed)} — not for deployment"
     return head + (f" · {promotion.alias or 'no alias'}: {promotion.reason}" if promotion else "")
 
 

@@ -4,12 +4,13 @@ benchmarks' runs (benchmarks.py) build on it."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def lock(uri: str, purpose: str, timeout: float = 600.0):
 
 def create_sqlite_store(db: Path, artifacts: Path) -> None:
     """Create (and migrate) a new sqlite store in a temporary file, then move it into place: a kill at any moment leaves
-    either no store or a complete one, never a half-migrated one."""
+    either no store or a complete one, never a half-migrated one. A failure on the way (a full disk) removes the
+    temporary file and is one line naming the store and the reason (:class:`~pruning.errors.PruningError`)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     remove_leftovers(db)  # the temporary stores of creators that were killed
@@ -60,13 +62,39 @@ def create_sqlite_store(db: Path, artifacts: Path) -> None:
     tmp.unlink(missing_ok=True)
     uri = f"sqlite:///{tmp}"
     try:
-        SqlAlchemyStore(uri, artifacts.as_uri())  # creates every table (tracking and registry) and migrates to head
-    finally:
-        engine = SqlAlchemyStore._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
-    faults.point("mlflow:store")
-    os.replace(tmp, db)
+        try:
+            SqlAlchemyStore(uri, artifacts.as_uri())  # creates every table (tracking and registry), migrates to head
+        finally:
+            engine = SqlAlchemyStore._engine_map.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+        faults.point("mlflow:store")
+        os.replace(tmp, db)
+    except BaseException as exc:  # Ctrl-C included: nothing of this store is left behind
+        for leftover in (tmp, *(tmp.with_name(tmp.name + end) for end in ("-journal", "-wal", "-shm"))):
+            with suppress(OSError):
+                leftover.unlink()
+        if isinstance(exc, Exception):
+            raise PruningError(f"cannot create the MLflow store {db}: {failure_reason(exc)}") from None
+        raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a failed write to the store comes down to, in a few words: "no space left on device" for a full disk,
+    however deep it is wrapped (sqlite says "database or disk is full"), else the innermost OS or sqlite message."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None)
+    for e in chain:
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "database or disk is full" in str(e):
+            return "no space left on device"
+    for e in reversed(chain):  # the innermost first: sqlite3's own words, not SQLAlchemy's SQL dump
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        if type(e).__module__ == "sqlite3":
+            return str(e)
+    return (str(chain[0]).strip().splitlines() or [type(chain[0]).__name__])[0][:300]
 
 
 def setup(experiment: str, root: str | Path = ".") -> str:
@@ -91,8 +119,8 @@ def setup(experiment: str, root: str | Path = ".") -> str:
             with lock(uri, "create"):
                 if not db.is_file():
                     create_sqlite_store(db, Path(root).absolute() / ARTIFACT_DIR)
-        except OSError as exc:
-            raise PruningError(f"cannot create the MLflow store {db}: {exc.strerror or exc}") from None
+        except OSError as exc:  # its directory or the lock file
+            raise PruningError(f"cannot create the MLflow store {db}: {failure_reason(exc)}") from None
     mlflow.set_tracking_uri(uri)
     with store_errors(uri):
         client = mlflow.MlflowClient()
@@ -121,12 +149,36 @@ def store_errors(uri: str) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy, requests: all mean "the store failed"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         db = _sqlite_file(uri)
-        if db is not None:
-            fix = (f"if a run was killed while creating it, move it aside (mv {db} {db}.broken) and rerun; or set "
-                   "MLFLOW_TRACKING_URI")
-        else:
-            fix = "start the tracking server, fix MLFLOW_TRACKING_URI, or set tracking.enabled: false"
-        raise PruningError(f"MLflow store {uri} failed: {type(exc).__name__}: {first} ({fix})") from None
+        if db is not None and _damaged(exc):
+            fix = (f" (the file is damaged: move it aside (mv {db} {db}.broken) and rerun, or set "
+                   "MLFLOW_TRACKING_URI)")
+        elif db is None and not _refused(exc):
+            fix = " (start the tracking server, fix MLFLOW_TRACKING_URI, or set tracking.enabled: false)"
+        else:  # the store answered and refused one request: its own words are the fix, the store is healthy
+            fix = ""
+        raise PruningError(f"MLflow store {uri} failed: {type(exc).__name__}: {first}{fix}") from None
+
+
+# what sqlite says of a file that is no whole store (cut short, overwritten, or created half by an old version)
+_DAMAGE = ("file is not a database", "database disk image is malformed", "no such table", "no such column")
+
+
+def _damaged(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) says the sqlite file itself is damaged, not that one request was wrong."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(text in str(exc) for text in _DAMAGE):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when a server answered and refused the request (a bad value, a missing resource): no outage."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() < 500
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

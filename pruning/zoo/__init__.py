@@ -6,10 +6,14 @@ Every builder is called as ``builder(in_channels=..., num_classes=..., **kwargs)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -36,9 +40,12 @@ def resolve_callable(spec: str) -> Any:
     if not module_name or not attr:
         raise ModelError(f"{spec!r} is not 'module:callable'", field="arch")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code is a configuration problem here
-        raise ModelError(f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})", field="arch") from None
+        with user_code() as interrupted:
+            module = importlib.import_module(module_name)
+    except BaseException as exc:  # any import-time failure of user code (sys.exit too) is a configuration problem here
+        if interrupted(exc):
+            raise
+        raise ModelError(f"cannot import module {module_name!r} ({what_failed(exc)})", field="arch") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -47,6 +54,42 @@ def resolve_callable(spec: str) -> Any:
     if not callable(obj):
         raise ModelError(f"{spec!r} is not callable", field="arch")
     return obj
+
+
+@contextlib.contextmanager
+def user_code() -> Iterator[Callable[[BaseException], bool]]:
+    """Run the user's code (an import, a builder, a data callable) noting each SIGINT that arrives meanwhile (the
+    handler in place still runs). Yields ``interrupted(exc)``: whether ``exc`` is the user's Ctrl-C, to re-raise, and
+    not the code's own failure (a module that raises KeyboardInterrupt or calls sys.exit is a one-line error, exit
+    2). Signals reach the main thread only: elsewhere a KeyboardInterrupt is always the code's own."""
+    seen: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    watch = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
+
+    def note(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)  # Python's default raises KeyboardInterrupt here
+        else:  # SIG_DFL (or a handler not set from Python): die of the signal, as without this watch
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if watch:
+        signal.signal(signal.SIGINT, note)
+    try:
+        yield lambda exc: isinstance(exc, KeyboardInterrupt) and bool(seen)
+    finally:
+        if watch:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def what_failed(exc: BaseException) -> str:
+    """What user code did, in a few words: "it called sys.exit(3)", "it raised KeyboardInterrupt", "ValueError: x"."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({'' if exc.code is None else repr(exc.code)})"
+    if isinstance(exc, KeyboardInterrupt):
+        return "it raised KeyboardInterrupt"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def check_builder(spec: str, builder: Any) -> Any:
@@ -83,12 +126,13 @@ def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...] 
     else:
         raise ModelError(f'unknown architecture {arch!r} (zoo: {", ".join(ZOO)}; or give "module:callable")', field="arch")
     try:
-        model = builder(**call_kwargs)
+        with user_code() as interrupted:
+            model = builder(**call_kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build {arch!r} with arguments {kwargs}: {exc}", field="kwargs") from None
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:  # noqa: BLE001 - user code: its failure (even sys.exit) is a one-line error
+        if interrupted(exc):
+            raise
         raise ModelError(f"{arch!r} failed to build the model: {type(exc).__name__}: {exc}", field="arch") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{arch!r} returned {type(model).__name__}, not a torch.nn.Module", field="arch")

@@ -28,12 +28,12 @@ from pruning.fingerprint import RECORD
 from pruning.stages import BY_NAME
 from tests.conftest import write_params
 
-# the stage, the output the kill lands in (its file name), and how to tell the file is whole
+# the stage, the output the kill lands in (its file name), and how to tell the file is whole: one stage per way of
+# writing an output (prune and finetune publish their model files as train does, through checkpoint.save_model:
+# test_the_model_stages_publish_through_one_writer holds them to it)
 TARGETS = {
     "prepare": ("data/train.npz", lambda p: np.load(p, allow_pickle=False)["x"].shape[0] > 0),
     "train": ("models/dense.pt", lambda p: checkpoint.load_record(p)["arch"] == "resnet"),
-    "prune": ("models/pruned.pt", lambda p: checkpoint.load_record(p)["arch"] == "resnet"),
-    "finetune": ("models/finetuned.pt", lambda p: checkpoint.load_record(p)["arch"] == "resnet"),
     "export": ("models/dense.onnx", lambda p: onnx.checker.check_model(str(p), full_check=True) is None),
     "quantize": ("models/pruned.int8.onnx", lambda p: onnx.checker.check_model(str(p), full_check=True) is None),
     "evaluate": ("reports/metrics.json", lambda p: "dense" in json.loads(Path(p).read_text())),
@@ -79,6 +79,20 @@ def test_a_stage_killed_while_publishing_leaves_the_old_file_whole_and_a_rerun_c
     BY_NAME[stage].fn(load_config(root / "params.yaml"), root)
     assert whole(target)
     assert _leftovers(target) == []  # the dead writer's temporary file went with the next write
+
+
+def test_the_model_stages_publish_through_one_writer():
+    """train's kill above stands for prune's and finetune's: all three write their model file with
+    checkpoint.save_model (save_like calls it), whose temporary file + rename the kill lands in."""
+    import inspect
+
+    from pruning.stages import finetune, prune, train
+
+    for module, call in ((train, "save_model(p.dense_model"), (prune, "save_model(p.pruned_model"),
+                         (finetune, "save_like(p.finetuned_model")):
+        source = inspect.getsource(module)
+        assert call in source and "torch.save" not in source and "open(" not in source, module.__name__
+    assert "save_model(" in inspect.getsource(checkpoint.save_like)
 
 
 def _runs(root: Path) -> list:

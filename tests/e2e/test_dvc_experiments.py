@@ -26,12 +26,13 @@ def _json(*args: str, cwd: Path):
 
 
 def _in_git(repo_dir: Path) -> set[str]:
-    """The files dvc.yaml hands to git: its metrics and its plots' data files (all cache: false), plus the MLflow run
-    pointer (an experiment's commit holds its run id: docs/pipeline.md), resolved through params.yaml's paths."""
+    """The files dvc.yaml hands to git: its metrics, evaluate's reports and the MLflow run pointer (an experiment's
+    commit holds its run id: docs/pipeline.md), all cache: false, and its plots' data files, resolved through
+    params.yaml's paths."""
     dvc = yaml.safe_load((repo_dir / "dvc.yaml").read_text())
     names = {next(iter(m)) for s in dvc["stages"].values() for m in s.get("metrics", [])}
+    names |= {name for m in dvc["stages"]["evaluate"]["outs"] for name in m}
     names |= {f for p in dvc["plots"] for spec in p.values() for f in spec["y"]}
-    names.add("${paths.mlflow_run}")
     paths = yaml.safe_load((repo_dir / "params.yaml").read_text())["paths"]
     return {re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m[1]], n) for n in names}
 
@@ -49,8 +50,8 @@ def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_th
     # what a run leaves for git: dvc.lock and the metrics / plots files, nothing else (data, models and the other
     # reports are DVC's: ignored); the golden run's baseline commit holds them
     metric_files = _in_git(repo)
-    assert {"reports/metrics.json", "reports/latency.json", "reports/gates.json", "reports/prune_steps.json"} <= \
-        metric_files
+    assert {"reports/headline.json", "reports/metrics.json", "reports/latency.json", "reports/gates.json",
+            "reports/prune_steps.json", "reports/mlflow_run.json"} <= metric_files
     assert sorted(status_after_run(golden)) == sorted(f"?? {f}" for f in {"dvc.lock", *metric_files})
     assert _run("git", "status", "--porcelain", "--untracked-files=all", cwd=repo) == ""
     baseline = json.loads((repo / "reports/metrics.json").read_text())
@@ -67,17 +68,25 @@ def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_th
     exps = {r["name"]: r for e in head["experiments"] for r in e["revs"]}
     assert set(exps) == {"passing", "failing"}
     shown = {"baseline": _metrics(head), **{n: _metrics(r) for n, r in exps.items()}}
-    for name, metrics in shown.items():
-        assert set(metrics) == metric_files - {"reports/mlflow_run.json", "reports/prune_steps.json"}, name
-        # metrics.json is deterministic: the same numbers at every revision, read from each one's own commit
-        assert metrics["reports/metrics.json"]["macs_reduction"] == baseline["macs_reduction"], name
-        assert metrics["reports/latency.json"]["pruned"]["latency_ms_b1"] > 0, name
-    assert [shown[n]["reports/gates.json"]["passed"] for n in ("baseline", "passing", "failing")] == [True, True, False]
+    for name, metrics in shown.items():  # DVC's metrics: the headline alone, read from each revision's own commit
+        assert set(metrics) == {"reports/headline.json"}, name
+        headline = metrics["reports/headline.json"]
+        assert headline["fewer_macs"] == baseline["macs_reduction"] and headline["faster_b1"] > 0, name
+    assert [shown[n]["reports/headline.json"]["gates"] for n in ("baseline", "passing", "failing")] == \
+        ["passed", "passed", "failed"]
     assert exps["failing"]["data"]["params"]["params.yaml"]["data"]["gates"]["macs"]["threshold"] == 100
 
+    # the table as a terminal shows it (DVC's pager chops lines at the window's width): the headline first, readable
+    table = _run(*DVC, "exp", "show", cwd=repo).splitlines()
+    header = next(line for line in table if "Experiment" in line)[:120]
+    assert header.split() == ["Experiment", "Created", "gates", "ships", "metric", "drop", "fewer_macs", "faster_b1",
+                              "faster_bN"] + header.split()[9:], header
+    rows = {name: next(line[:120] for line in table if name in line) for name in ("passing", "failing")}
+    assert "passed" in rows["passing"] and "failed" in rows["failing"], rows
+
     diff = _json("metrics", "diff", "passing", "failing", cwd=repo)
-    assert diff["reports/gates.json"]["passed"] == {"old": True, "new": False, "diff": -1}
-    assert "reports/metrics.json" not in diff  # deterministic, so unchanged: not listed
+    assert diff["reports/headline.json"]["gates"] == {"old": "passed", "new": "failed"}  # not a "-1"
+    assert "fewer_macs" not in diff["reports/headline.json"]  # deterministic, so unchanged: not listed
     assert "failed to load" not in _run(*DVC, "metrics", "diff", cwd=repo)  # HEAD against the workspace (failing)
     plots = _json("plots", "diff", "passing", "failing", cwd=repo)
     assert "errors" not in plots
@@ -93,7 +102,7 @@ def test_two_experiments_are_compared_by_exp_show_metrics_diff_and_plots_diff_th
     run_id = json.loads((repo / "reports/mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     run = client.get_run(run_id)
-    assert run.data.tags["gates"] == "passed" and run.data.params["gates.macs.threshold"] == "1.5"
+    assert run.data.tags["gates"] == "passed" and run.data.params["gates.macs"] == "macs_reduction >= 1.5"
     # what `python -m pruning promote --run-id` calls (its own process: tests/e2e/test_concurrency.py)
     from pruning.config import load_config
     from pruning.tracking import promote

@@ -3,6 +3,7 @@ ephemeral one `python -m pruning run` launches) and its process exits 130 with o
 training's per-epoch lines are in the flow run's Prefect logs; the summary says where the MLflow run is. Gate tags
 and strict runs are checked on test_flow.py's runs (``latest``)."""
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -42,28 +43,31 @@ def _foreground() -> None:
 
 @pytest.fixture
 def flow_process(repo):
-    """Start `python -m flows.pipeline` as `python -m pruning run` starts it, in its own session (a terminal's Ctrl-C
-    goes to such a foreground process group), its output to a file as in `python -m pruning run > out.txt 2>&1`.
-    Whatever a failing test leaves running is killed."""
+    """Start the pipeline's flow as a user does, `python -m pruning run` (``command="run"``), or its process
+    `python -m flows.pipeline` alone (``"flow"``), in a session of its own (a terminal's Ctrl-C goes to such a
+    foreground process group), its output to a file as in `python -m pruning run > out.txt 2>&1`. Whatever a failing
+    test leaves running in that session is killed."""
     started = []
 
-    def start(home: Path, api_url: str | None) -> tuple[subprocess.Popen, Path]:
+    def start(home: Path, api_url: str | None, command: str = "flow") -> tuple[subprocess.Popen, Path]:
         write_params(repo, {"tracking": {"enabled": True, "experiment": "flow-test"}, "train": {"epochs": 1000}})
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         env.update({"PREFECT_HOME": str(home), **({"PREFECT_API_URL": api_url} if api_url else {})})
         out = home / "out.txt"
+        module = ["pruning", "run"] if command == "run" else ["flows.pipeline"]
         with out.open("w") as f:
-            started.append(subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--params",
-                                             str(repo / "params.yaml")], cwd=repo, env=env, stdout=f,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=_foreground))  # noqa: PLW1509 - no threads in the child
+            started.append(subprocess.Popen([sys.executable, "-m", *module, "--params", str(repo / "params.yaml")],
+                                            cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=_foreground))  # noqa: PLW1509
         return started[-1], out
 
     yield start
     for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # its ephemeral server dies with it (PR_SET_PDEATHSIG)
-            process.wait()
+        session = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True).stdout.split()
+        for pid in map(int, session):  # the flow's ephemeral server dies with it (PR_SET_PDEATHSIG); the rest here
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
 
 
 def _wait_for(what, process: subprocess.Popen, out: Path, timeout: float = 300):
@@ -90,10 +94,10 @@ def _exit_code(process: subprocess.Popen, out: Path, timeout: float = 120) -> in
 
 
 def _interrupt(process: subprocess.Popen, how: str) -> None:
-    if how == "SIGINT":
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group, the ephemeral server's too
+    if how == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)  # the terminal's: the whole foreground group, the ephemeral server's too
     else:
-        process.send_signal(signal.SIGTERM)  # `kill`, or PR_SET_PDEATHSIG when `python -m pruning run` is killed
+        os.kill(process.pid, getattr(signal, how))  # `kill -INT <pid>`, `kill <pid>` (or PR_SET_PDEATHSIG)
 
 
 @PREFECT
@@ -105,7 +109,10 @@ def test_an_interrupted_flow_run_ends_crashed_on_the_server_and_its_epochs_are_i
     from prefect.client.schemas.objects import StateType
     from prefect.settings import get_current_settings
 
-    process, out = flow_process(tmp_path_factory.mktemp("prefect-home"), get_current_settings().api.url)  # no server
+    # SIGINT to `python -m pruning run` alone (`kill -INT <pid>`: a scheduler, a supervisor); SIGTERM to the flow's
+    # process (`python -m pruning run` passes it on: test_flow.py, test_crash.py)
+    process, out = flow_process(tmp_path_factory.mktemp("prefect-home"), get_current_settings().api.url,  # no server
+                                "run" if how == "SIGINT" else "flow")
 
     def running_epoch():
         with get_client(sync_client=True) as client:
@@ -117,7 +124,8 @@ def test_an_interrupted_flow_run_ends_crashed_on_the_server_and_its_epochs_are_i
         return None
 
     run_id = _wait_for(running_epoch, process, out)  # training's INFO line, through the Prefect API: a stage runs
-    if how == "SIGINT":  # a run that looks hung tells where it is (docs/orchestration.md) and goes on
+    if how == "SIGINT":
+        # a run that looks hung tells where it is (docs/orchestration.md) and goes on
         os.kill(process.pid, signal.SIGUSR1)
         _wait_for(lambda: "most recent call first" in out.read_text(), process, out, timeout=30)
         assert process.poll() is None, out.read_text()[-3000:]
@@ -155,18 +163,34 @@ def test_ctrl_c_leaves_the_ephemeral_server_up_until_the_flow_run_has_reported_c
     assert not survivors, "the ephemeral server outlived the run"
 
 
+RUN, TABLE = "#/experiments/7/runs/abc?workflowType=machine_learning", "#/experiments/7/runs?workflowType=machine_learning"
+
+
 @pytest.mark.parametrize("uri, expected", [
-    ("http://user:secret@mlflow.example:5000/", "[Open it in the MLflow UI](http://mlflow.example:5000/#/experiments/"
-                                                "7/runs/abc)."),
-    ("https://mlflow.example/tracking", "[Open it in the MLflow UI](https://mlflow.example/tracking/#/experiments/7/"
-                                        "runs/abc)."),
+    ("http://user:secret@mlflow.example:5000/", f"[Open the run in the MLflow UI](http://mlflow.example:5000/{RUN}), or "
+                                                f"[all the runs](http://mlflow.example:5000/{TABLE})."),
+    ("https://mlflow.example/tracking", f"[Open the run in the MLflow UI](https://mlflow.example/tracking/{RUN}), or "
+                                        f"[all the runs](https://mlflow.example/tracking/{TABLE})."),
     ("sqlite:////work/ws/mlflow.db", "It is in the local store `sqlite:////work/ws/mlflow.db`: open the UI with "
-                                     "`mlflow ui --backend-store-uri sqlite:////work/ws/mlflow.db`, then "
-                                     "<http://127.0.0.1:5000/#/experiments/7/runs/abc>"),
+                                     f"`mlflow ui --backend-store-uri sqlite:////work/ws/mlflow.db`, then "
+                                     f"<http://127.0.0.1:5000/{RUN}> (all the runs: <http://127.0.0.1:5000/{TABLE}>)"),
     ("postgresql://mlflow:secret@db/mlflow", "It is in the store of MLFLOW_TRACKING_URI (postgresql); in its UI: "
-                                             "`#/experiments/7/runs/abc`."),
+                                             f"`{RUN}`."),
 ])
 def test_the_summary_says_where_the_mlflow_run_is_without_credentials(uri, expected):
     from flows.summary import mlflow_link
 
     assert mlflow_link(uri, "7", "abc") == expected
+
+
+def test_the_links_view_query_is_one_the_installed_mlflow_ui_reads():
+    """The UI reads ``workflowType`` from the URL (else it opens its GenAI view: checked with a browser); an MLflow
+    upgrade that drops it fails here rather than in a user's browser."""
+    import mlflow
+
+    from pruning.tracking import UI_VIEW
+
+    key, value = UI_VIEW.split("=")
+    bundle = "".join(p.read_text(errors="replace") for p in
+                     (Path(mlflow.__file__).parent / "server/js/build/static/js").glob("main.*.js"))
+    assert f'.get("{key}")' in bundle and f'MACHINE_LEARNING="{value}"' in bundle
