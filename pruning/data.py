@@ -8,7 +8,7 @@ the prepare stage writes) and :mod:`pruning.sources` (streamed ones: imagefolder
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -89,11 +89,26 @@ def tensors(x: Inputs) -> list[torch.Tensor]:
     return list(x.values()) if isinstance(x, dict) else list(x)
 
 
-def forward(model: nn.Module, x: Inputs) -> Any:
-    """Call ``model`` on ``x``: ``model(x)``, ``model(*x)`` or ``model(**x)``."""
+def forward(model: nn.Module, x: Inputs) -> torch.Tensor:
+    """Call ``model`` on ``x`` (``model(x)``, ``model(*x)`` or ``model(**x)``) and return its logits
+    (:func:`logits_of`)."""
     if isinstance(x, torch.Tensor):
-        return model(x)
-    return model(**x) if isinstance(x, dict) else model(*x)
+        return logits_of(model(x))
+    return logits_of(model(**x) if isinstance(x, dict) else model(*x))
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The tensor a model's output scores with: the output itself, a Hugging Face ``ModelOutput``'s or a dict's
+    ``logits`` (else its first tensor: a cache or hidden states that follow are not scored), a tuple's first."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        if "logits" in out:
+            return out["logits"]
+        out = list(out.values())
+    if isinstance(out, tuple | list) and out:
+        return logits_of(out[0])
+    raise TypeError(f"the model returned {type(out).__name__}, not a tensor, a dict with 'logits' or a tuple of them")
 
 
 @dataclass

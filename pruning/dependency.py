@@ -19,7 +19,9 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
+from pruning import attention
 from pruning.counting import example_input
+from pruning.data import logits_of
 from pruning.errors import GraphTraceError
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class Plan:
     round_to: int
     rows: list[dict[str, Any]]  # per group: layer, channels, keep, groups (channel groups), note
     ratios: dict[nn.Module, float] = field(default_factory=dict)  # torch-pruning's pruning_ratio_dict
+    heads: attention.HeadPlan | None = None  # whole attention heads removed per layer (attention.plan)
 
     @property
     def achieved(self) -> float:
@@ -111,7 +114,8 @@ class Plan:
         return 1 - sum(r["keep"] for r in self.rows) / total if total else 0.0
 
     def notes(self) -> list[str]:
-        return [f"{r['layer']} ({r['channels']} -> {r['keep']}): {r['note']}" for r in self.rows if r["note"]]
+        heads = self.heads.notes() if self.heads else []
+        return [f"{r['layer']} ({r['channels']} -> {r['keep']}): {r['note']}" for r in self.rows if r["note"]] + heads
 
 
 def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, *,
@@ -133,26 +137,67 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
     plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio)
     # every count is final: torch-pruning's own rounding (always down, and blind to channel groups) stays off
     pruner = _pruner(model, input_shape, importance, 0.0, scope, iterative_steps, None, 1.0, ignored, scheduler,
-                     plan.ratios)
+                     plan.ratios, head_ratio=ratio)
+    plan.heads = getattr(pruner, HEADS, None)
     return pruner, plan
+
+
+HEADS = "pruning_heads"  # the attention.HeadPlan kept on a pruner _pruner built (torch-pruning's pruner is ours here)
+
+
+def graph(model: nn.Module, example: Any) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model`` traced on ``example`` (its logits, a Hugging Face model as
+    :func:`attention.traceable` makes it). A transformer's norms, class token and position embeddings are parameters
+    outside a layer, which torch-pruning warns about: they are the hidden size's, which stays, so that one is quiet."""
+    with warnings.catch_warnings(), attention.traceable(model):
+        if attention.find(model):
+            warnings.filterwarnings("ignore", "Unwrapped parameters")
+        return tp.DependencyGraph().build_dependency(model, example, output_transform=logits_of)
+
+
+def output_projections(dg: tp.DependencyGraph, attentions: Sequence[attention.Attention]) -> list[nn.Module]:
+    """Each attention layer's output projection (the layer whose inputs are its heads): kept out of channel pruning,
+    since its outputs are the model's residual stream (the hidden size, kept unless asked)."""
+    found = []
+    for a in attentions:
+        for p in a.projections:  # the query's group holds it (grouped-query attention), or the value's
+            group = dg.get_pruning_group(p, dg.get_pruner_of_module(p).prune_out_channels, list(range(p.out_features)))
+            found += [dep.target.module for dep, _ in group if dg.is_in_channel_pruning_fn(dep.handler)
+                      and isinstance(dep.target.module, tp.ops.TORCH_LINEAR) and dep.target.module not in a.projections]
+    return list(dict.fromkeys(found))
 
 
 def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, ratio: float,
             scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float, ignored: list[nn.Module],
             scheduler: Callable[[float, int], list[float]] | None,
-            ratio_dict: dict[nn.Module, float] | None) -> tp.pruner.BasePruner:
+            ratio_dict: dict[nn.Module, float] | None, head_ratio: float = 0.0) -> tp.pruner.BasePruner:
+    """torch-pruning's BasePruner; with attention layers, whole heads (``head_ratio`` of each layer's, planned by
+    :func:`attention.plan`) and the hidden size kept."""
+    example = example_input(input_shape)
+    attentions = attention.find(model)
+    heads: dict[str, Any] = {}
+    if attentions:
+        if scope == "global":
+            raise GraphTraceError("scope global ranks attention heads across layers, which leaves layers with "
+                                  "different head counts than their config; use scope uniform", field="scope")
+        ignored = [*ignored, *output_projections(graph(model, example), attentions)]
+        # a positive share for each attention's scope: torch-pruning reaches its heads only through it (its head
+        # dims stay, prune_head_dims off); the heads removed are attention.plan's
+        ratio_dict = {**(ratio_dict or {}), **{a.module: 0.5 for a in attentions}}
+        heads = {"num_heads": attention.num_heads(attentions), "prune_num_heads": True, "prune_head_dims": False}
     entered: list[str] = []  # the layers whose forward started during tracing, to name the one that failed
     hooks = [m.register_forward_pre_hook(lambda *_, n=name: entered.append(n)) for name, m in model.named_modules()]
     # the whole forward ran: a failure after it is torch-pruning's graph analysis, not the last layer entered
     hooks.append(model.register_forward_hook(lambda *_: entered.append("")))
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, attention.traceable(model):
             warnings.simplefilter("always")
             pruner = tp.pruner.BasePruner(
-                model, example_input(input_shape), importance=importance, pruning_ratio=ratio,
+                model, example, importance=importance, pruning_ratio=ratio,
                 global_pruning=scope == "global", iterative_steps=iterative_steps, round_to=round_to,
                 max_pruning_ratio=max_layer_ratio, ignored_layers=ignored, root_module_types=list(ROOT_TYPES),
                 iterative_pruning_ratio_scheduler=scheduler or linear_scheduler, pruning_ratio_dict=ratio_dict,
+                output_transform=logits_of, **heads,
             )
     except Exception as exc:  # torch-pruning raises assorted errors from inside model.forward during tracing
         if entered and entered[-1] == "":
@@ -166,7 +211,14 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
         for hook in hooks:
             hook.remove()
     for w in caught:  # e.g. unwrapped parameters or unknown ops: the user must know, they change what is removed
+        if attentions and "Unwrapped parameters" in str(w.message):
+            continue  # a transformer's norms, class token and position embeddings: the hidden size, which stays
         log.warning("torch-pruning: %s", w.message)
+    if attentions:
+        schedule = (scheduler or linear_scheduler)(head_ratio, iterative_steps)
+        head_plan = attention.plan(attentions, head_ratio, schedule)
+        pruner.head_pruning_ratio_dict.update(attention.step_ratios(attentions, head_plan))
+        setattr(pruner, HEADS, head_plan)
     return pruner
 
 
@@ -190,8 +242,11 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
     GraphTraceError (``field="ratio"``) naming the layer when the ratio alone leaves a group nothing.
     """
     rows, spans = [], []
+    heads = set(pruner.num_heads)  # attention projections: their groups lose whole heads (attention.plan)
     for found in prunable_groups(pruner.DG, model, pruner.ignored_layers):
         root, name, channels = found.root, found.name, found.channels
+        if any(dep.target.module in heads for dep, _ in found.group):
+            continue
         target = channels * (1 - ratio)
         g = _channel_groups(pruner, found.group)
         grid, note = math.lcm(round_to, g), ""
@@ -220,10 +275,18 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
                               "can be rounded either", field="round_to")
     wanted = sum(r["channels"] for r in rows) * (1 - ratio)
     kept = sum(r["keep"] for r in rows)
+    # a transformer's groups alike (its MLPs: same width, same grid) are rounded alike, so that layers of one width
+    # stay of one width and the model's config (one intermediate size) still describes them; a CNN's each on its own
+    alike: dict[tuple[int, int, int], list[int]] = {}
     for _, i, high in sorted(spans, key=lambda s: -s[0]):
-        up = high - rows[i]["keep"]
+        alike.setdefault((rows[i]["channels"], rows[i]["keep"], high) if heads else (i, 0, high), []).append(i)
+    for (_, _, high), members in alike.items():
+        low = rows[members[0]]["keep"]
+        up = (high - low) * len(members)
         if abs(kept + up - wanted) < abs(kept - wanted):
-            rows[i]["keep"], kept = high, kept + up
+            for i in members:
+                rows[i]["keep"] = high
+            kept += up
     ratios = {}
     for r in rows:
         root = r.pop("root", None)
@@ -286,10 +349,25 @@ def prune_step(pruner: tp.pruner.BasePruner, model: nn.Module) -> None:
                               if where else
                               f"torch-pruning failed while removing channels: {type(exc).__name__}: {exc}") from None
     check_layers_not_empty(model)
+    attention.sync(model)
 
 
 def replay(model: nn.Module, input_shape: Sequence[int], history: History) -> nn.Module:
     """Remove the channels of a recorded ``pruner.pruning_history()`` from a freshly built model, in place; returns it."""
-    dg = tp.DependencyGraph().build_dependency(model, example_input(input_shape))
-    dg.load_pruning_history([(n, out, idxs) for n, out, idxs in history])
+    # grouped-query attention: torch-pruning removes query heads and leaves the key/value projections their heads
+    # (it empties their part of the group before pruning, which the history does not record); the replay does the same
+    shared_kv = {p for a in attention.find(model) if a.kv_heads < a.heads for p in a.projections[1:]}
+    queries = {a.projections[0] for a in attention.find(model) if a.kv_heads < a.heads}
+    dg = graph(model, example_input(input_shape))
+    modules = dict(model.named_modules())
+    for name, out, idxs in history:  # DependencyGraph.load_pruning_history, with the key/value part left out
+        module = modules[name]
+        pruner = dg.get_pruner_of_module(module)
+        group = dg.get_pruning_group(module, pruner.prune_out_channels if out else pruner.prune_in_channels, idxs)
+        if any(dep.target.module in queries and dg.is_out_channel_pruning_fn(dep.handler) for dep, _ in group):
+            for i, (dep, _) in enumerate(list(group)):
+                if dep.target.module in shared_kv:
+                    group[i] = (dep, [])
+        group.prune(record_history=False)
+    attention.sync(model)
     return model

@@ -240,6 +240,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
         steps = [dense_step] + [{**s, "step": s["step"] + 1} for s in steps]
     edits = ([blocks_edit(removed)] if removed else []) + [channels_edit(history)]
     report = {"ratio": ratio, "achieved_ratio": achieved, "channel_plan": plan.rows if plan else None,
+              "head_plan": plan.heads.rows if plan and plan.heads else None,
               "plan_notes": notes, "criterion": cfg.criterion, "scope": cfg.scope, "iterative_steps": cfg.iterative_steps,
               "removed_blocks": removed, "allocation": cfg.allocation,
               "latency_allocation": allocation.report if allocation else None}

@@ -20,6 +20,7 @@ import onnx
 import torch
 from torch import nn
 
+from pruning import attention
 from pruning.counting import example_input
 from pruning.data import forward, map_inputs
 from pruning.errors import ModelError, ParityError
@@ -41,32 +42,63 @@ def input_names(model: nn.Module, example: Any) -> list[str]:
     return [p.name for p in params[:n]] if len(params) >= n else [f"input_{i}" for i in range(n)]
 
 
+def dynamic_axes(example: Any, names: list[str]) -> dict[str, dict[int, str]]:
+    """Every input's dynamic axes: the batch (axis 0), and the sequence (axis 1) of integer inputs of shape
+    (batch, sequence) (token ids, attention masks, token types), so that one file serves every batch size and text
+    length."""
+    tensors = list(example.values()) if isinstance(example, dict) else \
+        [example] if isinstance(example, torch.Tensor) else list(example)
+    return {n: {0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"}
+            for n, t in zip(names, tensors, strict=True)}
+
+
+def padded(example: Any, names: list[str]) -> Any:
+    """The traced example with its second sample's last token masked out (an attention mask's last 0): the exporter
+    records the operations the example takes, and with an all-ones mask Hugging Face models skip building the mask, so
+    the file would ignore padding."""
+    if not isinstance(example, dict):
+        return example
+    out = dict(example)
+    for name in names:
+        t = out[name]
+        if "mask" in name and t.dim() == 2 and t.shape[1] > 1 and not t.is_floating_point():
+            out[name] = t.clone()
+            out[name][-1, -1] = 0
+    return out
+
+
 def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, exporter: str = "torchscript") -> None:
-    """Export ``model`` (eval mode) to a single ONNX file with a dynamic batch axis on every input and the output,
-    then run onnx.checker. ``spec``: a per-sample shape, or an example input (a tensor, a tuple or a dict of tensors,
-    e.g. image + features, token ids + attention mask), traced at batch 2."""
+    """Export ``model`` (eval mode) to a single ONNX file with a dynamic batch axis on every input and the output (and
+    a dynamic sequence axis on token inputs, :func:`dynamic_axes`), then run onnx.checker. ``spec``: a per-sample
+    shape, or an example input (a tensor, a tuple or a dict of tensors, e.g. image + features, token ids + attention
+    mask), traced at batch 2."""
     model.eval()
     one = example_input(spec)
     example = map_inputs(lambda t: t[:1].repeat(2, *([1] * (t.dim() - 1))), one)
     names = input_names(model, example)
+    axes = dynamic_axes(example, names)
+    example = padded(example, names)
     args, kwargs = ((), example) if isinstance(example, dict) else \
         ((example,) if isinstance(example, torch.Tensor) else tuple(example), None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
+        # a Hugging Face model without its key/value cache: the logits are its one output (attention.traceable)
+        with warnings.catch_warnings(), attention.traceable(model):
             # The TorchScript exporter's deprecation notice is known and documented above; keep the logs clean.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             if exporter == "dynamo":
-                batch = torch.export.Dim("batch", min=1, max=65536)
-                dims = {n: {0: batch} for n in names} if kwargs is not None else tuple({0: batch} for _ in args)
+                dims = {"batch": torch.export.Dim("batch", min=1, max=65536),
+                        "sequence": torch.export.Dim("sequence", min=1, max=65536)}
+                shapes = [{axis: dims[what] for axis, what in axes[n].items()} for n in names]
                 torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=True, external_data=False,
                                   opset_version=opset, input_names=names, output_names=[OUTPUT_NAME],
-                                  dynamic_shapes=dims, verbose=False)
+                                  dynamic_shapes=dict(zip(names, shapes, strict=True)) if kwargs is not None
+                                  else tuple(shapes), verbose=False)
             else:
                 torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=False, opset_version=opset,
                                   input_names=names, output_names=[OUTPUT_NAME],
-                                  dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}})
+                                  dynamic_axes={**axes, OUTPUT_NAME: {0: "batch"}})
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # exporter and checker errors come in many types
         raise ModelError(f"ONNX export of {path} failed: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,165 @@
+"""Transformers as users bring them — a BERT-like encoder, a ViT and a decoder with grouped-query attention, Hugging
+Face classes built from tiny configs with random weights (no download) — pruned by the default method config: whole
+heads and MLP channels go, the hidden size stays, the attributes and config that describe the shapes follow, and the
+model runs, rebuilds from its model file and from ``save_pretrained``, and exports to ONNX with dynamic batch and
+sequence axes and parity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from pruning import attention, checkpoint
+from pruning.counting import count_macs
+from pruning.data import Data, Split, forward
+from pruning.errors import GraphTraceError
+from pruning.methods import METHODS, Context
+from pruning.runtime.export import export_onnx, parity
+from pruning.runtime.session import run, session
+
+pytestmark = pytest.mark.xdist_group("test_transformers")  # one worker: each family is pruned once
+
+VOCAB, SEQ, CLASSES = 100, 12, 3
+
+
+def bert(**kwargs: Any) -> torch.nn.Module:
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=CLASSES, **kwargs)
+    return transformers.BertForSequenceClassification(config)
+
+
+def vit(**kwargs: Any) -> torch.nn.Module:
+    config = transformers.ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64, num_labels=10, **kwargs)
+    return transformers.ViTForImageClassification(config)
+
+
+def llama_gqa(**kwargs: Any) -> torch.nn.Module:
+    """A Llama decoder: 8 query heads sharing 2 key/value heads (grouped-query attention)."""
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                      num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
+                                      num_labels=CLASSES, pad_token_id=0, **kwargs)
+    return transformers.LlamaForSequenceClassification(config)
+
+
+def mistral_gqa(**kwargs: Any) -> torch.nn.Module:
+    """A Mistral decoder (grouped-query attention, its head size stated in its config)."""
+    config = transformers.MistralConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                        num_key_value_heads=2, head_dim=8, intermediate_size=96,
+                                        max_position_embeddings=64, num_labels=CLASSES, pad_token_id=0, **kwargs)
+    return transformers.MistralForSequenceClassification(config)
+
+
+def _tokens(n: int, seq: int = SEQ, seed: int = 0) -> Split:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, seq), generator=gen)
+    y = (ids < VOCAB // 3).sum(1).clamp(max=CLASSES - 1)
+    return Split({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, y)
+
+
+def _data(builder) -> Data:
+    if builder is vit:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(96, 1, 8, 8, generator=gen)
+        y = (x.mean((1, 2, 3)) > 0).long()
+        return Data(Split(x[:64], y[:64]), Split(x[64:], y[64:]), (1, 8, 8), 10)
+    return Data(_tokens(64), _tokens(32, seed=1), None, CLASSES)
+
+
+FAMILIES = [bert, vit, llama_gqa, mistral_gqa]
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """The default method config's outcome per family, computed once."""
+    cache: dict[Any, Any] = {}
+
+    def get(builder):
+        if builder not in cache:
+            torch.manual_seed(0)
+            dense = builder().eval()
+            model = builder().eval()
+            model.load_state_dict(dense.state_dict())
+            data = _data(builder)
+            ctx = Context(data=data, seed=0, device="cpu", build=builder,
+                          latency_table=tmp_path_factory.mktemp("t") / "t.json", opset=17)
+            cache[builder] = dense, METHODS["channel"].apply(model, METHODS["channel"].Config(), ctx), data
+        return cache[builder]
+    return get
+
+
+@pytest.mark.parametrize("builder", FAMILIES, ids=lambda b: b.__name__)
+def test_heads_and_mlp_channels_go_the_hidden_size_stays_and_the_model_file_rebuilds_it(builder, pruned, tmp_path):
+    dense, out, data = pruned(builder)
+    model = out.model.eval()
+    before, after = attention.find(dense), attention.find(model)
+    cfg = METHODS["channel"].Config()
+    for a, b in zip(before, after, strict=True):
+        assert b.heads < a.heads and b.head_dim == a.head_dim
+        # grouped-query attention keeps its key/value heads; plain multi-head attention loses keys/values with queries
+        assert b.kv_heads == (a.kv_heads if a.kv_heads < a.heads else b.heads)
+        # the module's own attributes follow the weights: its forward and its config writers read them
+        assert getattr(b.module, "num_key_value_groups", b.heads // b.kv_heads) == b.heads // b.kv_heads
+    hidden = dense.config.hidden_size
+    assert all(a.projections[0].in_features == hidden for a in after)  # the residual stream is untouched
+    widths = {m.out_features for n, m in model.named_modules() if n.endswith(("intermediate.dense", "fc1", "up_proj"))}
+    assert len(widths) == 1 and widths.pop() < dense.config.intermediate_size  # every MLP alike: a config states it
+    assert count_macs(model, data.spec)[0] < 0.85 * count_macs(dense, data.spec)[0]
+    x = data.test.take(slice(0, 4)).x
+    with torch.no_grad():
+        assert forward(model, x).shape == forward(dense, x).shape
+    assert abs(out.report["achieved_ratio"] - cfg.ratio) <= 0.15  # the MLP channels: the asked share, on the grid
+    path = tmp_path / "m.pt"
+    checkpoint.save_model(path, model, arch=f"tests.test_transformers:{builder.__name__}", kwargs={},
+                          input_shape=data.input_shape, num_classes=data.num_classes, edits=out.edits,
+                          example=data.example)
+    loaded, _ = checkpoint.load_model(path, arch=f"tests.test_transformers:{builder.__name__}")
+    with torch.no_grad():
+        assert torch.equal(forward(loaded, x), forward(model, x))
+    assert [(a.heads, a.kv_heads) for a in attention.find(loaded)] == [(a.heads, a.kv_heads) for a in after]
+
+
+def test_a_grouped_query_request_that_cannot_be_met_is_rounded_to_whole_groups_and_reported(pruned):
+    _, out, _ = pruned(llama_gqa)
+    heads = out.report["head_plan"]
+    # 0.35 of 8 query heads in 2 key/value groups of 4: one head of each group (0.25), not 2.8 heads
+    assert [(r["heads"], r["keep"], r["kv_heads"]) for r in heads] == [(8, 6, 2)] * 2
+    assert any("grouped-query attention" in n and "0.25 of the heads" in n for n in out.report["plan_notes"])
+
+
+def test_a_pruned_decoder_whose_config_states_its_head_size_reloads_with_save_pretrained(pruned, tmp_path):
+    _, out, data = pruned(mistral_gqa)
+    out.model.save_pretrained(tmp_path / "hf")
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    x = data.test.take(slice(0, 4)).x
+    with torch.no_grad():
+        assert torch.allclose(forward(reloaded, x), forward(out.model.eval(), x), atol=1e-5)
+    config = reloaded.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (6, 2, 8)
+    assert config.intermediate_size == attention.find(reloaded)[0].module.config.intermediate_size < 96
+
+
+@pytest.mark.parametrize("builder", [bert, llama_gqa, mistral_gqa], ids=lambda b: b.__name__)
+def test_a_pruned_text_model_exports_with_dynamic_batch_and_sequence_axes_and_parity(builder, pruned, tmp_path):
+    _, out, data = pruned(builder)
+    model = out.model.eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, data.spec, path, opset=17)
+    assert parity(model, path, data.test.x, atol=1e-4, rtol=1e-3).score <= 1
+    longer = _tokens(3, seq=SEQ + 7, seed=2).x  # another batch size and another text length, one file
+    longer["attention_mask"][0, 9:] = 0  # and padding: the file applies the mask (not traced away as all ones)
+    longer["attention_mask"][1, 3:] = 0
+    with torch.no_grad():
+        np.testing.assert_allclose(run(session(path), longer), forward(model, longer).numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_global_scope_on_attention_is_one_line_naming_the_key(tmp_path):
+    data = _data(bert)
+    ctx = Context(data=data, seed=0, device="cpu", build=bert, latency_table=tmp_path / "t.json", opset=17)
+    with pytest.raises(GraphTraceError, match="scope uniform") as err:
+        METHODS["channel"].apply(bert().eval(), METHODS["channel"].Config(scope="global"), ctx)
+    assert err.value.field == "scope"
