@@ -145,8 +145,8 @@ def step_ratios(attentions: Sequence[Attention], heads_plan: HeadPlan) -> dict[n
 def sync(model: nn.Module) -> None:
     """Make the attributes that describe the attention layers' shapes (heads, key/value heads, all-head size, query
     heads per key/value head) and the MLP width agree with the layers' weights again, and the model's Hugging Face
-    config where every layer agrees (``save_pretrained`` then writes a config that rebuilds the pruned model, for the
-    families whose config states the head size: Llama, Qwen, Mistral...)."""
+    config where every layer agrees and the config states the head size (``head_dim``, as Mistral's:
+    ``save_pretrained`` then writes a config that rebuilds the pruned model)."""
     attentions = find(model)
     for a in attentions:
         _set(a.module, HEADS, a.heads)

@@ -137,12 +137,12 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
     plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio)
     # every count is final: torch-pruning's own rounding (always down, and blind to channel groups) stays off
     pruner = _pruner(model, input_shape, importance, 0.0, scope, iterative_steps, None, 1.0, ignored, scheduler,
-                     plan.ratios, head_ratio=ratio)
-    plan.heads = getattr(pruner, HEADS, None)
+                     plan.ratios)
+    attentions = attention.find(model)
+    if attentions:  # whole heads, as many per layer as attention.plan says at each step
+        plan.heads = attention.plan(attentions, ratio, (scheduler or linear_scheduler)(ratio, iterative_steps))
+        pruner.head_pruning_ratio_dict.update(attention.step_ratios(attentions, plan.heads))
     return pruner, plan
-
-
-HEADS = "pruning_heads"  # the attention.HeadPlan kept on a pruner _pruner built (torch-pruning's pruner is ours here)
 
 
 def graph(model: nn.Module, example: Any) -> tp.DependencyGraph:
@@ -170,9 +170,9 @@ def output_projections(dg: tp.DependencyGraph, attentions: Sequence[attention.At
 def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, ratio: float,
             scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float, ignored: list[nn.Module],
             scheduler: Callable[[float, int], list[float]] | None,
-            ratio_dict: dict[nn.Module, float] | None, head_ratio: float = 0.0) -> tp.pruner.BasePruner:
-    """torch-pruning's BasePruner; with attention layers, whole heads (``head_ratio`` of each layer's, planned by
-    :func:`attention.plan`) and the hidden size kept."""
+            ratio_dict: dict[nn.Module, float] | None) -> tp.pruner.BasePruner:
+    """torch-pruning's BasePruner; with attention layers, set up to remove whole heads (none until
+    :func:`build_pruner` hands it attention.plan's counts) and to keep the hidden size."""
     example = example_input(input_shape)
     attentions = attention.find(model)
     heads: dict[str, Any] = {}
@@ -180,7 +180,6 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
         if scope == "global":
             raise GraphTraceError("scope global ranks attention heads across layers, which leaves layers with "
                                   "different head counts than their config; use scope uniform", field="scope")
-        ignored = [*ignored, *output_projections(graph(model, example), attentions)]
         # a positive share for each attention's scope: torch-pruning reaches its heads only through it (its head
         # dims stay, prune_head_dims off); the heads removed are attention.plan's
         ratio_dict = {**(ratio_dict or {}), **{a.module: 0.5 for a in attentions}}
@@ -214,11 +213,9 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
         if attentions and "Unwrapped parameters" in str(w.message):
             continue  # a transformer's norms, class token and position embeddings: the hidden size, which stays
         log.warning("torch-pruning: %s", w.message)
-    if attentions:
-        schedule = (scheduler or linear_scheduler)(head_ratio, iterative_steps)
-        head_plan = attention.plan(attentions, head_ratio, schedule)
-        pruner.head_pruning_ratio_dict.update(attention.step_ratios(attentions, head_plan))
-        setattr(pruner, HEADS, head_plan)
+    # the output projections' outputs are the residual stream: ignored, every group that would cut the hidden size
+    # is left out (the pruner's own graph: torch-pruning reads ignored_layers at each step and plan_uniform here)
+    pruner.ignored_layers.extend(output_projections(pruner.DG, attentions))
     return pruner
 
 
@@ -356,8 +353,9 @@ def replay(model: nn.Module, input_shape: Sequence[int], history: History) -> nn
     """Remove the channels of a recorded ``pruner.pruning_history()`` from a freshly built model, in place; returns it."""
     # grouped-query attention: torch-pruning removes query heads and leaves the key/value projections their heads
     # (it empties their part of the group before pruning, which the history does not record); the replay does the same
-    shared_kv = {p for a in attention.find(model) if a.kv_heads < a.heads for p in a.projections[1:]}
-    queries = {a.projections[0] for a in attention.find(model) if a.kv_heads < a.heads}
+    gqa = [a for a in attention.find(model) if a.kv_heads < a.heads]
+    shared_kv = {p for a in gqa for p in a.projections[1:]}
+    queries = {a.projections[0] for a in gqa}
     dg = graph(model, example_input(input_shape))
     modules = dict(model.named_modules())
     for name, out, idxs in history:  # DependencyGraph.load_pruning_history, with the key/value part left out

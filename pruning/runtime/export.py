@@ -22,7 +22,7 @@ from torch import nn
 
 from pruning import attention
 from pruning.counting import example_input
-from pruning.data import forward, map_inputs
+from pruning.data import forward, map_inputs, tensors
 from pruning.errors import ModelError, ParityError
 from pruning.runtime.session import INPUT_NAME, OUTPUT_NAME, run, session
 
@@ -46,25 +46,8 @@ def dynamic_axes(example: Any, names: list[str]) -> dict[str, dict[int, str]]:
     """Every input's dynamic axes: the batch (axis 0), and the sequence (axis 1) of integer inputs of shape
     (batch, sequence) (token ids, attention masks, token types), so that one file serves every batch size and text
     length."""
-    tensors = list(example.values()) if isinstance(example, dict) else \
-        [example] if isinstance(example, torch.Tensor) else list(example)
     return {n: {0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"}
-            for n, t in zip(names, tensors, strict=True)}
-
-
-def padded(example: Any, names: list[str]) -> Any:
-    """The traced example with its second sample's last token masked out (an attention mask's last 0): the exporter
-    records the operations the example takes, and with an all-ones mask Hugging Face models skip building the mask, so
-    the file would ignore padding."""
-    if not isinstance(example, dict):
-        return example
-    out = dict(example)
-    for name in names:
-        t = out[name]
-        if "mask" in name and t.dim() == 2 and t.shape[1] > 1 and not t.is_floating_point():
-            out[name] = t.clone()
-            out[name][-1, -1] = 0
-    return out
+            for n, t in zip(names, tensors(example), strict=True)}
 
 
 def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, exporter: str = "torchscript") -> None:
@@ -77,7 +60,6 @@ def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, expor
     example = map_inputs(lambda t: t[:1].repeat(2, *([1] * (t.dim() - 1))), one)
     names = input_names(model, example)
     axes = dynamic_axes(example, names)
-    example = padded(example, names)
     args, kwargs = ((), example) if isinstance(example, dict) else \
         ((example,) if isinstance(example, torch.Tensor) else tuple(example), None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
