@@ -6,8 +6,10 @@ server on a real PostgreSQL (as docker/compose.yaml deploys it), and `--apply` +
 model. One test, because every launch costs a Prefect server, a cluster and
 the workers' imports."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,17 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | 
             raise AssertionError(f"exited {process.returncode} before {what}: {(out + err)[-3000:]}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def _kill_hard(command: subprocess.Popen) -> None:
+    """SIGKILL the search itself: the flow process `python -m pruning search` runs in a process group of its own (and
+    its local Dask cluster with it), then the command. Killing the command alone sends the flow a SIGTERM, which it
+    answers cleanly, telling a trial that finishes meanwhile: not the crash this test means."""
+    children = Path(f"/proc/{command.pid}/task/{command.pid}/children").read_text().split()
+    for child in map(int, children):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
+    command.kill()
 
 
 def _started(directory: Path) -> set[int]:
@@ -129,7 +142,7 @@ def _cluster_phases(repo: Path, env: dict, directory: Path, tmp_path: Path, sche
         workers[0].kill()  # SIGKILL, mid-trial: Dask runs its trial again on the survivor
         # the survivor has finished one of them and runs the other (or trial 6): kill the search now
         _wait_for(lambda: len(_told(directory)) == 5, 300, "a fifth trial told", search)
-        search.kill()  # SIGKILL of the search, a trial running
+        _kill_hard(search)  # SIGKILL of the search, a trial running
         search.communicate(timeout=60)
         told = {t["number"] for t in _told(directory)}
         lost = _started(directory) - told  # running when the search died: marked failed, never counted
