@@ -26,6 +26,7 @@ from pruning import dependency, residual
 from pruning.atomic import replacing
 from pruning.data import map_inputs
 from pruning.errors import ModelError
+from pruning.hf import HF
 from pruning.training import Callback
 from pruning.zoo import ZOO, build_model
 
@@ -142,7 +143,7 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, di
     if arch is not None and recorded != arch:
         raise ModelError(f"{path} was built by {recorded!r}, but the configured architecture is {arch!r}: rerun the "
                          "stage that writes it (dvc repro does)")
-    if arch is None and recorded not in ZOO:
+    if arch is None and recorded not in (*ZOO, HF):  # HF: transformers' own classes only (pruning.hf)
         raise ModelError(f"{path} records the architecture {recorded!r}, which is not a zoo name: a model file may not "
                          "choose code to run; load it with the configured architecture")
     shape = tuple(record["input_shape"]) if record["input_shape"] is not None else None

@@ -23,6 +23,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from pruning.acceptance.report import make_console
 from pruning.errors import GateFailed, PruningError
+from pruning.hf import force_offline
 from pruning.stages import BY_NAME, STAGES, Stage
 
 
@@ -285,5 +286,7 @@ def bench(ctx: typer.Context,
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Nothing is downloaded at run time: the Hugging Face hub is offline for every
+    command and the processes it starts (DVC's stages, the flow, a search's workers)."""
+    force_offline()
     app()

@@ -28,6 +28,7 @@ from pruning.references import check_references, check_tracked
 from pruning.schema import NotPlain, Section, TooLarge, importable_from, safe_load_unique, workspace_path_problem
 from pruning.search.config import SearchConfig
 from pruning.task import TaskConfig
+from pruning.training import OPTIMIZERS, Optim
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -36,21 +37,28 @@ class ModelConfig(Section):
     """The dense architecture: a zoo name or ``module:callable`` (called with ``**kwargs``)."""
 
     arch: str = Field("resnet", description="resnet | resnet1d | vgg | mobilenetv2 | resnet50 | mobilenetv2_imagenet "
-                      "| package.module:callable (your own)")
+                      "| hf (a Hugging Face save_pretrained directory: model.weights) | package.module:callable (your "
+                      "own)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments (zoo builders also get "
-                                   "in_channels and num_classes)")
+                                   "in_channels and num_classes; hf: config overrides, e.g. num_labels)")
     input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(
         None, description="per-sample shape your model expects; checked against the data")
     weights: str | None = Field(None, description="your trained weights for arch: a state dict (.pt/.pth, or a "
-                                "checkpoint dict holding one) or .safetensors, inside paths.weights_dir (DVC tracks it)")
+                                "checkpoint dict holding one) or .safetensors; hf: the save_pretrained directory; "
+                                "inside paths.weights_dir (DVC tracks it)")
 
 
 class _Optimizer(Section):
-    epochs: int = Field(12, ge=1, le=10_000, description="epochs (SGD with Nesterov momentum, cosine schedule)")
+    epochs: int = Field(12, ge=1, le=10_000, description="epochs (cosine learning-rate schedule)")
     batch_size: int = Field(64, ge=1, le=65_536, description="batch size")
+    optimizer: Literal[OPTIMIZERS] = Field("sgd", description="sgd (Nesterov momentum: CNNs) | adamw "
+                                               "(transformers: lr about 1e-3 from scratch, 5e-5 on pre-trained)")
     lr: float = Field(0.05, gt=0, le=10, description="initial learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(5e-4, ge=0, le=1, description="L2 weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="weight decay (L2 for sgd, decoupled for adamw)")
+
+    def optim(self) -> Optim:
+        return Optim(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay, self.optimizer)
 
 
 class TrainConfig(_Optimizer):
@@ -91,8 +99,9 @@ class ExportConfig(Section):
 class QuantizeConfig(Section):
     """ONNX Runtime INT8 quantization of the pruned model."""
 
-    mode: Literal["static", "dynamic", "none"] = Field("static", description="static (QDQ, calibrated) | dynamic | "
-                                                       "none (the INT8 column is an fp32 copy)")
+    mode: Literal["auto", "static", "dynamic", "none"] = Field("auto", description="auto (static for graphs with convolutions, else dynamic) | "
+                                 "static (QDQ, calibrated) | dynamic (MatMul/Gemm weights int8, activations at run "
+                                 "time: transformers) | none (the INT8 column is an fp32 copy)")
     per_channel: bool = Field(True, description="per-channel weight scales")
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="uint8 | int8: the "
                                                       "activations' type (weights are int8; docs/design.md)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import torch
@@ -28,8 +30,12 @@ def example_input(spec: Spec) -> Any:
 
 
 def count_macs(model: nn.Module, spec: Spec) -> tuple[int, int]:
-    """(MACs, params) for one sample, from torch-pruning's counter (``spec``: a shape or an example input)."""
-    macs, params = tp.utils.count_ops_and_params(model, example_input(spec))
+    """(MACs, params) for one sample, from torch-pruning's counter (``spec``: a shape or an example input). Its
+    module hooks count layers (a transformer's linear layers; not the attention's own matrix products). Given keyword
+    inputs, the counter prints that it found no positional input and assumes a batch of one, which this is: that
+    line is kept off stdout."""
+    with contextlib.redirect_stdout(io.StringIO()) if isinstance(spec, dict) else contextlib.nullcontext():
+        macs, params = tp.utils.count_ops_and_params(model, example_input(spec))
     return int(macs), int(params)
 
 

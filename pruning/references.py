@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pruning.errors import ConfigError, PruningError
+from pruning.hf import HF
 from pruning.schema import link_problem, workspace_path_problem
 from pruning.zoo import check_builder, resolve_callable
 
@@ -134,6 +135,9 @@ def _check_weights(cfg: Any, file: str, root: Path) -> None:
     cannot see), and train.epochs 0 only with weights to start from."""
     weights = cfg.model.weights
     if weights is None:
+        if cfg.model.arch == HF:
+            raise ConfigError(f'Invalid "model.weights" in {file}: model.arch hf needs the save_pretrained directory '
+                              f"here (inside paths.weights_dir)")
         if cfg.train.epochs == 0:
             raise ConfigError(f'Invalid "train.epochs" in {file}: 0 (no training) needs the trained weights in '
                               '"model.weights"')
@@ -149,8 +153,14 @@ def _check_weights(cfg: Any, file: str, root: Path) -> None:
         raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not inside paths.weights_dir '
                           f"({where}/): put the file there (copy, link or dvc add it) so DVC reruns train when it "
                           "changes")
+    if cfg.model.arch == HF:
+        from pruning.hf import directory_problem
+
+        if problem := _not_a(stat.S_ISDIR, root, weights, "save_pretrained directory") or directory_problem(root / path):
+            raise ConfigError(f'Invalid "model.weights" in {file}: {problem}')
+        return
     if path.suffix not in SUFFIXES:
         raise ConfigError(f'Invalid "model.weights" in {file}: {weights!r} is not a weights file '
-                          f"({' | '.join(SUFFIXES)})")
+                          f"({' | '.join(SUFFIXES)}; model.arch hf reads a save_pretrained directory)")
     if problem := _not_a(stat.S_ISREG, root, weights, "weights file"):
         raise ConfigError(f'Invalid "model.weights" in {file}: {problem}')

@@ -37,13 +37,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Optim:
-    """SGD with momentum and a cosine learning-rate schedule."""
+    """SGD with (Nesterov) momentum, or AdamW (decoupled weight decay: what transformers are trained with), and a
+    cosine learning-rate schedule."""
 
     epochs: int
     batch_size: int
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # one of OPTIMIZERS
+
+    def build(self, params: Any) -> torch.optim.Optimizer:
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.momentum > 0)
+
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -168,8 +179,7 @@ def train_loop(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: st
     gen = torch.Generator().manual_seed(seed)  # one stream of epoch orders: a rerun sees the same batches
     torch.manual_seed(seed)
     model.to(dev)
-    optimizer = torch.optim.SGD(param_groups if param_groups is not None else model.parameters(), lr=opt.lr,
-                                momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.momentum > 0)
+    optimizer = opt.build(param_groups if param_groups is not None else model.parameters())
     per_epoch = math.ceil(len(train) / opt.batch_size)  # type: ignore[arg-type]
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.epochs * per_epoch)
     name = task.metric_name

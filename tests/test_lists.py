@@ -21,6 +21,7 @@ from pruning.data import BUILT_IN
 from pruning.methods import METHODS
 from pruning.stages import STAGES
 from pruning.task import LOSSES, METRICS
+from pruning.hf import HF
 from pruning.zoo import ZOO
 from tests.conftest import REPO
 
@@ -28,7 +29,7 @@ CALLABLE = "package.module:callable"
 # keys whose choices come from a registry (the rest are Literal fields: their choices are the schema's), and whether
 # a user's module:callable is one more choice
 REGISTRIES: dict[str, tuple[tuple[Any, ...], bool]] = {
-    "data.source": (BUILT_IN, True), "model.arch": (tuple(ZOO), True), "task.loss": (tuple(LOSSES), True),
+    "data.source": (BUILT_IN, True), "model.arch": ((*ZOO, HF), True), "task.loss": (tuple(LOSSES), True),
     "task.metric": (tuple(METRICS), True), "prune": (tuple(METHODS), False),
     "prune.criterion": (tuple(criteria.CRITERIA), False),
 }

@@ -69,6 +69,11 @@ def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, expor
             # The TorchScript exporter's deprecation notice is known and documented above; keep the logs clean.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            # Python branches on shapes the tracer freezes (transformers' masking code) and ONNX's spelling of
+            # advanced indexing: warnings about traces that may not generalise; the parity check on real samples of
+            # other batch sizes (and sequence lengths) is what says whether this one does
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
             if exporter == "dynamo":
                 dims = {"batch": torch.export.Dim("batch", min=1, max=65536),
                         "sequence": torch.export.Dim("sequence", min=1, max=65536)}

@@ -14,7 +14,7 @@ from pruning.checkpoint import constraints, load_model, save_like
 from pruning.distributed import fit
 from pruning.stages.common import paths, prepared_data, provenance, write_json
 from pruning.task import build_task
-from pruning.training import Distill, Optim, evaluate
+from pruning.training import Distill, evaluate
 
 if TYPE_CHECKING:
     from pruning.config import Config
@@ -41,8 +41,7 @@ def run(cfg: Config, root: str | Path = ".") -> FinetuneResult:
     before, _ = evaluate(model, data.test, device=cfg.device, task=task)
     history = []
     if f.epochs:
-        history = fit(cfg.distributed, model, data.train, Optim(f.epochs, f.batch_size, f.lr, f.momentum,
-                                                                    f.weight_decay), cfg.seed,
+        history = fit(cfg.distributed, model, data.train, f.optim(), cfg.seed,
                       "fine-tune pruned", distill=distill, test=data.test, callbacks=constraints(model, record),
                       device=cfg.device, task=task)
     accuracy, loss = evaluate(model, data.test, device=cfg.device, task=task)

@@ -1,4 +1,5 @@
-"""quantize: the pruned ONNX model -> INT8 (static QDQ by default), calibrated on training samples.
+"""quantize: the pruned ONNX model -> INT8: static QDQ calibrated on training samples for CNNs, dynamic for graphs
+without convolutions (``mode: auto``, :func:`pruning.runtime.quantize.resolved_mode`).
 
 With ``select: auto`` (static), a few operator selections are quantized and the one measured fastest at batch 1 is
 kept (pruning/runtime/int8_select.py), timed against the pruned fp32 model as the evaluate stage times. The report
@@ -21,7 +22,7 @@ from pruning.atomic import publish
 from pruning.data import Split, take
 from pruning.errors import DataError
 from pruning.runtime.int8_select import Selection, Timer, select
-from pruning.runtime.quantize import ORT_CALIBRATION_BATCH, quantize
+from pruning.runtime.quantize import ORT_CALIBRATION_BATCH, quantize, resolved_mode
 from pruning.runtime.session import feeds_for
 from pruning.runtime.timing import Protocol, latency
 from pruning.stages.common import paths, prepared_data, write_json
@@ -56,25 +57,26 @@ def run(cfg: Config, root: str | Path = ".", timer: Timer = latency) -> Quantize
         calibration = [feeds_for(names, take(split, chosen[i:i + ORT_CALIBRATION_BATCH]).x)
                        for i in range(0, len(chosen), ORT_CALIBRATION_BATCH)]
     selection: Selection | None = None
-    if q.mode == "none":
+    mode = resolved_mode(p.pruned_onnx, q.mode)
+    if mode == "none":
         publish(p.pruned_onnx, p.quantized_onnx)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / "quantized.onnx"
-            if q.mode == "static" and q.select == "auto":
+            if mode == "static" and q.select == "auto":
                 selection = select(p.pruned_onnx, staged, calibration, per_channel=q.per_channel,
                                    method=q.calibrate_method, activation_type=q.activation_type,
                                    threads=cfg.evaluate.threads, protocol=_protocol(cfg), timer=timer)
             else:
-                quantize(p.pruned_onnx, staged, q.mode, calibration, q.per_channel, q.calibrate_method,
+                quantize(p.pruned_onnx, staged, mode, calibration, q.per_channel, q.calibrate_method,
                          q.activation_type)
             publish(staged, p.quantized_onnx)
-    result = QuantizeResult(q.mode, 0 if q.mode != "static" else len(chosen),
+    result = QuantizeResult(mode, 0 if mode != "static" else len(chosen),
                             selection.chosen.name if selection else None,
                             selection.int8_faster_than_fp32 if selection else None)
-    report = {"mode": q.mode, "calibration_samples": result.calibration_samples, "per_channel": q.per_channel,
-              "activation_type": q.activation_type, "calibrate_method": q.calibrate_method,
-              "select": q.select if q.mode == "static" else None}
+    report = {"mode": mode, "mode_setting": q.mode, "calibration_samples": result.calibration_samples,
+              "per_channel": q.per_channel, "activation_type": q.activation_type,
+              "calibrate_method": q.calibrate_method, "select": q.select if mode == "static" else None}
     if selection:
         pr = _protocol(cfg)
         report |= {**selection.report(), "timing": {"threads": cfg.evaluate.threads, "batch_size": 1,

@@ -16,9 +16,10 @@ from pruning.counting import count_macs
 from pruning.data import Data, forward
 from pruning.distributed import fit
 from pruning.errors import ModelError, params_errors
+from pruning.hf import HF, from_directory, record_kwargs
 from pruning.stages.common import paths, prepared_data, provenance, write_json
 from pruning.task import Task, build_task
-from pruning.training import Optim, evaluate
+from pruning.training import evaluate
 from pruning.weights import load_weights
 from pruning.zoo import build_model
 
@@ -44,20 +45,24 @@ def run(cfg: Config, root: str | Path = ".") -> TrainResult:
                          f"{list(data.input_shape) if data.input_shape else 'several inputs'}")
     torch.manual_seed(cfg.seed)
     with params_errors("model"):
-        model = build_model(cfg.model.arch, cfg.model.kwargs, data.input_shape, data.num_classes)
+        if cfg.model.arch == HF:  # its weights come with it; the model file records its config
+            model = from_directory(Path(root) / cfg.model.weights, cfg.model.kwargs)
+            kwargs = record_kwargs(model)
+        else:
+            model = build_model(cfg.model.arch, cfg.model.kwargs, data.input_shape, data.num_classes)
+            kwargs = cfg.model.kwargs
     _check_output(model, data, task, cfg)
-    if cfg.model.weights is not None:
+    if cfg.model.weights is not None and cfg.model.arch != HF:
         with params_errors("model"):
             load_weights(model, Path(root) / cfg.model.weights, f"model.arch {cfg.model.arch!r}")
     t = cfg.train
     history = []
     if t.epochs:
-        history = fit(cfg.distributed, model, data.train, Optim(t.epochs, t.batch_size, t.lr, t.momentum,
-                                                                    t.weight_decay), cfg.seed,
+        history = fit(cfg.distributed, model, data.train, t.optim(), cfg.seed,
                       "train dense", test=data.test, device=cfg.device, task=task)
     accuracy, loss = evaluate(model, data.test, device=cfg.device, task=task)
     macs, params = count_macs(model, data.spec)
-    save_model(p.dense_model, model, arch=cfg.model.arch, kwargs=cfg.model.kwargs, input_shape=data.input_shape,
+    save_model(p.dense_model, model, arch=cfg.model.arch, kwargs=kwargs, input_shape=data.input_shape,
                num_classes=data.num_classes, meta=provenance(cfg, "train", root), example=data.example)
     write_json(p.train_report, {task.metric_name: accuracy, "loss": loss, "macs": macs, "params": params,
                                 "weights": cfg.model.weights, "epochs": history})
@@ -80,7 +85,9 @@ def _check_output(model: nn.Module, data: Data, task: Task, cfg: Config) -> None
     if task.classification and tuple(out.shape) != (1, data.num_classes):
         raise ModelError(f"model.arch {cfg.model.arch!r} outputs shape {tuple(out.shape)}, expected (batch, "
                          f"{data.num_classes}) logits: the default task (task.loss cross_entropy, task.metric accuracy) "
-                         "scores class logits; for another output set task.loss and task.metric")
+                         "scores class logits; for another output set task.loss and task.metric"
+                         + (f" (model.kwargs num_labels: {data.num_classes} gives a hf model a new head of that width)"
+                            if cfg.model.arch == HF else ""))
     if out.shape[0] != 1:
         raise ModelError(f"model.arch {cfg.model.arch!r} outputs shape {tuple(out.shape)} for a batch of one: the "
                          "first axis must be the batch")

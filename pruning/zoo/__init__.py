@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from pruning.errors import ModelError
+from pruning.hf import HF, from_record
 from pruning.zoo.imagenet import mobilenetv2_imagenet, resnet50
 from pruning.zoo.mobilenet import mobilenetv2
 from pruning.zoo.resnet import resnet, resnet1d
@@ -114,6 +115,8 @@ def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...] 
         input_shape: per-sample input shape, e.g. (1, 8, 8); its first entry is the channel count.
         num_classes: classifier width.
     """
+    if arch == HF:  # a save_pretrained directory, rebuilt from the class and config a model file records
+        return from_record(kwargs)
     if ":" in arch:
         builder = check_builder(arch, resolve_callable(arch))
         call_kwargs = dict(kwargs)
@@ -124,7 +127,8 @@ def build_model(arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...] 
         builder = ZOO[arch]
         call_kwargs = {"in_channels": input_shape[0], "num_classes": num_classes, **kwargs}
     else:
-        raise ModelError(f'unknown architecture {arch!r} (zoo: {", ".join(ZOO)}; or give "module:callable")', field="arch")
+        raise ModelError(f'unknown architecture {arch!r} (zoo: {", ".join(ZOO)}; {HF}: a save_pretrained directory; '
+                         'or give "module:callable")', field="arch")
     try:
         with user_code() as interrupted:
             model = builder(**call_kwargs)
