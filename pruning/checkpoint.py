@@ -6,6 +6,7 @@ provenance (params hash, stage, commit). Loading builds the dense architecture, 
 :data:`REPLAY`, then loads the weights strictly. The edits a method can record:
 
 - ``{"kind": "blocks", "names": [...]}``: residual blocks replaced by their shortcuts (:mod:`pruning.residual`);
+- ``{"kind": "layers", "names": [...]}``: transformer layers removed from their layer lists (:mod:`pruning.layers`);
 - ``{"kind": "channels", "history": [...]}``: torch-pruning's pruning history (:mod:`pruning.dependency`);
 - ``{"kind": "mask", "layers": [...]}``: weights zeroed in place (unstructured / lottery). The zeros are in the
   weights, so nothing is replayed; training must keep them zero (:func:`constraints`).
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning import dependency, residual
+from pruning import dependency, layers, residual
 from pruning.atomic import replacing
 from pruning.data import map_inputs
 from pruning.errors import ModelError
@@ -43,12 +44,17 @@ def channels_edit(history: dependency.History) -> Edit:
     return {"kind": "channels", "history": [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in history]}
 
 
+def layers_edit(names: Sequence[str]) -> Edit:
+    return {"kind": "layers", "names": [str(n) for n in names]}
+
+
 def mask_edit(layers: Sequence[str]) -> Edit:
     return {"kind": "mask", "layers": [str(n) for n in layers]}
 
 
 REPLAY: dict[str, Callable[[nn.Module, Edit, Any], nn.Module]] = {  # (model, edit, shape or example input)
     "blocks": lambda model, e, shape: residual.remove(model, e["names"], shape),
+    "layers": lambda model, e, shape: layers.remove(model, e["names"]),
     "channels": lambda model, e, shape: dependency.replay(model, shape, e["history"]),
     "mask": lambda model, e, shape: model,
 }

@@ -99,9 +99,10 @@ class ExportConfig(Section):
 class QuantizeConfig(Section):
     """ONNX Runtime INT8 quantization of the pruned model."""
 
-    mode: Literal["auto", "static", "dynamic", "none"] = Field("auto", description="auto (static for graphs with convolutions, else dynamic) | "
-                                 "static (QDQ, calibrated) | dynamic (MatMul/Gemm weights int8, activations at run "
-                                 "time: transformers) | none (the INT8 column is an fp32 copy)")
+    mode: Literal["auto", "static", "dynamic", "none"] = Field(
+        "auto", description="auto (static for graphs with convolutions, else dynamic) | static (QDQ, calibrated) | "
+        "dynamic (MatMul/Gemm weights int8, activations at run time: transformers) | none (the INT8 column is an fp32 "
+        "copy)")
     per_channel: bool = Field(True, description="per-channel weight scales")
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="uint8 | int8: the "
                                                       "activations' type (weights are int8; docs/design.md)")

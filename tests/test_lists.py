@@ -18,10 +18,10 @@ from bench import BENCHMARKS
 from pruning import criteria
 from pruning.config import Config
 from pruning.data import BUILT_IN
+from pruning.hf import HF
 from pruning.methods import METHODS
 from pruning.stages import STAGES
 from pruning.task import LOSSES, METRICS
-from pruning.hf import HF
 from pruning.zoo import ZOO
 from tests.conftest import REPO
 

@@ -6,19 +6,22 @@ sequence axes and parity."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import transformers
 
-from pruning import attention, checkpoint
+from pruning import attention, checkpoint, layers
 from pruning.counting import count_macs
 from pruning.data import Data, Split, forward
 from pruning.errors import GraphTraceError
-from pruning.methods import METHODS, Context
+from pruning.methods import METHODS, Context, depth
 from pruning.runtime.export import export_onnx, parity
+from pruning.runtime.quantize import quantize, resolved_mode
 from pruning.runtime.session import run, session
 
 pytestmark = pytest.mark.xdist_group("test_transformers")  # one worker: each family is pruned once
@@ -155,6 +158,14 @@ def test_a_pruned_text_model_exports_with_dynamic_batch_and_sequence_axes_and_pa
     longer["attention_mask"][1, 3:] = 0
     with torch.no_grad():
         np.testing.assert_allclose(run(session(path), longer), forward(model, longer).numpy(), atol=1e-4, rtol=1e-3)
+    # INT8 as ONNX Runtime users quantize transformers on CPU: dynamic, MatMul weights in int8 (a graph without
+    # convolutions: quantize.mode auto's choice); it runs at any length and stays near fp32
+    assert resolved_mode(path, "auto") == "dynamic"
+    int8 = tmp_path / "m.int8.onnx"
+    quantize(path, int8, "dynamic", [])
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(int8)).graph.node}
+    fp32, q = run(session(path), longer), run(session(int8), longer)
+    assert np.abs(q - fp32).max() < 0.1 * np.abs(fp32).max()
 
 
 def test_global_scope_on_attention_is_one_line_naming_the_key(tmp_path):
@@ -163,3 +174,56 @@ def test_global_scope_on_attention_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(GraphTraceError, match="scope uniform") as err:
         METHODS["channel"].apply(bert().eval(), METHODS["channel"].Config(scope="global"), ctx)
     assert err.value.field == "scope"
+
+
+@pytest.mark.parametrize("builder", FAMILIES, ids=lambda b: b.__name__)
+def test_the_depth_method_drops_a_whole_layer_that_replays_from_the_model_file_and_reloads_with_save_pretrained(
+        builder, tmp_path):
+    torch.manual_seed(0)
+    dense, data = builder().eval(), _data(builder)
+    ctx = Context(data=data, seed=0, device="cpu", build=builder, latency_table=tmp_path / "t.json", opset=17)
+    out = METHODS["depth"].apply(copy.deepcopy(dense), METHODS["depth"].Config(), ctx)  # one layer, loss_change
+    (name,) = out.report["removed_blocks"]
+    assert out.edits == [{"kind": "layers", "names": [name]}] and name in layers.find(dense)
+    model = out.model.eval()
+    assert len(layers.find(model)) == 1 and model.config.num_hidden_layers == 1
+    assert out.steps[1]["macs"] < 0.6 * out.steps[0]["macs"]  # a layer is nearly half of a two-layer model
+    x = data.test.take(slice(0, 4)).x
+    path = tmp_path / "m.pt"
+    arch = f"tests.test_transformers:{builder.__name__}"
+    checkpoint.save_model(path, model, arch=arch, kwargs={}, input_shape=data.input_shape,
+                          num_classes=data.num_classes, edits=out.edits, example=data.example)
+    replayed, _ = checkpoint.load_model(path, arch=arch)
+    model.save_pretrained(tmp_path / "hf")  # no head pruned: every family's config describes it
+    reloaded = type(model).from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(forward(replayed, x), forward(model, x))
+        assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("criterion", ["loss_change", "norm", "block_influence"])
+def test_a_layer_that_passes_its_input_through_scores_zero_and_goes_first(criterion):
+    torch.manual_seed(0)
+    model, data = llama_gqa().eval(), _data(llama_gqa)
+    identity = model.model.layers[0]  # pre-norm: with both output projections zero, h -> h + 0 + 0
+    torch.nn.init.zeros_(identity.self_attn.o_proj.weight)
+    torch.nn.init.zeros_(identity.mlp.down_proj.weight)
+    sample = data.train.take(slice(0, 32))
+    scores = depth.layer_scores(model, sample, criterion)
+    assert scores["model.layers.0"] == pytest.approx(0.0, abs=1e-6) and abs(scores["model.layers.1"]) > 1e-4
+    # random weights: removing the other layer may lower the loss, which loss_change ranks first, rightly
+    pruned, names, _ = depth.prune_depth(model, sample, 1, "block_influence" if criterion == "loss_change" else
+                                         criterion, data.spec)
+    assert names == ["model.layers.0"] and pruned.model.layers[0].self_attn.layer_idx == 0
+
+
+def test_the_channel_method_drops_layers_first_then_prunes_heads(tmp_path):
+    torch.manual_seed(0)
+    data = _data(mistral_gqa)
+    ctx = Context(data=data, seed=0, device="cpu", build=mistral_gqa, latency_table=tmp_path / "t.json", opset=17)
+    out = METHODS["channel"].apply(mistral_gqa().eval(), METHODS["channel"].Config(depth_blocks=1), ctx)
+    assert [e["kind"] for e in out.edits] == ["layers", "channels"]
+    assert [(a.heads, a.kv_heads) for a in attention.find(out.model)] == [(6, 2)]
+    out.model.save_pretrained(tmp_path / "hf")
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
+    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (1, 6, 2)

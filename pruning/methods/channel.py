@@ -29,7 +29,7 @@ from pruning import criteria, dependency
 from pruning.allocation.latency import Allocation, allocate
 from pruning.allocation.latency_table import LatencyTable, Yardstick
 from pruning.allocation.uniform import search_ratio
-from pruning.checkpoint import blocks_edit, channels_edit
+from pruning.checkpoint import channels_edit
 from pruning.counting import count_macs
 from pruning.data import calibration_sample
 from pruning.distributed import fit
@@ -77,10 +77,10 @@ class Config(Section):
     calibration_batches: int = Field(4, ge=1, le=100_000, description="batches of 64 for gradient criteria and BatchNorm "
                                      "recalibration")
     bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after each step")
-    depth_blocks: int = Field(0, ge=0, le=100_000, description="remove this many residual blocks first (each becomes its "
-                              "shortcut); a MACs target stays relative to the dense model")
+    depth_blocks: int = Field(0, ge=0, le=100_000, description="remove this many residual blocks (each becomes its "
+                              "shortcut) or transformer layers first; a MACs target stays relative to the dense model")
     depth_criterion: depth.BlockCriterion = Field("loss_change", description="how those blocks are ranked "
-                                                  "(loss_change | norm)")
+                                                  "(loss_change | norm | block_influence)")
     oracle_max_channels: int = Field(criteria.Limits.max_channels, ge=1, le=10_000_000,
                                      description="loss_change: loss evaluations allowed per step")
     oracle_max_seconds: float = Field(criteria.Limits.max_seconds, gt=0, le=86_400,
@@ -215,11 +215,12 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     widths = _widths(model)
     dense_step = step_record(0, 0.0, model, ctx) if cfg.depth_blocks else None
     removed: list[str] = []
+    depth_edit = None
     if cfg.depth_blocks:
         sample = calibration_sample(data.calibration_split, cfg.calibration_batches, ctx.seed)
         try:
-            model, removed = depth.prune_blocks(model, sample, cfg.depth_blocks, cfg.depth_criterion, shape,
-                                                ctx.task.loss)
+            model, removed, depth_edit = depth.prune_depth(model, sample, cfg.depth_blocks, cfg.depth_criterion,
+                                                           shape, ctx.task.loss)
         except ValueError as exc:  # too many blocks, or none in this architecture
             raise PruningError(str(exc), field="depth_blocks") from None
     allocation = None
@@ -238,7 +239,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     log.info("channel ratio: asked %.3f, achieved %.3f%s", ratio, achieved, "".join(f"; {n}" for n in notes))
     if dense_step is not None:  # the schedule's step 0 is the depth-pruned model: put the dense one before it
         steps = [dense_step] + [{**s, "step": s["step"] + 1} for s in steps]
-    edits = ([blocks_edit(removed)] if removed else []) + [channels_edit(history)]
+    edits = ([depth_edit] if removed else []) + [channels_edit(history)]
     report = {"ratio": ratio, "achieved_ratio": achieved, "channel_plan": plan.rows if plan else None,
               "head_plan": plan.heads.rows if plan and plan.heads else None,
               "plan_notes": notes, "criterion": cfg.criterion, "scope": cfg.scope, "iterative_steps": cfg.iterative_steps,
