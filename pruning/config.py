@@ -122,6 +122,8 @@ class EvaluateConfig(Section):
 
     threads: int = Field(1, ge=1, le=256, description="ORT intra-op threads (fixed so latencies compare)")
     batch_size: int = Field(32, ge=1, le=65_536, description="the N of latency_ms_bN")
+    sequence_length: int | None = Field(None, ge=1, le=1_000_000, description="models with token inputs: the "
+                                        "sequence length latency is timed at (null: the data's own)")
     warmup: int = Field(5, ge=0, le=10_000, description="untimed runs per model, batch size and round")
     repeats: int = Field(20, ge=3, le=10_000, description="timed runs per model, batch size and round")
     rounds: int = Field(5, ge=1, le=1_000, description="rounds; the models alternate within each, latencies are medians over "

@@ -89,6 +89,21 @@ def tensors(x: Inputs) -> list[torch.Tensor]:
     return list(x.values()) if isinstance(x, dict) else list(x)
 
 
+def has_sequence(t: torch.Tensor) -> bool:
+    """An input with a sequence axis (axis 1): integer and (batch, sequence) — token ids, attention masks, token
+    types. Its length may vary between calls (exported as a dynamic axis, timed at ``evaluate.sequence_length``)."""
+    return t.dim() == 2 and not t.is_floating_point()
+
+
+def at_length(x: Inputs, n: int) -> Inputs:
+    """``x`` with every sequence input (:func:`has_sequence`) cut to ``n`` tokens, or filled to ``n`` by repeating
+    its tokens: inputs of that length for timing (a dense model's time does not depend on the token values)."""
+    def fit(t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(1, torch.arange(n) % t.shape[1]) if has_sequence(t) else t
+
+    return map_inputs(fit, x)
+
+
 def forward(model: nn.Module, x: Inputs) -> torch.Tensor:
     """Call ``model`` on ``x`` (``model(x)``, ``model(*x)`` or ``model(**x)``) and return its logits
     (:func:`logits_of`)."""

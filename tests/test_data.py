@@ -98,3 +98,17 @@ def test_a_damaged_meta_file_says_rerun_prepare(tmp_path):
     (tmp_path / "meta.json").write_text('{"input_shape": [3]}')
     with pytest.raises(DataError, match=r"meta.json is damaged \(KeyError"):
         load_data(tmp_path / "a.npz", tmp_path / "a.npz", tmp_path / "meta.json")
+
+
+def test_at_length_cuts_or_fills_token_inputs_only():
+    import torch
+
+    from pruning.data import at_length, has_sequence
+
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    x = {"input_ids": ids, "attention_mask": (ids > 0).long(), "pixel_values": torch.ones(2, 3, 4, 4)}
+    assert [has_sequence(t) for t in x.values()] == [True, True, False]
+    short, long = at_length(x, 2), at_length(x, 6)
+    assert short["input_ids"].tolist() == [[5, 6], [8, 9]] and short["pixel_values"].shape == (2, 3, 4, 4)
+    assert long["input_ids"].tolist() == [[5, 6, 7, 0, 5, 6], [8, 9, 0, 0, 8, 9]]
+    assert long["attention_mask"].shape == (2, 6)

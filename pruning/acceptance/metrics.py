@@ -103,6 +103,7 @@ class Latency(_Record):
     int8_vs_pruned_speedup_bN: float
     batch_size_N: int
     threads: int
+    sequence_length: int | None = None  # the token inputs' length timed (models with token inputs only)
     # which model ships (the gates' and the registry's "shipped"): "quantized" (INT8) or "pruned" (fp32), and why;
     # here and not in metrics.json because the choice reads the measured latencies
     shipped: str = "quantized"
@@ -117,7 +118,8 @@ class Latency(_Record):
 
     @classmethod
     def derive(cls, timings: dict[str, dict[str, float]], batch_size: int, threads: int,
-               shipped: tuple[str, str, float] = ("quantized", "", 0.0), max_spread: float = math.inf) -> Latency:
+               shipped: tuple[str, str, float] = ("quantized", "", 0.0), max_spread: float = math.inf,
+               sequence_length: int | None = None) -> Latency:
         """From ``{variant: {latency_ms_b1: ..., ...}}`` (the timing protocol's medians) and the shipping decision
         ``(variant, why, its metric drop)`` (:func:`choose_shipped`); figures whose :func:`spread` exceeds
         ``max_spread`` are marked unreliable."""
@@ -125,6 +127,7 @@ class Latency(_Record):
         s = {"pruned": p, "quantized": q}[shipped[0]]
         widest = spread(timings)
         return cls(dense=d, pruned=p, quantized=q, shipped=shipped[0], shipped_why=shipped[1],
+                   sequence_length=sequence_length,
                    latency_spread=widest, latency_reliable=widest <= max_spread,
                    shipped_speedup_b1=_ratio(d.latency_ms_b1, s.latency_ms_b1),
                    shipped_speedup_bN=_ratio(d.latency_ms_bN, s.latency_ms_bN), shipped_metric_drop=shipped[2],

@@ -85,7 +85,9 @@ def shipped_note(latency: Latency) -> str:
 def summary_table(metrics: Metrics, latency: Latency) -> Table:
     """Dense vs pruned vs INT8, with the ratios against dense."""
     caption = " ".join(n for n in (shipped_note(latency), sparsity_note(metrics)) if n)
-    table = Table(title=f"Pruning summary (ONNX Runtime, {latency.threads} thread(s), N = {latency.batch_size_N})",
+    tokens = f", {latency.sequence_length} tokens" if latency.sequence_length else ""
+    table = Table(title=f"Pruning summary (ONNX Runtime, {latency.threads} thread(s), N = {latency.batch_size_N}"
+                        f"{tokens})",
                   caption=caption, caption_justify="left")  # a sentence: centred, its wrapped last words float
     for col in ("", "dense", "pruned", "INT8", "pruned vs dense", "INT8 vs dense"):
         table.add_column(col, justify="left" if not col else "right")

@@ -22,7 +22,7 @@ from torch import nn
 
 from pruning import attention
 from pruning.counting import example_input
-from pruning.data import forward, map_inputs, tensors
+from pruning.data import forward, has_sequence, map_inputs, tensors
 from pruning.errors import ModelError, ParityError
 from pruning.runtime.session import INPUT_NAME, OUTPUT_NAME, run, session
 
@@ -46,7 +46,7 @@ def dynamic_axes(example: Any, names: list[str]) -> dict[str, dict[int, str]]:
     """Every input's dynamic axes: the batch (axis 0), and the sequence (axis 1) of integer inputs of shape
     (batch, sequence) (token ids, attention masks, token types), so that one file serves every batch size and text
     length."""
-    return {n: {0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"}
+    return {n: {0: "batch", 1: "sequence"} if has_sequence(t) else {0: "batch"}
             for n, t in zip(names, tensors(example), strict=True)}
 
 

@@ -58,13 +58,13 @@ def preprocess(src: str | Path, dst: str | Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     check_model_file(src)
-    try:
-        quant_pre_process(str(src), str(dst))
-    except Exception as exc:  # noqa: BLE001 - ORT's symbolic shape inference gives up on some dynamic-shape graphs
-        # (a transformer's sequence axis: "Incomplete symbolic shape inference"); onnx's own shape inference and
-        # the graph optimisation still run, and quantization does not need the symbolic shapes
-        log.info("%s: ORT's symbolic shape inference failed (%s); pre-processed without it", src, exc)
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    # ORT's symbolic shape inference gives up on a transformer's sequence axis ("Incomplete symbolic shape
+    # inference", after writing its partial model into the working directory): graphs with a dynamic axis besides the
+    # batch skip it; onnx's own shape inference and the graph optimisation still run, and quantization does not need
+    # the symbolic shapes
+    graph = onnx.load(str(src), load_external_data=False).graph
+    sequences = any(d.dim_param and d.dim_param != "batch" for i in graph.input for d in i.type.tensor_type.shape.dim)
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=sequences)
     model = onnx.load(str(dst))
     seen: set[str] = set()
     renamed = False

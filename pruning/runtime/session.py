@@ -31,7 +31,7 @@ def session_options(threads: int = 1, level: str = "all"):
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: a failing run raises its error in Python, where it is reported once
     return opts
 
 

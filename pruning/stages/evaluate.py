@@ -21,8 +21,9 @@ from pruning.acceptance.gates import distrust_latency, evaluate_gates
 from pruning.acceptance.metrics import VARIANTS, Latency, Metrics, ModelMetrics, choose_shipped, dump, headline, merged, spread
 from pruning.checkpoint import load_model
 from pruning.counting import count_macs, structural_sparsity
-from pruning.data import EVAL_BATCH, take
-from pruning.errors import DataError
+from pruning.data import EVAL_BATCH, at_length, has_sequence, take, tensors
+from pruning.errors import ConfigError, DataError
+from pruning.runtime import session as ort
 from pruning.runtime.session import score, size_bytes
 from pruning.runtime.timing import Protocol, latency
 from pruning.stages.common import git_commit, params_hash, paths, prepared_data, read_json, stage_times, write_json
@@ -78,10 +79,11 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     metrics = Metrics.derive(models["dense"], models["pruned"], models["quantized"], exported["parity_max_abs"],
                              exported["parity_score"], task.metric_name, task.greater_is_better)
     timed_samples = take(data.test, range(min(len(data.test), e.batch_size))).x  # tiled when the split is smaller
+    timed_samples, length = _at_length(timed_samples, e.sequence_length, onnx_paths["dense"])
     timings = _timed(onnx_paths, timed_samples, e)
     shipped = choose_shipped(metrics, timings, e.ship, e.int8_min_speedup, e.int8_max_metric_loss)
     log.info("shipped: %s — %s", "INT8" if shipped[0] == "quantized" else "pruned fp32", shipped[1])
-    timed = Latency.derive(timings, e.batch_size, e.threads, shipped, e.max_latency_spread)
+    timed = Latency.derive(timings, e.batch_size, e.threads, shipped, e.max_latency_spread, length)
     verdict = evaluate_gates(merged(metrics, timed), cfg.gates)
     if not timed.latency_reliable:
         verdict = distrust_latency(verdict, f"unreliable timing: p95/p50 = {timed.latency_spread:.3g} > "
@@ -99,6 +101,26 @@ def run(cfg: Config, root: str | Path = ".") -> EvaluateResult:
     tracking_seconds = time.perf_counter() - start
     write_json(p.mlflow_run, {"run_id": run_id, "experiment": cfg.tracking.experiment})
     return EvaluateResult(metrics, timed, verdict, run_id, tracking_seconds)
+
+
+def _at_length(x: Any, length: int | None, dense_onnx: str) -> tuple[Any, int | None]:
+    """The timed samples at ``evaluate.sequence_length`` (:func:`pruning.data.at_length`), and the length timed
+    (None for a model without token inputs). ConfigError when a length is set for a model without them, or one the
+    dense model cannot take (longer than its position embeddings)."""
+    sequences = [t for t in tensors(x) if has_sequence(t)]
+    if length is not None and not sequences:
+        raise ConfigError('Invalid "evaluate.sequence_length": this model has no token input (integer, (batch, '
+                          "sequence)) to time at a length: set it to null")
+    if length is None:
+        return x, sequences[0].shape[1] if sequences else None
+    x = at_length(x, length)
+    try:
+        ort.run(ort.session(dense_onnx), ort.tiled(x, 1))
+    except Exception as exc:  # ORT's errors (an index past the position table, an expand) come in several types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f'Invalid "evaluate.sequence_length": the dense model does not run at {length} tokens in '
+                          f"ONNX Runtime (longer than its position embeddings?): {first}") from None
+    return x, length
 
 
 _REMEASURE = 2  # further measurements when the machine was too busy for the first

@@ -68,7 +68,8 @@ def test_a_saved_bert_and_tokenised_text_go_through_the_flow_and_dvc_with_the_de
                         "kwargs": {"train": 1200, "test": 200, "length": 16}},
             model={"arch": "hf", "kwargs": {}, "weights": "weights/model"},
             train={"epochs": 6, "batch_size": 32, **ADAMW}, finetune={"epochs": 2, **ADAMW},
-            registry={"model_name": "text-bert"})
+            registry={"model_name": "text-bert"}, evaluate={"batch_size": 16, "warmup": 1, "repeats": 3, "rounds": 1,
+                                                            "sequence_length": 24})
 
     result = pipeline(repo=str(repo))
     assert all(result["ran"].values()) and result["gates"]["passed"] is True
@@ -82,6 +83,7 @@ def test_a_saved_bert_and_tokenised_text_go_through_the_flow_and_dvc_with_the_de
     graph = onnx.load(str(repo / "models" / "pruned.onnx")).graph
     assert {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input} == \
         {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+    assert json.loads((repo / "reports/latency.json").read_text())["sequence_length"] == 24  # as asked, not 16
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["macs_reduction"] >= 1.3 and metrics["parity_score"] <= 1.0
 
