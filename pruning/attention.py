@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 # query, key, value projections by the names the families give them; one name: a fused qkv projection (q | k | v)
@@ -127,6 +128,21 @@ def plan(attentions: Sequence[Attention], ratio: float, schedule: Sequence[float
     return HeadPlan(rows, removed)
 
 
+def check_applied(model: nn.Module, heads_plan: HeadPlan) -> list[str]:
+    """Compare the heads ``model`` has with the plan's; a layer torch-pruning left otherwise (a layout it could not
+    map) gets its row corrected and a note, returned for the log: the report says what happened, not what was
+    asked."""
+    actual = {a.name: a.heads for a in find(model)}
+    missed = []
+    for row in heads_plan.rows:
+        now = actual.get(row["layer"])
+        if now is not None and now != row["keep"]:
+            missed.append(f"{row['layer']}: {now} heads left, {row['keep']} planned (torch-pruning did not remove "
+                          "the planned heads of this layout)")
+            row["keep"], row["note"] = now, missed[-1].split(": ", 1)[1]
+    return missed
+
+
 def step_ratios(attentions: Sequence[Attention], heads_plan: HeadPlan) -> dict[nn.Module, list[float]]:
     """torch-pruning's ``head_pruning_ratio_dict`` entries (per projection, per step) that make it remove exactly the
     planned heads: it removes ceil(r x heads left) heads (with GQA, then ceil of that / key/value heads per group), so
@@ -164,7 +180,7 @@ def sync(model: nn.Module) -> None:
             config.num_key_value_heads = kv
     mlp = set()
     for m in model.modules():
-        width = _mlp_width(m)
+        width = mlp_width(m)
         if width is not None:
             _set(m, ("intermediate_size",), width)
             mlp.add(width)
@@ -175,7 +191,7 @@ def sync(model: nn.Module) -> None:
 MLP_IN = ("up_proj", "fc1", "dense_h_to_4h", "lin1")  # an MLP's first (widening) projection, by the families' names
 
 
-def _mlp_width(module: nn.Module) -> int | None:
+def mlp_width(module: nn.Module) -> int | None:
     """The hidden width of an MLP block (its first projection's outputs); None for any other module."""
     for name in MLP_IN:
         layer = getattr(module, name, None)
@@ -193,11 +209,54 @@ def _set(module: nn.Module, names: Sequence[str], value: int) -> None:
             setattr(module, name, value)
 
 
+HEAD_NORMS = ("q_norm", "k_norm")  # per-head query / key norms (Qwen3, OLMo2-style): weights of one head's width
+
+
+class _ConstantWeights(nn.Module):
+    """A per-head norm called with its weights as constants (``torch.func.functional_call`` with detached tensors) and
+    not registered as a submodule: torch-pruning's trace sees neither its module nor a parameter. Its weight has one
+    head's width and is shared by every head, so it couples nothing; seen as a parameter, it tied the query, key and
+    value channels of every head together and no head could go."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "norm", norm)  # outside the module tree on purpose
+
+    def forward(self, x: Any) -> Any:
+        constants = {k: v.detach() for k, v in self.norm.named_parameters()}
+        return torch.func.functional_call(self.norm, constants, (x,))
+
+
+@contextlib.contextmanager
+def _constant_head_norms(model: nn.Module) -> Iterator[None]:
+    swapped = []
+    for a in find(model):
+        for name in HEAD_NORMS:
+            norm = getattr(a.module, name, None)
+            weight = getattr(norm, "weight", None)
+            if isinstance(norm, nn.Module) and isinstance(weight, torch.Tensor) and weight.numel() == a.head_dim:
+                setattr(a.module, name, _ConstantWeights(norm))
+                swapped.append((a.module, name, norm))
+    try:
+        yield
+    finally:
+        for module, name, norm in swapped:
+            setattr(module, name, norm)
+
+
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
     """A Hugging Face model as torch-pruning can trace it: eager attention (SDPA's grouped-query path hides the
-    key/value repeat that couples a query head to its key/value head) and no key/value cache in the outputs; the
-    model's own settings are back afterwards."""
+    key/value repeat that couples a query head to its key/value head), no key/value cache in the outputs, per-head
+    query/key norms with constant weights (:class:`_ConstantWeights`); the model's own settings are back afterwards."""
+    with _constant_head_norms(model), exportable(model):
+        yield
+
+
+@contextlib.contextmanager
+def exportable(model: nn.Module) -> Iterator[None]:
+    """Eager attention and no key/value cache (the logits the one output), the model's own settings back afterwards:
+    how a Hugging Face model is exported and traced."""
     config = getattr(model, "config", None)
     implementation = getattr(config, "_attn_implementation", None)
     use_cache = getattr(config, "use_cache", None)

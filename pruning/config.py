@@ -100,7 +100,7 @@ class QuantizeConfig(Section):
     """ONNX Runtime INT8 quantization of the pruned model."""
 
     mode: Literal["auto", "static", "dynamic", "none"] = Field(
-        "auto", description="auto (static for graphs with convolutions, else dynamic) | static (QDQ, calibrated) | "
+        "auto", description="auto (static for convolutional graphs, else dynamic) | static (QDQ, calibrated) | "
         "dynamic (MatMul/Gemm weights int8, activations at run time: transformers) | none (the INT8 column is an fp32 "
         "copy)")
     per_channel: bool = Field(True, description="per-channel weight scales")

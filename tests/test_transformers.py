@@ -57,6 +57,14 @@ def mistral_gqa(**kwargs: Any) -> torch.nn.Module:
     return transformers.MistralForSequenceClassification(config)
 
 
+def qwen3_gqa(**kwargs: Any) -> torch.nn.Module:
+    """A Qwen3 decoder: grouped-query attention with per-head query/key norms (q_norm, k_norm)."""
+    config = transformers.Qwen3Config(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                      num_key_value_heads=2, head_dim=8, intermediate_size=96,
+                                      max_position_embeddings=64, num_labels=CLASSES, pad_token_id=0, **kwargs)
+    return transformers.Qwen3ForSequenceClassification(config)
+
+
 def _tokens(n: int, seq: int = SEQ, seed: int = 0) -> Split:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, VOCAB, (n, seq), generator=gen)
@@ -73,7 +81,7 @@ def _data(builder) -> Data:
     return Data(_tokens(64), _tokens(32, seed=1), None, CLASSES)
 
 
-FAMILIES = [bert, vit, llama_gqa, mistral_gqa]
+FAMILIES = [bert, vit, llama_gqa, mistral_gqa, qwen3_gqa]
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +142,9 @@ def test_a_grouped_query_request_that_cannot_be_met_is_rounded_to_whole_groups_a
     assert any("grouped-query attention" in n and "0.25 of the heads" in n for n in out.report["plan_notes"])
 
 
-def test_a_pruned_decoder_whose_config_states_its_head_size_reloads_with_save_pretrained(pruned, tmp_path):
-    _, out, data = pruned(mistral_gqa)
+@pytest.mark.parametrize("builder", [mistral_gqa, qwen3_gqa], ids=lambda b: b.__name__)
+def test_a_pruned_decoder_whose_config_states_its_head_size_reloads_with_save_pretrained(builder, pruned, tmp_path):
+    _, out, data = pruned(builder)
     out.model.save_pretrained(tmp_path / "hf")
     reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
     x = data.test.take(slice(0, 4)).x
@@ -146,7 +155,7 @@ def test_a_pruned_decoder_whose_config_states_its_head_size_reloads_with_save_pr
     assert config.intermediate_size == attention.find(reloaded)[0].module.config.intermediate_size < 96
 
 
-@pytest.mark.parametrize("builder", [bert, llama_gqa, mistral_gqa], ids=lambda b: b.__name__)
+@pytest.mark.parametrize("builder", [bert, llama_gqa, mistral_gqa, qwen3_gqa], ids=lambda b: b.__name__)
 def test_a_pruned_text_model_exports_with_dynamic_batch_and_sequence_axes_and_parity(builder, pruned, tmp_path,
                                                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)  # ORT's tools write debugging files into the working directory when they give up

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
-from pruning import criteria, dependency
+from pruning import attention, criteria, dependency
 from pruning.allocation.latency import Allocation, allocate
 from pruning.allocation.latency_table import LatencyTable, Yardstick
 from pruning.allocation.uniform import search_ratio
@@ -233,6 +233,8 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
         ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.calibration_split, ctx.seed),
                              dense_macs, cfg.target_macs_reduction)
     history, steps, plan = run_schedule(model, cfg, ratio, ctx, ratio_dict=allocation.ratios if allocation else None)
+    for missed in attention.check_applied(model, plan.heads) if plan and plan.heads else []:
+        log.warning("heads: %s", missed)
     # the share of channels actually removed: the plan's (over its groups) or, without one, over the layers' outputs
     achieved = plan.achieved if plan else _removed_share(widths, _widths(model))
     notes = plan.notes() if plan else []

@@ -64,8 +64,8 @@ def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, expor
         ((example,) if isinstance(example, torch.Tensor) else tuple(example), None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
-        # a Hugging Face model without its key/value cache: the logits are its one output (attention.traceable)
-        with warnings.catch_warnings(), attention.traceable(model):
+        # a Hugging Face model without its key/value cache: the logits are its one output
+        with warnings.catch_warnings(), attention.exportable(model):
             # The TorchScript exporter's deprecation notice is known and documented above; keep the logs clean.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)

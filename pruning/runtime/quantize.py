@@ -77,15 +77,16 @@ def preprocess(src: str | Path, dst: str | Path) -> None:
 
 
 def resolved_mode(path: str | Path, mode: str) -> str:
-    """``auto``: static QDQ for a graph with convolutions (what ORT recommends for CNNs), dynamic otherwise (weights
-    int8, activations quantized per batch at run time: what ORT users do with transformers on CPU, whose MatMul
-    inputs vary too much per sample for one calibrated range). Any other mode as it is."""
+    """``auto``: static QDQ for a convolutional graph (more Conv than MatMul nodes: what ORT recommends for CNNs),
+    dynamic otherwise (weights int8, activations quantized per batch at run time: what ORT users do with
+    transformers on CPU, whose MatMul inputs vary too much per sample for one calibrated range; a ViT's one patch
+    convolution does not make it a CNN). Any other mode as it is."""
     if mode != "auto":
         return mode
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return "static" if any(node.op_type == "Conv" for node in graph.node) else "dynamic"
+    ops = [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
+    return "static" if ops.count("Conv") > ops.count("MatMul") else "dynamic"
 
 
 def quantize(src: str | Path, dst: str | Path, mode: str, calibration: np.ndarray | list[dict[str, np.ndarray]],

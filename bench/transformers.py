@@ -1,0 +1,255 @@
+"""``python -m bench.transformers [--seeds N] [--quick]``: transformers pruned to 2x fewer MACs, five ways, on the two
+examples.
+
+On ``examples/vit-digits`` (a ViT on the bundled digits) and ``examples/text-topics`` (a BERT on a generated text
+task), each with its own params.yaml (data, model, training, fine-tuning): per seed, the dense model is trained as
+the train stage trains it, then pruned from that same model (paired) to ``target`` x fewer MACs by
+
+- ``heads_mlp``: the channel method's default (whole heads and MLP channels, the hidden size kept);
+- ``heads_only`` / ``mlp_only``: the same with the MLP's / the attention's projections left alone (heads alone cannot
+  reach 2x: at most all heads but one go, the figure says what was reached);
+- ``layers``: the depth method, whole layers dropped (``1 - 1/target`` of them, ranked by loss change);
+- ``plain_tp``: torch-pruning as its Hugging Face examples use it: one ratio for every channel (the hidden size
+  included), heads by the same ratio, magnitude (L2) importance, then the attention attributes set as its examples set
+  them by hand;
+
+each fine-tuned with the example's fine-tune settings (epochs, optimizer, distillation from the dense model). Per
+variant: test accuracy (torch), the MACs reached, and the measured speedup over the dense model at batch 1 and the
+example's sequence length in ONNX Runtime (timed alternately with the dense model, median of paired rounds), fp32 and
+with INT8 on top (quantize.mode auto: dynamic for these graphs). Writes reports/bench/transformers.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.config import BenchConfig, main
+from bench.criteria import _ci95
+from pruning import attention, layers
+from pruning.config import Config, load_config
+from pruning.counting import count_macs
+from pruning.data import Data, at_length, logits_of, take
+from pruning.methods import Context, channel, depth
+from pruning.progress import steps as progress_steps
+from pruning.runtime.export import export_onnx
+from pruning.runtime.quantize import quantize, resolved_mode
+from pruning.runtime.session import score, tiled
+from pruning.runtime.timing import Protocol, paired_speedup
+from pruning.stages import prepare
+from pruning.stages.common import prepared_data
+from pruning.task import build_task
+from pruning.training import Distill, evaluate, fit
+from pruning.zoo import build_model
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = ("vit-digits", "text-topics")
+VARIANTS = ("heads_mlp", "heads_only", "mlp_only", "layers", "plain_tp")
+TARGET = 2.0
+PROTOCOL = Protocol(warmup=10, repeats=50, rounds=5)  # per round and model, at batch 1 (sub-millisecond runs)
+
+
+def example(name: str, workdir: Path) -> tuple[Config, Data]:
+    """The example's params and its prepared data (prepared in ``workdir``; its own code importable)."""
+    where = Path("examples") / name
+    sys.path.insert(0, str(where.resolve()))
+    cfg = load_config(where / "params.yaml")
+    prepare.run(cfg, workdir)
+    return cfg, prepared_data(cfg, workdir)
+
+
+def train_dense(cfg: Config, data: Data, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(cfg.model.arch, cfg.model.kwargs, data.input_shape, data.num_classes)
+    fit(model, data.train, cfg.train.optim(), seed, f"dense seed {seed}", task=build_task(cfg.task))
+    return model.eval()
+
+
+def _names(model: nn.Module, part: str) -> list[str]:
+    """The Linear layers of the attention's query/key/value projections (``attention``) or of the MLPs' widening
+    projections (``mlp``), by module name."""
+    ids = {id(p) for a in attention.find(model) for p in a.projections} if part == "attention" else \
+        {id(m) for m in model.modules() if attention.mlp_width(m) is not None}
+    if part == "attention":
+        return [n for n, m in model.named_modules() if id(m) in ids]
+    owners = [n for n, m in model.named_modules() if id(m) in ids]
+    return [f"{o}.{c}" if o else c for o in owners for c, m in model.get_submodule(o).named_children()
+            if isinstance(m, nn.Linear) and (c in attention.MLP_IN or c in ("dense", "gate_proj"))]
+
+
+def plain_tp(model: nn.Module, example_input: Any, ratio: float) -> nn.Module:
+    """torch-pruning as its Hugging Face examples run it (hidden size included), then the attributes set."""
+    import torch_pruning as tp
+
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # the classifier
+    with attention.traceable(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(model, example_input, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, num_heads=attention.num_heads(attention.find(model)),
+                                      prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+                                      ignored_layers=[head], output_transform=logits_of)
+        pruner.step()
+    attention.sync(model)
+    return model
+
+
+def _plain_tp_at(dense: nn.Module, example_input: Any, target: float) -> nn.Module:
+    """plain_tp at the smallest ratio (bisection, 12 steps) reaching ``target`` x fewer MACs."""
+    base = count_macs(dense, example_input)[0]
+    low, high = 0.0, 0.95
+    for _ in range(12):
+        mid = (low + high) / 2
+        if base / count_macs(plain_tp(copy.deepcopy(dense), example_input, mid), example_input)[0] >= target:
+            high = mid
+        else:
+            low = mid
+    return plain_tp(copy.deepcopy(dense), example_input, high)
+
+
+def prune(variant: str, dense: nn.Module, cfg: Config, data: Data, seed: int, target: float) -> tuple[nn.Module, str]:
+    """A pruned copy of ``dense``, and a note on what was reached when the target was not."""
+    model = copy.deepcopy(dense)
+    ctx = Context(data=data, seed=seed, device="cpu", build=lambda: copy.deepcopy(dense),
+                  latency_table=Path("unused.json"), opset=cfg.export.opset, task=build_task(cfg.task))
+    if variant == "plain_tp":
+        return _plain_tp_at(dense, data.example, target), ""
+    if variant == "layers":
+        n = round(len(layers.find(model)) * (1 - 1 / target))
+        return depth.apply(model, depth.Config(blocks=n), ctx).model, ""
+    ignored = {"heads_mlp": [], "heads_only": _names(model, "mlp"), "mlp_only": _names(model, "attention")}[variant]
+    base = channel.Config(ignored_layers=ignored, ratio=None, target_macs_reduction=target)
+    try:
+        return channel.apply(model, base, ctx).model, ""
+    except Exception:  # noqa: BLE001 - the target is out of this variant's reach: as far as it goes
+        model = copy.deepcopy(dense)
+        heads = min(a.heads for a in attention.find(model))
+        ratio = (heads - 1) / heads
+        return channel.apply(model, base.model_copy(update={"ratio": ratio, "target_macs_reduction": None}),
+                             ctx).model, f"{target:g}x out of reach: ratio {ratio:.2f}"
+
+
+def measure(name: str, dense: nn.Module, model: nn.Module, cfg: Config, data: Data, seed: int,
+            tmp: Path) -> dict[str, Any]:
+    """Fine-tune ``model`` as the example's finetune stage does, then its accuracy, MACs and measured speedups."""
+    f = cfg.finetune
+    distill = Distill(dense, f.distill.temperature, f.distill.alpha) if f.distill.enabled else None
+    task = build_task(cfg.task)
+    fit(model, data.train, f.optim(), seed, f"{name} fine-tune seed {seed}", distill=distill, task=task)
+    model.eval()
+    accuracy, _ = evaluate(model, data.test, task=task)
+    macs = count_macs(model, data.spec)[0]
+    paths = {}
+    for label, m in (("dense", dense), ("pruned", model)):
+        paths[label] = tmp / f"{label}.onnx"
+        export_onnx(m, data.spec, paths[label], cfg.export.opset)
+    paths["int8"] = tmp / "int8.onnx"
+    quantize(paths["pruned"], paths["int8"], resolved_mode(paths["pruned"], "auto"), [])
+    x = take(data.test, range(1)).x
+    length = cfg.evaluate.sequence_length
+    x = tiled(at_length(x, length) if length else x, 1)
+    fp32 = paired_speedup(paths["dense"], paths["pruned"], x, 1, PROTOCOL)
+    int8 = paired_speedup(paths["dense"], paths["int8"], x, 1, PROTOCOL)
+    int8_accuracy, _ = score(paths["int8"], data.test, 1, task)
+    return {"accuracy": accuracy, "macs": macs, "speedup_b1": fp32.median, "speedup_b1_interval": [fp32.low,
+            fp32.high], "int8_speedup_b1": int8.median, "int8_accuracy": int8_accuracy}
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for ex in dict.fromkeys(r["example"] for r in records):
+        for variant in VARIANTS:
+            rs = [r for r in records if r["example"] == ex and r["variant"] == variant]
+            if not rs:
+                continue
+            acc, ci = _ci95([r["accuracy"] for r in rs])
+            int8, int8_ci = _ci95([r["int8_accuracy"] for r in rs])
+            macs = float(np.mean([r["macs_reduction"] for r in rs]))
+            speedup = float(np.median([r["speedup_b1"] for r in rs]))
+            rows.append({"example": ex, "variant": variant, "n": len(rs), "accuracy": acc, "accuracy_ci95": ci,
+                         "macs_reduction": macs, "speedup_b1": speedup,
+                         "speedup_b1_range": [min(r["speedup_b1"] for r in rs), max(r["speedup_b1"] for r in rs)],
+                         "efficiency": speedup / macs, "int8_speedup_b1": float(np.median([r["int8_speedup_b1"]
+                                                                                             for r in rs])),
+                         "int8_accuracy": int8, "int8_accuracy_ci95": int8_ci,
+                         "dense_accuracy": float(np.mean([r["dense_accuracy"] for r in rs])),
+                         "notes": sorted({r["note"] for r in rs if r["note"]})})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], seeds: int, target: float) -> str:
+    out = [f"Transformers pruned to {target:g}× fewer MACs ({seeds} seed(s); accuracy mean ± 95 % CI over seeds, "
+           "the same fine-tune for every variant; speedups measured in ONNX Runtime at batch 1 and the example's "
+           "sequence length, 1 thread, alternating with the dense model: median over seeds [lowest, highest]; "
+           "efficiency = speedup ÷ MACs reduction).", ""]
+    for ex in dict.fromkeys(r["example"] for r in rows):
+        rs = [r for r in rows if r["example"] == ex]
+        out += [f"**{ex}** (dense: {rs[0]['dense_accuracy']:.1%})", "",
+                "| variant | MACs ÷ | accuracy | speedup b1 | efficiency | INT8 speedup b1 | INT8 accuracy |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rs:
+            low, high = r["speedup_b1_range"]
+            note = f" ({'; '.join(r['notes'])})" if r["notes"] else ""
+            out.append(f"| {r['variant']}{note} | {r['macs_reduction']:.2f} | {r['accuracy']:.1%} ± "
+                       f"{r['accuracy_ci95']:.1%} | ×{r['speedup_b1']:.2f} [{low:.2f}, {high:.2f}] | "
+                       f"{r['efficiency']:.2f} | ×{r['int8_speedup_b1']:.2f} | {r['int8_accuracy']:.1%} ± "
+                       f"{r['int8_accuracy_ci95']:.1%} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def run_bench(cfg: Config, seeds: int, examples: list[str], out_dir: Path, target: float = TARGET) -> dict[str, Any]:
+    records: list[dict[str, Any]] = []
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp_dir, progress_steps(seeds * len(examples) * len(VARIANTS),
+                                                                  "bench transformers", log) as advance:
+        tmp = Path(tmp_dir)
+        for ex in examples:
+            (tmp / ex).mkdir()
+            ex_cfg, data = example(ex, tmp / ex)
+            for seed in range(seeds):
+                dense = train_dense(ex_cfg, data, seed)
+                dense_accuracy, _ = evaluate(dense, data.test, task=build_task(ex_cfg.task))
+                dense_macs = count_macs(dense, data.spec)[0]
+                for variant in VARIANTS:
+                    model, note = prune(variant, dense, ex_cfg, data, seed, target)
+                    rec = measure(variant, dense, model, ex_cfg, data, seed, tmp)
+                    rec |= {"example": ex, "variant": variant, "seed": seed, "note": note,
+                            "dense_accuracy": dense_accuracy, "macs_reduction": dense_macs / rec["macs"]}
+                    records.append(rec)
+                    advance(f"{ex} seed {seed} {variant}: accuracy {rec['accuracy']:.4f}, MACs "
+                            f"÷{rec['macs_reduction']:.2f}, speedup ×{rec['speedup_b1']:.2f}")
+                rows = summarize(records)
+                md = markdown(rows, seed + 1, target)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                result = {"seeds": seed + 1, "target": target, "examples": examples, "records": records,
+                          "summary": rows, "markdown": md, "seconds": time.time() - started}
+                (out_dir / "transformers.json").write_text(json.dumps(result, indent=1) + "\n")
+                (out_dir / "transformers.md").write_text(md + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.transformers", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 seed, the text example only")
+    args = parser.parse_args()
+
+    def go(cfg: Config, b: BenchConfig, out: Path) -> None:
+        ex = ["text-topics"] if args.quick else list(EXAMPLES)
+        print(run_bench(cfg, 1 if args.quick else max(1, args.seeds), ex, out)["markdown"])
+
+    sys.exit(main(go, args.params))
