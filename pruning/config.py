@@ -73,6 +73,8 @@ class DistillConfig(Section):
     enabled: bool = Field(True, description="distil from the dense model while fine-tuning")
     temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of both models")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target term")
+    features: float = Field(0.0, ge=0, le=1_000, description="weight of an MSE between the features the pruned and "
+                            "the dense model's classifiers read (a transformer's final hidden states; 0: none)")
 
 
 class FinetuneConfig(_Optimizer):

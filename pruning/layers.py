@@ -79,43 +79,51 @@ def _hidden(value: Any) -> torch.Tensor | None:
     return None
 
 
+def _states_in(args: tuple, kwargs: dict) -> Any:
+    """The hidden states a layer was called with (first positional argument, or ``hidden_states=``)."""
+    return args[0] if args else kwargs.get("hidden_states")
+
+
+@contextlib.contextmanager
+def _around(hooks: list[tuple[nn.Module, Callable[..., Any], Callable[..., Any]]]) -> Iterator[None]:
+    """Forward pre-hooks and forward hooks (both with keyword arguments) on layers, removed on exit."""
+    handles = [h for layer, pre, post in hooks for h in (layer.register_forward_pre_hook(pre, with_kwargs=True),
+                                                         layer.register_forward_hook(post, with_kwargs=True))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextlib.contextmanager
 def observed(layers: dict[str, nn.Module], see: Callable[[str, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
     """While inside, every call of a named layer calls ``see(name, input hidden states, output hidden states)``."""
     inputs: dict[str, torch.Tensor] = {}
-    handles = []
+    hooks = []
     for name, layer in layers.items():
         def pre(module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
-            inputs[name] = args[0] if args else kwargs.get("hidden_states")
+            inputs[name] = _states_in(args, kwargs)
 
         def post(module: nn.Module, args: tuple, kwargs: dict, out: Any, name: str = name) -> None:
             h_out = _hidden(out)
             if h_out is not None and isinstance(inputs.get(name), torch.Tensor):
                 see(name, inputs.pop(name), h_out)
 
-        handles += [layer.register_forward_pre_hook(pre, with_kwargs=True),
-                    layer.register_forward_hook(post, with_kwargs=True)]
-    try:
+        hooks.append((layer, pre, post))
+    with _around(hooks):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextlib.contextmanager
 def skipped(layer: nn.Module) -> Iterator[None]:
     """While inside, ``layer`` returns its input unchanged (as if removed), in the structure of its output."""
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        module._pruning_skipped_input = args[0] if args else kwargs.get("hidden_states")
+        module._pruning_skipped_input = _states_in(args, kwargs)
 
     def post(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         h = module.__dict__.pop("_pruning_skipped_input")
         return h if isinstance(out, torch.Tensor) else (h, *out[1:])  # a tensor, or a tuple led by the states
 
-    handles = [layer.register_forward_pre_hook(pre, with_kwargs=True),
-               layer.register_forward_hook(post, with_kwargs=True)]
-    try:
+    with _around([(layer, pre, post)]):
         yield
-    finally:
-        for h in handles:
-            h.remove()

@@ -17,9 +17,10 @@ and accuracy by default). Rich progress bars show the epochs, and every epoch is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,11 +60,66 @@ OPTIMIZERS = ("sgd", "adamw")
 
 @dataclass(frozen=True)
 class Distill:
-    """Hinton et al. (2015): loss = alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE."""
+    """Hinton et al. (2015): loss = alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE; plus, with
+    ``features`` > 0, that weight times the mean squared distance between the two models' final features
+    (:func:`features_of`: a transformer's final hidden states, which head and MLP pruning keep at full width;
+    FitNets' hint at the last layer, Minitron's hidden-state loss at one layer)."""
 
     teacher: nn.Module
     temperature: float
     alpha: float
+    features: float = 0.0
+
+
+def classifier(model: nn.Module) -> nn.Linear | None:
+    """The model's classifier: its last ``nn.Linear`` in module order."""
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+
+
+def features_of(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """Where a model's final features are read: the output of its last transformer layer (:mod:`pruning.layers`),
+    else the input of its classifier; None for a model without either."""
+    from pruning import layers
+
+    stack = list(layers.find(model).values())
+    if stack:
+        return stack[-1], "output"
+    head = classifier(model)
+    return (head, "input") if head is not None else None
+
+
+class Features:
+    """A model's final features (:func:`features_of`) at its last call, through a hook."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        module, side = features_of(model) or (None, "")
+        self.handle = None if module is None else module.register_forward_pre_hook(self._input) if side == "input" \
+            else module.register_forward_hook(self._output)
+
+    def _input(self, module: nn.Module, args: tuple) -> None:
+        self.value = args[0]
+
+    def _output(self, module: nn.Module, args: tuple, out: Any) -> None:
+        self.value = out if isinstance(out, torch.Tensor) else out[0]
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+@contextlib.contextmanager
+def _hinted(model: nn.Module, distill: Distill | None) -> Iterator[tuple[Features, Features] | None]:
+    """The student's and the teacher's classifier inputs while training, when the distillation asks for them."""
+    if distill is None or not distill.features:
+        yield None
+        return
+    hints = (Features(model), Features(distill.teacher))
+    try:
+        yield hints
+    finally:
+        for h in hints:
+            h.remove()
 
 
 class Callback:
@@ -187,7 +243,7 @@ def train_loop(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: st
         distill.teacher.to(dev).eval()
     history: list[dict[str, float]] = []
     step = 0
-    with _progress() as bar:
+    with _progress() as bar, _hinted(model, distill) as hints:
         bar_id = bar.add_task(desc, total=opt.epochs, status="")
         for epoch in range(opt.epochs):
             model.train()
@@ -207,6 +263,8 @@ def train_loop(model: nn.Module, train: Dataset, opt: Optim, seed: int, desc: st
                     with torch.no_grad():
                         teacher_logits = forward(distill.teacher, batch.x)
                     loss = distillation_loss(logits, batch.y, teacher_logits, distill.temperature, distill.alpha, task)
+                    if hints is not None:
+                        loss = loss + distill.features * F.mse_loss(hints[0].value, hints[1].value)
                 for cb in callbacks:
                     extra = cb.extra_loss(model, batch, logits)
                     if extra is not None:

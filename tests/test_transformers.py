@@ -239,3 +239,44 @@ def test_the_channel_method_drops_layers_first_then_prunes_heads(tmp_path):
     out.model.save_pretrained(tmp_path / "hf")
     config = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
     assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (1, 6, 2)
+
+
+def test_feature_distillation_pulls_the_pruned_model_s_final_hidden_states_to_the_dense_model_s(pruned):
+    from pruning.training import Distill, Optim, fit
+
+    dense, out, data = pruned(bert)
+    x = data.test.take(slice(0, 16)).x
+    last = {m: list(layers.find(m).values())[-1] for m in (out.model, dense)}  # BERT's final hidden states
+
+    def distance(model: torch.nn.Module) -> float:
+        seen = []
+        handles = [last[m].register_forward_hook(lambda _, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+                   for m in (out.model, dense)]
+        with torch.no_grad():
+            forward(model.eval(), x), forward(dense.eval(), x)
+        for h in handles:
+            h.remove()
+        return float(torch.nn.functional.mse_loss(seen[0], seen[1]))
+
+    far = {}
+    for weight in (0.0, 50.0):
+        state = copy.deepcopy(out.model.state_dict())
+        fit(out.model, data.train, Optim(3, 16, 1e-3, optimizer="adamw"), 0, "kd",
+            distill=Distill(dense, 4.0, 0.7, weight))
+        far[weight] = distance(out.model)
+        out.model.load_state_dict(state)  # the shared fixture's model as it was
+        assert not last[out.model]._forward_hooks and not last[dense]._forward_hooks  # the hooks are gone
+    assert far[50.0] < 0.5 * far[0.0]
+
+
+def test_feature_distillation_between_classifiers_of_different_widths_is_one_line():
+    from pruning.errors import ConfigError
+    from pruning.stages.finetune import _check_features
+
+    narrow = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    wide = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Linear(16, 3))
+    x = torch.zeros(1, 4)
+    _check_features(narrow, wide, 0.0, x)  # off: nothing to compare
+    _check_features(wide, copy.deepcopy(wide), 1.0, x)
+    with pytest.raises(ConfigError, match=r'"finetune.distill.features".*differ \(\(8,\) vs \(16,\)\)'):
+        _check_features(narrow, wide, 1.0, x)
