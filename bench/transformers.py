@@ -175,10 +175,13 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not rs:
                 continue
             acc, ci = _ci95([r["accuracy"] for r in rs])
+            plain = {r["seed"]: r["accuracy"] for r in records if r["example"] == ex and r["variant"] == "plain_tp"}
+            delta, delta_ci = _ci95([r["accuracy"] - plain[r["seed"]] for r in rs if r["seed"] in plain] or [0.0])
             int8, int8_ci = _ci95([r["int8_accuracy"] for r in rs])
             macs = float(np.mean([r["macs_reduction"] for r in rs]))
             speedup = float(np.median([r["speedup_b1"] for r in rs]))
             rows.append({"example": ex, "variant": variant, "n": len(rs), "accuracy": acc, "accuracy_ci95": ci,
+                         "vs_plain_tp": delta, "vs_plain_tp_ci95": delta_ci,
                          "macs_reduction": macs, "speedup_b1": speedup,
                          "speedup_b1_range": [min(r["speedup_b1"] for r in rs), max(r["speedup_b1"] for r in rs)],
                          "efficiency": speedup / macs, "int8_speedup_b1": float(np.median([r["int8_speedup_b1"]
@@ -193,25 +196,36 @@ def markdown(rows: list[dict[str, Any]], seeds: int, target: float) -> str:
     out = [f"Transformers pruned to {target:g}× fewer MACs ({seeds} seed(s); accuracy mean ± 95 % CI over seeds, "
            "the same fine-tune for every variant; speedups measured in ONNX Runtime at batch 1 and the example's "
            "sequence length, 1 thread, alternating with the dense model: median over seeds [lowest, highest]; "
-           "efficiency = speedup ÷ MACs reduction).", ""]
+           "efficiency = speedup ÷ MACs reduction; vs plain_tp: the accuracy difference to plain torch-pruning on the "
+           "same seed's dense model, mean ± 95 % CI).", ""]
     for ex in dict.fromkeys(r["example"] for r in rows):
         rs = [r for r in rows if r["example"] == ex]
         out += [f"**{ex}** (dense: {rs[0]['dense_accuracy']:.1%})", "",
-                "| variant | MACs ÷ | accuracy | speedup b1 | efficiency | INT8 speedup b1 | INT8 accuracy |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+                "| variant | MACs ÷ | accuracy | vs plain_tp (paired) | speedup b1 | efficiency | INT8 speedup b1 | "
+                "INT8 accuracy |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rs:
             low, high = r["speedup_b1_range"]
             note = f" ({'; '.join(r['notes'])})" if r["notes"] else ""
             out.append(f"| {r['variant']}{note} | {r['macs_reduction']:.2f} | {r['accuracy']:.1%} ± "
-                       f"{r['accuracy_ci95']:.1%} | ×{r['speedup_b1']:.2f} [{low:.2f}, {high:.2f}] | "
+                       f"{r['accuracy_ci95']:.1%} | {r['vs_plain_tp'] * 100:+.1f} ± {r['vs_plain_tp_ci95'] * 100:.1f} pt | "
+                       f"×{r['speedup_b1']:.2f} [{low:.2f}, {high:.2f}] | "
                        f"{r['efficiency']:.2f} | ×{r['int8_speedup_b1']:.2f} | {r['int8_accuracy']:.1%} ± "
                        f"{r['int8_accuracy_ci95']:.1%} |")
         out.append("")
     return "\n".join(out)
 
 
+def _kept(out_dir: Path, examples: list[str], seeds: int) -> list[dict[str, Any]]:
+    """The records of the examples not run now, from the last report (same seeds): one example can be run again."""
+    path = out_dir / "transformers.json"
+    if not path.is_file():
+        return []
+    last = json.loads(path.read_text())
+    return [r for r in last.get("records", []) if r["example"] not in examples and r["seed"] < seeds]
+
+
 def run_bench(cfg: Config, seeds: int, examples: list[str], out_dir: Path, target: float = TARGET) -> dict[str, Any]:
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = _kept(out_dir, examples, seeds)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp_dir, progress_steps(seeds * len(examples) * len(VARIANTS),
                                                                   "bench transformers", log) as advance:
@@ -232,9 +246,10 @@ def run_bench(cfg: Config, seeds: int, examples: list[str], out_dir: Path, targe
                     advance(f"{ex} seed {seed} {variant}: accuracy {rec['accuracy']:.4f}, MACs "
                             f"÷{rec['macs_reduction']:.2f}, speedup ×{rec['speedup_b1']:.2f}")
                 rows = summarize(records)
-                md = markdown(rows, seed + 1, target)
+                md = markdown(rows, seeds, target)
                 out_dir.mkdir(parents=True, exist_ok=True)
-                result = {"seeds": seed + 1, "target": target, "examples": examples, "records": records,
+                result = {"seeds": seeds, "target": target, "examples": sorted({r["example"] for r in records}),
+                          "records": records,
                           "summary": rows, "markdown": md, "seconds": time.time() - started}
                 (out_dir / "transformers.json").write_text(json.dumps(result, indent=1) + "\n")
                 (out_dir / "transformers.md").write_text(md + "\n")
@@ -246,10 +261,17 @@ if __name__ == "__main__":
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 seed, the text example only")
+    parser.add_argument("--examples", default=",".join(EXAMPLES),
+                        help="which to run (comma-separated); the last report's records of the others are kept")
     args = parser.parse_args()
 
     def go(cfg: Config, b: BenchConfig, out: Path) -> None:
-        ex = ["text-topics"] if args.quick else list(EXAMPLES)
+        ex = ["text-topics"] if args.quick else [e for e in args.examples.split(",") if e]
+        unknown = sorted(set(ex) - set(EXAMPLES))
+        if unknown:
+            from pruning.errors import ConfigError
+
+            raise ConfigError(f"--examples: no example {', '.join(unknown)} (examples: {', '.join(EXAMPLES)})")
         print(run_bench(cfg, 1 if args.quick else max(1, args.seeds), ex, out)["markdown"])
 
     sys.exit(main(go, args.params))

@@ -209,7 +209,7 @@ def pipeline(repo: str = ".", strict: bool = False) -> dict[str, Any]:
     return result
 
 
-def _warm_up(cfg: Config, process: subprocess.Popen[bytes] | None) -> AbstractContextManager[Any]:
+def _warm_up(cfg: Config, repo: Path, process: subprocess.Popen[bytes] | None) -> AbstractContextManager[Any]:
     """While Prefect's ephemeral server (launched by :func:`main` before anything heavy is imported) comes up, import
     the stages, open the MLflow store in the background, and return the settings to run the flow under.
 
@@ -219,7 +219,7 @@ def _warm_up(cfg: Config, process: subprocess.Popen[bytes] | None) -> AbstractCo
     for stage in STAGES:
         stage.fn  # noqa: B018 - imports the stage's code now, while the server starts
     if cfg.tracking.enabled:
-        threading.Thread(target=_warm_up_tracking, args=(cfg.tracking.experiment,), daemon=True,
+        threading.Thread(target=_warm_up_tracking, args=(cfg.tracking.experiment, repo), daemon=True,
                          name="mlflow-warm-up").start()
     if process is None:
         return nullcontext()
@@ -229,12 +229,14 @@ def _warm_up(cfg: Config, process: subprocess.Popen[bytes] | None) -> AbstractCo
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
-def _warm_up_tracking(experiment: str) -> None:
-    """Import mlflow and open the store; on any error do nothing: the evaluate stage meets it again and reports it."""
+def _warm_up_tracking(experiment: str, repo: Path) -> None:
+    """Import mlflow and open the workspace's store (``repo``'s: mlflow.set_tracking_uri also sets
+    MLFLOW_TRACKING_URI, which the evaluate stage then reads, so a store opened here elsewhere would take the run);
+    on any error do nothing: the evaluate stage meets it again and reports it."""
     from pruning.tracking import warm_up
 
     try:
-        warm_up(experiment)
+        warm_up(experiment, repo)
     except Exception:  # noqa: BLE001 - reported by the evaluate stage, in the flow, with its one-line message
         logging.getLogger(__name__).debug("MLflow warm-up failed", exc_info=True)
 
@@ -242,14 +244,18 @@ def _warm_up_tracking(experiment: str) -> None:
 def _one_run_per_workspace(repo: Path) -> Any:
     """Hold the workspace's run lock until this process exits (the OS drops it on a kill); None if another run holds
     it. Two flows in one workspace would run the same stages on the same files; DVC's own lock, held per stage, cannot
-    stop the second from starting between two stages."""
+    stop the second from starting between two stages. The lock lives in the DVC repository's .dvc/tmp (the workspace's
+    or, for a workspace in a subdirectory such as examples/<name>, the nearest above it), one per workspace."""
     import filelock
 
-    where = repo / ".dvc" / "tmp"
-    if not where.parent.is_dir():  # not a DVC repository: DVC reports that itself, with its own message
+    dvc_root = next((d for d in (repo, *repo.parents) if (d / ".dvc").is_dir()), None)
+    if dvc_root is None:  # not in a DVC repository: DVC reports that itself, with its own message
         return nullcontext()
+    where = dvc_root / ".dvc" / "tmp"
     where.mkdir(exist_ok=True)
-    guard = filelock.FileLock(str(where / "pruning-run.lock"), timeout=0)
+    inside = repo.relative_to(dvc_root).as_posix()
+    name = "pruning-run.lock" if inside == "." else f"pruning-run-{inside.replace('/', '--')}.lock"
+    guard = filelock.FileLock(str(where / name), timeout=0)
     try:
         guard.acquire()
     except filelock.Timeout:
@@ -306,7 +312,7 @@ def _main(err: Console) -> int:
     try:
         from pruning.config import load_config  # imports every method, hence torch: after the launch
 
-        with _warm_up(load_config(params), process):
+        with _warm_up(load_config(params), repo, process):
             # Everything imported so far lives until exit: keep it out of the collector's full passes (CPython docs,
             # gc.freeze), which otherwise rescan them during the run and again at interpreter shutdown (docs/design.md,
             # "Measured reasons").

@@ -161,3 +161,45 @@ def test_bench_robust_runs_fresh_after_an_interrupted_loaded_run_and_under_load(
         assert r["candidates"] >= 1 and r["alone"]["rounds"] == 9 and r["alone"]["low"] <= r["alone"]["speedup"]
         assert r["macs_reduction"] > 1.0
     assert (tmp_path / "out/robust.json").is_file() and f"| {TINY_ARCH} | fresh |" in report["markdown"]
+
+
+def test_run_transformers_prunes_every_variant_to_its_target_and_reports_speedups(tmp_path, monkeypatch):
+    """The machinery on the text example at a tiny size (one epoch, 48 texts of 12 tokens); the figures come from
+    the full run (docs/results/transformers.md)."""
+    import bench.transformers as bt
+    from pruning.runtime.timing import Protocol
+
+    def small(name: str, workdir):
+        cfg, _ = real(name, tmp_path / "ignored")
+        data_kwargs = {**cfg.data.kwargs, "train": 48, "test": 24, "length": 12}
+        cfg = cfg.model_copy(update={
+            "data": cfg.data.model_copy(update={"kwargs": data_kwargs}),
+            "train": cfg.train.model_copy(update={"epochs": 1}),
+            "finetune": cfg.finetune.model_copy(update={"epochs": 1}),
+            "evaluate": cfg.evaluate.model_copy(update={"sequence_length": 12})})
+        from pruning.stages import prepare
+        from pruning.stages.common import prepared_data
+
+        prepare.run(cfg, workdir)
+        return cfg, prepared_data(cfg, workdir)
+
+    real = bt.example
+    (tmp_path / "ignored").mkdir()
+    monkeypatch.setattr(bt, "example", small)
+    monkeypatch.setattr(bt, "PROTOCOL", Protocol(warmup=1, repeats=3, rounds=3))
+    monkeypatch.delitem(__import__("sys").modules, "topics", raising=False)
+    result = bt.run_bench(parse_config(TINY), 1, ["text-topics"], tmp_path)
+    rows = {r["variant"]: r for r in result["summary"]}
+    assert set(rows) == set(bt.VARIANTS)
+    for name in ("heads_mlp", "mlp_only", "plain_tp"):
+        assert rows[name]["macs_reduction"] >= 2.0 and not rows[name]["notes"]
+    assert rows["layers"]["macs_reduction"] > 1.8  # one of two layers: embeddings and classifier stay
+    assert rows["heads_only"]["notes"] == ["2x out of reach: ratio 0.75"] and rows["heads_only"]["macs_reduction"] < 2
+    for r in rows.values():
+        assert r["speedup_b1"] > 0 and r["efficiency"] == pytest.approx(r["speedup_b1"] / r["macs_reduction"])
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["int8_accuracy"] <= 1
+    assert "| heads_mlp |" in (tmp_path / "transformers.md").read_text()
+    # another run of one example keeps the other's records
+    kept = {**result["records"][0], "example": "vit-digits"}
+    (tmp_path / "transformers.json").write_text(json.dumps({"records": [kept] + result["records"]}))
+    assert bt._kept(tmp_path, ["text-topics"], 1) == [kept]
