@@ -1,5 +1,6 @@
 """Registry rules against a real MLflow sqlite store: champion moves only on passing gates AND a better metric."""
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -153,6 +154,24 @@ def test_setup_puts_the_default_store_in_the_workspace_root_not_the_working_dire
     setup("x", tmp_path / "ws")
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
     assert (tmp_path / "ws" / "mlflow.db").is_file() and not (tmp_path / "mlflow.db").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")  # leave no global state pointing here
+
+
+def test_the_run_command_s_warm_up_opens_the_workspace_s_store_from_another_directory(tmp_path, monkeypatch,
+                                                                                     mlflow_template):
+    """`python -m pruning run --params examples/x/params.yaml` from the repository root: the store opened while
+    Prefect starts is the example's; mlflow exports its URI as MLFLOW_TRACKING_URI, which the evaluate stage reads
+    (it once logged into the working directory's store)."""
+    from flows.pipeline import _warm_up_tracking
+    from tests.conftest import fresh_store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test, whatever mlflow sets
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    fresh_store(mlflow_template, tmp_path / "ws")
+    _warm_up_tracking("x", tmp_path / "ws")
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
+    assert not (tmp_path / "mlflow.db").exists()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")  # leave no global state pointing here
 
 
