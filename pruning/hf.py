@@ -47,7 +47,7 @@ def force_offline() -> None:
 def directory_problem(path: Path) -> str | None:
     """What keeps ``path`` from being a ``save_pretrained`` directory this loader reads, or None."""
     if not path.is_dir():
-        return f"{path} is not a directory (model.arch hf reads a save_pretrained directory)"
+        return f"{path} is not a directory (the hf architecture reads a save_pretrained directory)"
     if not (path / CONFIG).is_file():
         return f"{path} has no {CONFIG}: save the model with model.save_pretrained({str(path)!r})"
     if not any((path / name).is_file() for name in SAFETENSORS):
@@ -77,8 +77,8 @@ def config_and_class(raw: dict[str, Any], overrides: dict[str, Any], where: str)
 
     if "auto_map" in raw:
         raise ModelError(f"{where} asks for code of its own (auto_map): only models of the transformers library are "
-                         "loaded from a directory (a model file may not choose code to run); give your model as "
-                         "model.arch module:callable instead", field="weights")
+                         "loaded from a directory (a model file may not choose code to run); give your model as a "
+                         "module:callable builder instead", field="weights")
     model_type = raw.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise ModelError(f"{where}: model_type {model_type!r} is not a transformers model type", field="weights")
@@ -91,7 +91,7 @@ def config_and_class(raw: dict[str, Any], overrides: dict[str, Any], where: str)
     try:
         config = CONFIG_MAPPING[model_type].from_dict({**raw, **overrides})
     except (TypeError, ValueError, KeyError) as exc:
-        raise ModelError(f"{where}: not a valid {model_type} config with model.kwargs {overrides}: {exc}",
+        raise ModelError(f"{where}: not a valid {model_type} config with the overrides {overrides}: {exc}",
                          field="kwargs") from None
     return config, cls
 
@@ -131,8 +131,7 @@ def from_record(kwargs: dict[str, Any]) -> nn.Module:
     """The dense model a model file records (:func:`record_kwargs`), randomly initialised: its weights follow."""
     raw = kwargs.get("config")
     if not isinstance(raw, dict):
-        raise ModelError("model.arch hf is built from the save_pretrained directory in model.weights (set it)",
-                         field="weights")
+        raise ModelError("the hf architecture is built from a save_pretrained directory: name it", field="weights")
     config, cls = config_and_class(raw, {}, "the model file's config")
     if cls.__name__ != kwargs.get("class"):
         raise ModelError(f"the model file records class {kwargs.get('class')!r} but its config names {cls.__name__}")

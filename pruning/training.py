@@ -22,15 +22,17 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import Dataset
 
 from pruning.data import EVAL_BATCH, Batch, batches, calibration_batches, forward, take
+from pruning.schema import Section
 from pruning.task import CLASSIFICATION, Task, mean_scores
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,45 @@ class Optim:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+
+
+class _Optimizer(Section):
+    """An optimizer's settings in params.yaml (train:, finetune:), as :class:`Optim` runs them."""
+
+    epochs: int = Field(12, ge=1, le=10_000, description="epochs (cosine learning-rate schedule)")
+    batch_size: int = Field(64, ge=1, le=65_536, description="batch size")
+    optimizer: Literal[OPTIMIZERS] = Field("sgd", description="sgd (Nesterov momentum: CNNs) | adamw "
+                                               "(transformers: lr about 1e-3 from scratch, 5e-5 on pre-trained)")
+    lr: float = Field(0.05, gt=0, le=10, description="initial learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
+    weight_decay: float = Field(5e-4, ge=0, le=1, description="weight decay (L2 for sgd, decoupled for adamw)")
+
+    def optim(self) -> Optim:
+        return Optim(self.epochs, self.batch_size, self.lr, self.momentum, self.weight_decay, self.optimizer)
+
+
+class TrainConfig(_Optimizer):
+    """Dense baseline training (or, with ``epochs: 0``, the given ``model.weights`` as they are)."""
+
+    epochs: int = Field(12, ge=0, le=10_000, description="epochs (0: no training: model.weights is the dense baseline)")
+
+
+class DistillConfig(Section):
+    """Knowledge distillation from the dense model (Hinton et al. 2015)."""
+
+    enabled: bool = Field(True, description="distil from the dense model while fine-tuning")
+    temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of both models")
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target term")
+    features: float = Field(0.0, ge=0, le=1_000, description="weight of an MSE between the features the pruned and "
+                            "the dense model's classifiers read (a transformer's final hidden states; 0: none)")
+
+
+class FinetuneConfig(_Optimizer):
+    """Recovery training of the pruned model."""
+
+    epochs: int = Field(8, ge=0, le=10_000, description="epochs (0: no fine-tuning)")
+    lr: float = Field(0.01, gt=0, le=10, description="initial learning rate")
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,8 @@ def test_a_report_number_that_repeats_a_setting_is_no_metric_but_one_the_stage_c
 
 def test_the_parent_run_s_params_are_params_yaml_s_settings_with_one_param_per_gate():
     """The shipped params.yaml logged 106 params: 24 of them gates.* (four per gate, `relative_to_dense: None` among
-    them), more unset defaults as "None"."""
+    them), more unset defaults as "None". 82 now: issue 27 added the optimizers, feature distillation and the timed
+    sequence length."""
     import yaml
 
     from pruning.config import load_config
@@ -210,7 +211,7 @@ def test_the_parent_run_s_params_are_params_yaml_s_settings_with_one_param_per_g
     assert gates == {f"gates.{name}" for name in written["gates"]}
     assert logged["gates.macs"] == "macs_reduction >= 2"
     assert set(logged) - gates <= set(flatten(written))  # nothing params.yaml does not say
-    assert "None" not in logged.values() and len(logged) <= 80
+    assert "None" not in logged.values() and len(logged) <= 85
 
 
 def test_an_equal_metric_does_not_beat_the_champion_through_a_rounded_tag(store):
