@@ -118,9 +118,9 @@ def test_a_vit_and_a_grouped_query_decoder_go_through_every_stage_with_the_defau
 
         _text_workspace(root, monkeypatch, decoder)
         data = {"source": "topics:datasets", "path": "weights/model",
-                "kwargs": {"train": 300, "test": 100, "length": 16}}
+                "kwargs": {"train": 96, "test": 48, "length": 12}}
     _params(root, data=data, model={"arch": "hf", "kwargs": {}, "weights": "weights/model"},
-            train={"epochs": 3, "batch_size": 32, **ADAMW}, finetune={"epochs": 1, **ADAMW})
+            train={"epochs": 1, "batch_size": 32, **ADAMW}, finetune={"epochs": 1, **ADAMW})
 
     run_recorded(root)
     gates = json.loads((root / "reports/gates.json").read_text())
