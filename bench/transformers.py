@@ -106,11 +106,14 @@ def plain_tp(model: nn.Module, example_input: Any, ratio: float) -> nn.Module:
     return model
 
 
+BISECTION = 12  # steps of plain_tp's ratio search: the ratio to within 0.95 / 2^12
+
+
 def _plain_tp_at(dense: nn.Module, example_input: Any, target: float) -> nn.Module:
-    """plain_tp at the smallest ratio (bisection, 12 steps) reaching ``target`` x fewer MACs."""
+    """plain_tp at the smallest ratio (bisection) reaching ``target`` x fewer MACs."""
     base = count_macs(dense, example_input)[0]
     low, high = 0.0, 0.95
-    for _ in range(12):
+    for _ in range(BISECTION):
         mid = (low + high) / 2
         if base / count_macs(plain_tp(copy.deepcopy(dense), example_input, mid), example_input)[0] >= target:
             high = mid

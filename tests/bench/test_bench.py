@@ -187,6 +187,7 @@ def test_run_transformers_prunes_every_variant_to_its_target_and_reports_speedup
     (tmp_path / "ignored").mkdir()
     monkeypatch.setattr(bt, "example", small)
     monkeypatch.setattr(bt, "PROTOCOL", Protocol(warmup=1, repeats=3, rounds=3))
+    monkeypatch.setattr(bt, "BISECTION", 6)  # plain_tp's ratio to within 0.015: enough to reach 2x
     monkeypatch.delitem(__import__("sys").modules, "topics", raising=False)
     result = bt.run_bench(parse_config(TINY), 1, ["text-topics"], tmp_path)
     rows = {r["variant"]: r for r in result["summary"]}

@@ -65,9 +65,9 @@ def test_a_saved_bert_and_tokenised_text_go_through_the_flow_and_dvc_with_the_de
 
     _text_workspace(repo, monkeypatch, lambda m, d: m.save_pretrained(d, hidden=32, layers=2, heads=4, intermediate=64))
     _params(repo, data={"source": "topics:datasets", "path": "weights/model",
-                        "kwargs": {"train": 1200, "test": 200, "length": 16}},
+                        "kwargs": {"train": 800, "test": 200, "length": 16}},
             model={"arch": "hf", "kwargs": {}, "weights": "weights/model"},
-            train={"epochs": 6, "batch_size": 32, **ADAMW}, finetune={"epochs": 2, **ADAMW},
+            train={"epochs": 5, "batch_size": 32, **ADAMW}, finetune={"epochs": 1, **ADAMW},
             registry={"model_name": "text-bert"}, evaluate={"batch_size": 16, "warmup": 1, "repeats": 3, "rounds": 1,
                                                             "sequence_length": 24})
 
