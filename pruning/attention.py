@@ -172,6 +172,9 @@ def sync(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     if config is None or not attentions:
         return
+    widths = {a.projections[0].in_features for a in attentions}  # the hidden size (channel.Config.hidden prunes it)
+    if len(widths) == 1 and isinstance(getattr(config, "hidden_size", None), int):
+        config.hidden_size = widths.pop()
     shapes = {(a.heads, a.kv_heads, a.head_dim) for a in attentions}
     if len(shapes) == 1 and getattr(config, "head_dim", None) is not None:
         heads, kv, head_dim = shapes.pop()

@@ -121,7 +121,8 @@ class Plan:
 def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, *,
                  ratio: float, scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float,
                  ignored: list[nn.Module], scheduler: Callable[[float, int], list[float]] | None = None,
-                 ratio_dict: dict[nn.Module, float] | None = None) -> tuple[tp.pruner.BasePruner, Plan | None]:
+                 ratio_dict: dict[nn.Module, float] | None = None,
+                 hidden: bool = False) -> tuple[tp.pruner.BasePruner, Plan | None]:
     """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer.
 
     ``ratio_dict`` (group root -> ratio, from latency allocation) overrides ``ratio`` for those groups. With a uniform
@@ -132,12 +133,12 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
     """
     if scope != "uniform" or ratio_dict or ratio <= 0:
         return _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio,
-                       ignored, scheduler, ratio_dict), None
-    probe = _pruner(model, input_shape, importance, 0.0, scope, 1, None, 1.0, ignored, None, None)
+                       ignored, scheduler, ratio_dict, hidden), None
+    probe = _pruner(model, input_shape, importance, 0.0, scope, 1, None, 1.0, ignored, None, None, hidden)
     plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio)
     # every count is final: torch-pruning's own rounding (always down, and blind to channel groups) stays off
     pruner = _pruner(model, input_shape, importance, 0.0, scope, iterative_steps, None, 1.0, ignored, scheduler,
-                     plan.ratios)
+                     plan.ratios, hidden)
     attentions = attention.find(model)
     if attentions:  # whole heads, as many per layer as attention.plan says at each step
         plan.heads = attention.plan(attentions, ratio, (scheduler or linear_scheduler)(ratio, iterative_steps))
@@ -170,9 +171,9 @@ def output_projections(dg: tp.DependencyGraph, attentions: Sequence[attention.At
 def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importance.Importance, ratio: float,
             scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float, ignored: list[nn.Module],
             scheduler: Callable[[float, int], list[float]] | None,
-            ratio_dict: dict[nn.Module, float] | None) -> tp.pruner.BasePruner:
+            ratio_dict: dict[nn.Module, float] | None, hidden: bool = False) -> tp.pruner.BasePruner:
     """torch-pruning's BasePruner; with attention layers, set up to remove whole heads (none until
-    :func:`build_pruner` hands it attention.plan's counts) and to keep the hidden size."""
+    :func:`build_pruner` hands it attention.plan's counts) and to keep the hidden size (unless ``hidden``)."""
     example = example_input(input_shape)
     attentions = attention.find(model)
     heads: dict[str, Any] = {}
@@ -182,7 +183,9 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
                                   "different head counts than their config; use scope uniform", field="scope")
         # a positive share for each attention's scope: torch-pruning reaches its heads only through it (its head
         # dims stay, prune_head_dims off); the heads removed are attention.plan's
-        ratio_dict = {**(ratio_dict or {}), **{a.module: 0.5 for a in attentions}}
+        # (on the query/key/value projections, not the attention module: its output projection's outputs are the
+        # hidden size, whose group would fall in that scope)
+        ratio_dict = {**(ratio_dict or {}), **{p: 0.5 for a in attentions for p in a.projections}}
         heads = {"num_heads": attention.num_heads(attentions), "prune_num_heads": True, "prune_head_dims": False}
     entered: list[str] = []  # the layers whose forward started during tracing, to name the one that failed
     hooks = [m.register_forward_pre_hook(lambda *_, n=name: entered.append(n)) for name, m in model.named_modules()]
@@ -215,7 +218,8 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
         log.warning("torch-pruning: %s", w.message)
     # the output projections' outputs are the residual stream: ignored, every group that would cut the hidden size
     # is left out (the pruner's own graph: torch-pruning reads ignored_layers at each step and plan_uniform here)
-    pruner.ignored_layers.extend(output_projections(pruner.DG, attentions))
+    if not hidden:
+        pruner.ignored_layers.extend(output_projections(pruner.DG, attentions))
     return pruner
 
 
@@ -242,8 +246,8 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
     heads = set(pruner.num_heads)  # attention projections: their groups lose whole heads (attention.plan)
     for found in prunable_groups(pruner.DG, model, pruner.ignored_layers):
         root, name, channels = found.root, found.name, found.channels
-        if any(dep.target.module in heads for dep, _ in found.group):
-            continue
+        if any(dep.target.module in heads and pruner.DG.is_out_channel_pruning_fn(dep.handler) for dep, _ in found.group):
+            continue  # (the hidden size's group holds the projections too, by their inputs: it is planned here)
         target = channels * (1 - ratio)
         g = _channel_groups(pruner, found.group)
         grid, note = math.lcm(round_to, g), ""

@@ -280,3 +280,31 @@ def test_feature_distillation_between_classifiers_of_different_widths_is_one_lin
     _check_features(wide, copy.deepcopy(wide), 1.0, x)
     with pytest.raises(ConfigError, match=r'"finetune.distill.features".*differ \(\(8,\) vs \(16,\)\)'):
         _check_features(narrow, wide, 1.0, x)
+
+
+@pytest.mark.parametrize("builder", [bert, vit, mistral_gqa], ids=lambda b: b.__name__)
+def test_the_hidden_size_is_pruned_on_request_and_the_model_replays_exports_and_reloads(builder, tmp_path):
+    torch.manual_seed(0)
+    dense, data = builder().eval(), _data(builder)
+    ctx = Context(data=data, seed=0, device="cpu", build=builder, latency_table=tmp_path / "t.json", opset=17)
+    out = METHODS["channel"].apply(copy.deepcopy(dense), METHODS["channel"].Config(hidden=True), ctx)
+    model = out.model.eval()
+    hidden = dense.config.hidden_size
+    widths = {a.projections[0].in_features for a in attention.find(model)}
+    # 0.35 of the residual stream on the round_to 8 grid (32 -> 24, 64 -> 40), whole heads as by default
+    assert widths == {model.config.hidden_size} == {8 * round(hidden * 0.65 / 8)}
+    assert all(a.heads < b.heads for a, b in zip(attention.find(model), attention.find(dense), strict=True))
+    x = data.test.take(slice(0, 4)).x
+    arch = f"tests.test_transformers:{builder.__name__}"
+    checkpoint.save_model(tmp_path / "m.pt", model, arch=arch, kwargs={}, input_shape=data.input_shape,
+                          num_classes=data.num_classes, edits=out.edits, example=data.example)
+    replayed, _ = checkpoint.load_model(tmp_path / "m.pt", arch=arch)
+    export_onnx(model, data.spec, tmp_path / "m.onnx", opset=17)
+    with torch.no_grad():
+        assert torch.equal(forward(replayed, x), forward(model, x))
+    assert parity(model, tmp_path / "m.onnx", data.test.x, atol=1e-4, rtol=1e-3).score <= 1
+    if builder is mistral_gqa:  # a config stating head_dim describes the narrower model
+        model.save_pretrained(tmp_path / "hf")
+        reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+        with torch.no_grad():
+            assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
