@@ -1,4 +1,4 @@
-"""``python -m bench.transformers [--seeds N] [--quick]``: transformers pruned to 2x fewer MACs, five ways, on the two
+"""``python -m bench.transformers [--seeds N] [--quick]``: transformers pruned to 2x fewer MACs, six ways, on the two
 examples.
 
 On ``examples/vit-digits`` (a ViT on the bundled digits) and ``examples/text-topics`` (a BERT on a generated text
@@ -6,6 +6,7 @@ task), each with its own params.yaml (data, model, training, fine-tuning): per s
 the train stage trains it, then pruned from that same model (paired) to ``target`` x fewer MACs by
 
 - ``heads_mlp``: the channel method's default (whole heads and MLP channels, the hidden size kept);
+- ``heads_mlp_hidden``: the same with ``prune.hidden`` (the hidden size pruned too, by the same ratio);
 - ``heads_only`` / ``mlp_only``: the same with the MLP's / the attention's projections left alone (heads alone cannot
   reach 2x: at most all heads but one go, the figure says what was reached);
 - ``layers``: the depth method, whole layers dropped (``1 - 1/target`` of them, ranked by loss change);
@@ -57,7 +58,7 @@ from pruning.zoo import build_model
 log = logging.getLogger(__name__)
 
 EXAMPLES = ("vit-digits", "text-topics")
-VARIANTS = ("heads_mlp", "heads_only", "mlp_only", "layers", "plain_tp")
+VARIANTS = ("heads_mlp", "heads_mlp_hidden", "heads_only", "mlp_only", "layers", "plain_tp")
 TARGET = 2.0
 PROTOCOL = Protocol(warmup=10, repeats=50, rounds=5)  # per round and model, at batch 1 (sub-millisecond runs)
 
@@ -132,8 +133,10 @@ def prune(variant: str, dense: nn.Module, cfg: Config, data: Data, seed: int, ta
     if variant == "layers":
         n = round(len(layers.find(model)) * (1 - 1 / target))
         return depth.apply(model, depth.Config(blocks=n), ctx).model, ""
-    ignored = {"heads_mlp": [], "heads_only": _names(model, "mlp"), "mlp_only": _names(model, "attention")}[variant]
-    base = channel.Config(ignored_layers=ignored, ratio=None, target_macs_reduction=target)
+    ignored = {"heads_mlp": [], "heads_mlp_hidden": [], "heads_only": _names(model, "mlp"),
+               "mlp_only": _names(model, "attention")}[variant]
+    base = channel.Config(ignored_layers=ignored, ratio=None, target_macs_reduction=target,
+                          hidden=variant == "heads_mlp_hidden")
     try:
         return channel.apply(model, base, ctx).model, ""
     except Exception:  # noqa: BLE001 - the target is out of this variant's reach: as far as it goes

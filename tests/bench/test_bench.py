@@ -192,7 +192,7 @@ def test_run_transformers_prunes_every_variant_to_its_target_and_reports_speedup
     result = bt.run_bench(parse_config(TINY), 1, ["text-topics"], tmp_path)
     rows = {r["variant"]: r for r in result["summary"]}
     assert set(rows) == set(bt.VARIANTS)
-    for name in ("heads_mlp", "mlp_only", "plain_tp"):
+    for name in ("heads_mlp", "heads_mlp_hidden", "mlp_only", "plain_tp"):
         assert rows[name]["macs_reduction"] >= 2.0 and not rows[name]["notes"]
     assert rows["layers"]["macs_reduction"] > 1.8  # one of two layers: embeddings and classifier stay
     assert rows["heads_only"]["notes"] == ["2x out of reach: ratio 0.75"] and rows["heads_only"]["macs_reduction"] < 2
