@@ -44,20 +44,21 @@ def remove(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """Remove the named layers (names as :func:`find` gives them on this model); every name is checked first, and a
     stack keeps at least one layer. Returns ``model``, changed in place."""
     by_stack = stacks(model)
-    unknown = [n for n in names if n.rpartition(".")[0] not in by_stack or not n.rpartition(".")[2].isdigit()
-               or int(n.rpartition(".")[2]) >= len(by_stack[n.rpartition(".")[0]])]
+    parts = {n: n.rpartition(".") for n in names}  # name -> (stack, ".", index)
+    unknown = [n for n, (stack, _, i) in parts.items()
+               if stack not in by_stack or not i.isdigit() or int(i) >= len(by_stack[stack])]
     if unknown:
         raise ValueError(f"no transformer layer {', '.join(unknown)} (layers: {', '.join(find(model)) or 'none'})")
     config = getattr(model, "config", None)
     for stack_name, stack in by_stack.items():
-        gone = {int(n.rpartition(".")[2]) for n in names if n.rpartition(".")[0] == stack_name}
+        gone = {int(i) for stack, _, i in parts.values() if stack == stack_name}
         if not gone:
             continue
         if len(gone) >= len(stack):
             raise ValueError(f"cannot remove all {len(stack)} layers of {stack_name}: one at least must stay")
         kept = [layer for i, layer in enumerate(stack) if i not in gone]
-        model.get_submodule(stack_name.rpartition(".")[0] or "").__setattr__(stack_name.rpartition(".")[2],
-                                                                             nn.ModuleList(kept))
+        owner, _, attr = stack_name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, nn.ModuleList(kept))
         for i, layer in enumerate(kept):
             for m in layer.modules():
                 if isinstance(getattr(m, "layer_idx", None), int):

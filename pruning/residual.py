@@ -123,7 +123,7 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
 
 
 @contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[None]:
     """Eval mode and no gradients (no BatchNorm statistic moves), every module's mode restored afterwards."""
     training = {m: m.training for m in model.modules()}
     try:
@@ -157,7 +157,7 @@ def find(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Residual]:
     A block is named by its owner module when the owner holds one residual add (``layers.3``), by its branch when
     that is one module (``block2`` for ``x + self.block2(x)``), else ``owner[k]``. The model is left as it was.
     """
-    with _evaluating(model):
+    with evaluating(model):
         return _find(model, input_shape)
 
 

@@ -190,19 +190,19 @@ LAYER_CRITERIA: dict[str, Callable[[nn.Module, dict[str, nn.Module], Batch, Loss
 }
 
 
-@torch.no_grad()
+def _lowest(scores: dict[str, float], n: int) -> list[str]:
+    """The ``n`` lowest-scoring names, lowest first; ties keep forward order (``scores``' order), so the choice is
+    deterministic."""
+    rank = {name: i for i, name in enumerate(scores)}
+    return sorted(scores, key=lambda k: (scores[k], rank[k]))[:n]
+
+
 def layer_scores(model: nn.Module, sample: Batch, criterion: str = "loss_change",
                  loss: Loss = F.cross_entropy) -> dict[str, float]:
     """Score every transformer layer (:func:`pruning.layers.find`); lower = more removable. The model is left as it
     was (mode included); scored without a key/value cache."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with attention.traceable(model):
-            return LAYER_CRITERIA[criterion](model, layers.find(model), sample, loss)
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with residual.evaluating(model), attention.traceable(model):
+        return LAYER_CRITERIA[criterion](model, layers.find(model), sample, loss)
 
 
 def prune_depth(model: nn.Module, sample: Batch, n: int, criterion: str, spec: Any,
@@ -220,8 +220,7 @@ def prune_depth(model: nn.Module, sample: Batch, n: int, criterion: str, spec: A
     if n == 0:
         return model, [], None
     scores = layer_scores(model, sample, criterion, loss)
-    rank = {name: i for i, name in enumerate(found)}
-    names = sorted(found, key=lambda k: (scores[k], rank[k]))[:n]
+    names = _lowest(scores, n)
     layers.remove(model, names)
     log.info("depth pruning (%s): removed transformer layers %s (scores %s)", criterion, names,
              ", ".join(f"{scores[k]:.4g}" for k in names))
@@ -241,13 +240,8 @@ def block_scores(model: nn.Module, sample: Batch, criterion: str = "loss_change"
         raise ValueError(f"unknown depth criterion {criterion!r} (valid: {', '.join(CRITERIA)})")
     if blocks is None:
         blocks = residual.find(model, input_shape if input_shape is not None else sample.take(slice(0, 1)).x)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with residual.evaluating(model):
         return CRITERIA[criterion](model, blocks, sample, loss)
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def prune_blocks(model: nn.Module, sample: Batch, n_blocks: int, criterion: str = "loss_change",
@@ -269,8 +263,7 @@ def prune_blocks(model: nn.Module, sample: Batch, n_blocks: int, criterion: str 
     if n_blocks == 0:
         return model, []
     scores = block_scores(model, sample, criterion, shape, blocks, loss)
-    rank = {name: i for i, name in enumerate(blocks)}  # ties keep forward order, so the choice is deterministic
-    names = sorted(blocks, key=lambda n: (scores[n], rank[n]))[:n_blocks]
+    names = _lowest(scores, n_blocks)
     model = residual.remove(model, names, shape, blocks)
     log.info("depth pruning (%s): removed %s (scores %s)", criterion, names, ", ".join(f"{scores[n]:.4g}" for n in names))
     return model, names
