@@ -10,6 +10,12 @@ the train stage trains it, then pruned from that same model (paired) to ``target
 - ``heads_only`` / ``mlp_only``: the same with the MLP's / the attention's projections left alone (heads alone cannot
   reach 2x: at most all heads but one go, the figure says what was reached);
 - ``layers``: the depth method, whole layers dropped (``1 - 1/target`` of them, ranked by loss change);
+- ``latency``: the channel method's latency allocation at the same MACs target (heads per layer and MLP width,
+  priced by measured ONNX Runtime time and the calibration loss each cut adds, :mod:`pruning.allocation.transformer`);
+- ``latency_layers``: the same with whole layers as a third knob (``latency_layers``);
+- ``latency_speedup``: that (layers included: width alone does not reach 2x on these models) with ``target`` as a
+  *measured* speedup (the search times its candidates alternately with the dense model at batch 1 and the example's
+  sequence length); its MACs reduction is what that took;
 - ``plain_tp``: torch-pruning as its Hugging Face examples use it: one ratio for every channel (the hidden size
   included), heads by the same ratio, magnitude (L2) importance, then the attention attributes set as its examples set
   them by hand;
@@ -43,6 +49,7 @@ from pruning import attention, layers
 from pruning.config import Config, load_config
 from pruning.counting import count_macs
 from pruning.data import Data, at_length, logits_of, take
+from pruning.errors import PruningError
 from pruning.methods import Context, channel, depth
 from pruning.progress import steps as progress_steps
 from pruning.runtime.export import export_onnx
@@ -58,7 +65,8 @@ from pruning.zoo import build_model
 log = logging.getLogger(__name__)
 
 EXAMPLES = ("vit-digits", "text-topics")
-VARIANTS = ("heads_mlp", "heads_mlp_hidden", "heads_only", "mlp_only", "layers", "plain_tp")
+VARIANTS = ("heads_mlp", "heads_mlp_hidden", "heads_only", "mlp_only", "layers", "latency", "latency_layers",
+            "latency_speedup", "plain_tp")
 TARGET = 2.0
 PROTOCOL = Protocol(warmup=10, repeats=50, rounds=5)  # per round and model, at batch 1 (sub-millisecond runs)
 
@@ -123,16 +131,27 @@ def _plain_tp_at(dense: nn.Module, example_input: Any, target: float) -> nn.Modu
     return plain_tp(copy.deepcopy(dense), example_input, high)
 
 
-def prune(variant: str, dense: nn.Module, cfg: Config, data: Data, seed: int, target: float) -> tuple[nn.Module, str]:
-    """A pruned copy of ``dense``, and a note on what was reached when the target was not."""
+def prune(variant: str, dense: nn.Module, cfg: Config, data: Data, seed: int, target: float,
+          table: Path) -> tuple[nn.Module, str]:
+    """A pruned copy of ``dense``, and a note on what was reached when the target was not (``table``: the latency
+    table the latency variants keep)."""
     model = copy.deepcopy(dense)
     ctx = Context(data=data, seed=seed, device="cpu", build=lambda: copy.deepcopy(dense),
-                  latency_table=Path("unused.json"), opset=cfg.export.opset, task=build_task(cfg.task))
+                  latency_table=table, opset=cfg.export.opset, task=build_task(cfg.task))
     if variant == "plain_tp":
         return _plain_tp_at(dense, data.example, target), ""
     if variant == "layers":
         n = round(len(layers.find(model)) * (1 - 1 / target))
         return depth.apply(model, depth.Config(blocks=n), ctx).model, ""
+    if variant.startswith("latency"):
+        goal = {"target_speedup" if variant == "latency_speedup" else "target_macs_reduction": target}
+        config = channel.Config(allocation="latency", ratio=None, latency_sequence_length=cfg.evaluate.sequence_length,
+                                latency_layers=variant != "latency", **goal)
+        try:
+            return channel.apply(model, config, ctx).model, ""
+        except PruningError as exc:  # out of reach: the fastest candidate measured, said so
+            return channel.apply(copy.deepcopy(dense), config.model_copy(update={"target_speedup": None,
+                                 "target_macs_reduction": target}), ctx).model, f"{exc}; {target:g}x MACs instead"
     ignored = {"heads_mlp": [], "heads_mlp_hidden": [], "heads_only": _names(model, "mlp"),
                "mlp_only": _names(model, "attention")}[variant]
     base = channel.Config(ignored_layers=ignored, ratio=None, target_macs_reduction=target,
@@ -199,7 +218,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], seeds: int, target: float) -> str:
-    out = [f"Transformers pruned to {target:g}× fewer MACs ({seeds} seed(s); accuracy mean ± 95 % CI over seeds, "
+    out = [f"Transformers pruned to {target:g}× fewer MACs (latency_speedup: to a {target:g}× measured speedup; "
+           f"{seeds} seed(s); accuracy mean ± 95 % CI over seeds, "
            "the same fine-tune for every variant; speedups measured in ONNX Runtime at batch 1 and the example's "
            "sequence length, 1 thread, alternating with the dense model: median over seeds [lowest, highest]; "
            "efficiency = speedup ÷ MACs reduction; vs plain_tp: the accuracy difference to plain torch-pruning on the "
@@ -221,19 +241,22 @@ def markdown(rows: list[dict[str, Any]], seeds: int, target: float) -> str:
     return "\n".join(out)
 
 
-def _kept(out_dir: Path, examples: list[str], seeds: int) -> list[dict[str, Any]]:
-    """The records of the examples not run now, from the last report (same seeds): one example can be run again."""
+def _kept(out_dir: Path, examples: list[str], variants: list[str], seeds: int) -> list[dict[str, Any]]:
+    """The records of the examples or variants not run now, from the last report (same seeds): one example or
+    variant can be run again (paired comparisons use the same seeds' dense models, trained deterministically)."""
     path = out_dir / "transformers.json"
     if not path.is_file():
         return []
     last = json.loads(path.read_text())
-    return [r for r in last.get("records", []) if r["example"] not in examples and r["seed"] < seeds]
+    return [r for r in last.get("records", []) if (r["example"] not in examples or r["variant"] not in variants)
+            and r["seed"] < seeds]
 
 
-def run_bench(cfg: Config, seeds: int, examples: list[str], out_dir: Path, target: float = TARGET) -> dict[str, Any]:
-    records: list[dict[str, Any]] = _kept(out_dir, examples, seeds)
+def run_bench(cfg: Config, seeds: int, examples: list[str], out_dir: Path, target: float = TARGET,
+              variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+    records: list[dict[str, Any]] = _kept(out_dir, examples, list(variants), seeds)
     started = time.time()
-    with tempfile.TemporaryDirectory() as tmp_dir, progress_steps(seeds * len(examples) * len(VARIANTS),
+    with tempfile.TemporaryDirectory() as tmp_dir, progress_steps(seeds * len(examples) * len(variants),
                                                                   "bench transformers", log) as advance:
         tmp = Path(tmp_dir)
         for ex in examples:
@@ -243,8 +266,8 @@ def run_bench(cfg: Config, seeds: int, examples: list[str], out_dir: Path, targe
                 dense = train_dense(ex_cfg, data, seed)
                 dense_accuracy, _ = evaluate(dense, data.test, task=build_task(ex_cfg.task))
                 dense_macs = count_macs(dense, data.spec)[0]
-                for variant in VARIANTS:
-                    model, note = prune(variant, dense, ex_cfg, data, seed, target)
+                for variant in variants:
+                    model, note = prune(variant, dense, ex_cfg, data, seed, target, tmp / ex / "latency.json")
                     rec = measure(variant, dense, model, ex_cfg, data, seed, tmp)
                     rec |= {"example": ex, "variant": variant, "seed": seed, "note": note,
                             "dense_accuracy": dense_accuracy, "macs_reduction": dense_macs / rec["macs"]}
@@ -269,15 +292,19 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="1 seed, the text example only")
     parser.add_argument("--examples", default=",".join(EXAMPLES),
                         help="which to run (comma-separated); the last report's records of the others are kept")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="which to run (comma-separated); the last report's records of the others are kept")
     args = parser.parse_args()
 
     def go(cfg: Config, b: BenchConfig, out: Path) -> None:
         ex = ["text-topics"] if args.quick else [e for e in args.examples.split(",") if e]
-        unknown = sorted(set(ex) - set(EXAMPLES))
-        if unknown:
-            from pruning.errors import ConfigError
+        variants = tuple(v for v in args.variants.split(",") if v)
+        from pruning.errors import ConfigError
 
-            raise ConfigError(f"--examples: no example {', '.join(unknown)} (examples: {', '.join(EXAMPLES)})")
-        print(run_bench(cfg, 1 if args.quick else max(1, args.seeds), ex, out)["markdown"])
+        for flag, asked, known in (("examples", ex, EXAMPLES), ("variants", variants, VARIANTS)):
+            unknown = sorted(set(asked) - set(known))
+            if unknown:
+                raise ConfigError(f"--{flag}: no {flag[:-1]} {', '.join(unknown)} ({flag}: {', '.join(known)})")
+        print(run_bench(cfg, 1 if args.quick else max(1, args.seeds), ex, out, variants=variants)["markdown"])
 
     sys.exit(main(go, args.params))

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning import hf
+
 # query, key, value projections by the names the families give them; one name: a fused qkv projection (q | k | v)
 LAYOUTS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"),
                                         ("q_lin", "k_lin", "v_lin"), ("qkv",), ("qkv_proj",))
@@ -161,8 +163,8 @@ def step_ratios(attentions: Sequence[Attention], heads_plan: HeadPlan) -> dict[n
 def sync(model: nn.Module) -> None:
     """Make the attributes that describe the attention layers' shapes (heads, key/value heads, all-head size, query
     heads per key/value head) and the MLP width agree with the layers' weights again, and the model's Hugging Face
-    config where every layer agrees and the config states the head size (``head_dim``, as Mistral's:
-    ``save_pretrained`` then writes a config that rebuilds the pruned model)."""
+    config where every layer agrees: where it states the head size (``head_dim``, as Mistral's) or its class reads
+    one when stated (ViT's), ``save_pretrained`` then writes a config that rebuilds the pruned model."""
     attentions = find(model)
     for a in attentions:
         _set(a.module, HEADS, a.heads)
@@ -189,9 +191,30 @@ def sync(model: nn.Module) -> None:
             mlp.add(width)
     if len(mlp) == 1 and isinstance(getattr(config, "intermediate_size", None), int):
         config.intermediate_size = mlp.pop()
+    if len(shapes) == 1 and isinstance(getattr(config, "num_attention_heads", None), int):
+        _state_head_size(model, config, *shapes.pop())  # last: the rest of the config describes the model by now
 
 
 MLP_IN = ("up_proj", "fc1", "dense_h_to_4h", "lin1")  # an MLP's first (widening) projection, by the families' names
+
+
+_UNSET = object()
+
+
+def _state_head_size(model: nn.Module, config: Any, heads: int, kv: int, head_dim: int) -> None:
+    """Heads removed from a model whose config derives the head size (hidden size / heads, as BERT's and ViT's):
+    the new count and the head size stated (``head_dim``), kept where the class reads them (ViT does) — the config
+    then rebuilds the model (:func:`pruning.hf.rebuilds`) — else the config left as it was (BERT's cannot say it)."""
+    if config.num_attention_heads == heads:
+        return
+    before = config.num_attention_heads, getattr(config, "head_dim", _UNSET)
+    config.num_attention_heads, config.head_dim = heads, head_dim
+    if not hf.rebuilds(model):
+        config.num_attention_heads = before[0]
+        if before[1] is _UNSET:
+            del config.head_dim
+        else:
+            config.head_dim = before[1]
 
 
 def mlp_width(module: nn.Module) -> int | None:

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning import dependency, layers, residual
+from pruning import dependency, kv_groups, layers, residual
 from pruning.atomic import replacing
-from pruning.data import map_inputs
+from pruning.counting import example_input
+from pruning.data import SCORED_OUTPUT, map_inputs, scored_output
 from pruning.errors import ModelError
 from pruning.hf import HF
 from pruning.training import Callback
@@ -56,6 +57,7 @@ REPLAY: dict[str, Callable[[nn.Module, Edit, Any], nn.Module]] = {  # (model, ed
     "blocks": lambda model, e, shape: residual.remove(model, e["names"], shape),
     "layers": lambda model, e, shape: layers.remove(model, e["names"]),
     "channels": lambda model, e, shape: dependency.replay(model, shape, e["history"]),
+    "kv_groups": lambda model, e, shape: kv_groups.remove(model, e["removed"], example_input(shape)),
     "mask": lambda model, e, shape: model,
 }
 
@@ -98,6 +100,7 @@ def save_model(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict[st
         "edits": list(edits),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
+        "output": scored_output(model),  # the output the task scores (model.output), if one is named
     }
     with replacing(path) as f:
         torch.save(record, f)
@@ -160,6 +163,11 @@ def load_model(path: str | Path, arch: str | None = None) -> tuple[nn.Module, di
         model.load_state_dict(record["state_dict"])
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit the rebuilt architecture: {exc}") from None
+    output = record.get("output")
+    if output is not None:
+        if not isinstance(output, str):
+            raise ModelError(f"{path}: its scored output is no name: {output!r}")
+        setattr(model, SCORED_OUTPUT, output)
     return model.eval(), record
 
 

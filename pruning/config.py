@@ -46,6 +46,8 @@ class ModelConfig(Section):
     weights: str | None = Field(None, description="your trained weights for arch: a state dict (.pt/.pth, or a "
                                 "checkpoint dict holding one) or .safetensors; hf: the save_pretrained directory; "
                                 "inside paths.weights_dir (DVC tracks it)")
+    output: str | None = Field(None, description="the output the task scores, for a model that returns several (a key "
+                               "of its dict / Hugging Face ModelOutput); null: logits, else the first")
 
 
 class ExportConfig(Section):

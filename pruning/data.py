@@ -104,17 +104,33 @@ def at_length(x: Inputs, n: int) -> Inputs:
     return map_inputs(fit, x)
 
 
+SCORED_OUTPUT = "scored_output"  # a model's attribute: the key of its outputs the task scores (model.output)
+
+
+def scored_output(model: nn.Module) -> str | None:
+    """The output key ``model`` is scored on (``model.output`` in params.yaml, kept in its model file), if one is
+    named; also through a wrapper that holds the model as ``.module`` (DistributedDataParallel)."""
+    return getattr(model, SCORED_OUTPUT, None) or getattr(getattr(model, "module", None), SCORED_OUTPUT, None)
+
+
 def forward(model: nn.Module, x: Inputs) -> torch.Tensor:
     """Call ``model`` on ``x`` (``model(x)``, ``model(*x)`` or ``model(**x)``) and return its logits
-    (:func:`logits_of`)."""
+    (:func:`logits_of`, the output named by :func:`scored_output` if one is)."""
     if isinstance(x, torch.Tensor):
-        return logits_of(model(x))
-    return logits_of(model(**x) if isinstance(x, dict) else model(*x))
+        return logits_of(model(x), scored_output(model))
+    return logits_of(model(**x) if isinstance(x, dict) else model(*x), scored_output(model))
 
 
-def logits_of(out: Any) -> torch.Tensor:
+def logits_of(out: Any, key: str | None = None) -> torch.Tensor:
     """The tensor a model's output scores with: the output itself, a Hugging Face ``ModelOutput``'s or a dict's
-    ``logits`` (else its first tensor: a cache or hidden states that follow are not scored), a tuple's first."""
+    ``logits`` (else its first tensor: a cache or hidden states that follow are not scored), a tuple's first; with
+    ``key``, that entry of a dict / ``ModelOutput`` (KeyError naming the keys there are, else)."""
+    if key is not None:
+        if isinstance(out, Mapping) and key in out:
+            return logits_of(out[key])
+        keys = list(out) if isinstance(out, Mapping) else []
+        raise KeyError(f"the model's outputs have no {key!r}: " + (f"it returns {', '.join(map(str, keys))}" if keys
+                       else f"it returns a {type(out).__name__}, not a dict or ModelOutput"))
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, Mapping):

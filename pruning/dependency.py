@@ -21,7 +21,7 @@ from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
 from pruning import attention
 from pruning.counting import example_input
-from pruning.data import logits_of
+from pruning.data import logits_of, scored_output
 from pruning.errors import GraphTraceError
 
 log = logging.getLogger(__name__)
@@ -122,16 +122,19 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
                  ratio: float, scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float,
                  ignored: list[nn.Module], scheduler: Callable[[float, int], list[float]] | None = None,
                  ratio_dict: dict[nn.Module, float] | None = None,
-                 hidden: bool = False) -> tuple[tp.pruner.BasePruner, Plan | None]:
+                 hidden: bool = False, head_ratio: float | None = None) -> tuple[tp.pruner.BasePruner, Plan | None]:
     """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer.
 
     ``ratio_dict`` (group root -> ratio, from latency allocation) overrides ``ratio`` for those groups. With a uniform
     ``ratio`` (``round_to`` None counts as 1), the channel counts are planned here (:func:`plan_uniform`: the nearest multiple of
     ``round_to`` that keeps the overall ratio closest to the asked one, grouped convolutions respected, groups too
     narrow to round kept dense) and handed to torch-pruning as exact per-group ratios; the plan is returned with the
-    pruner (None otherwise). A ratio that leaves a layer nothing is an error naming the layer.
+    pruner (None otherwise). A ratio that leaves a layer nothing is an error naming the layer. Attention heads go by
+    ``head_ratio`` where given (a transformer's latency allocation prices heads and MLP channels apart), else by
+    ``ratio``.
     """
-    if scope != "uniform" or ratio_dict or ratio <= 0:
+    head_ratio = ratio if head_ratio is None else head_ratio
+    if scope != "uniform" or ratio_dict or (ratio <= 0 and head_ratio <= 0):
         return _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio,
                        ignored, scheduler, ratio_dict, hidden), None
     probe = _pruner(model, input_shape, importance, 0.0, scope, 1, None, 1.0, ignored, None, None, hidden)
@@ -141,7 +144,7 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
                      plan.ratios, hidden)
     attentions = attention.find(model)
     if attentions:  # whole heads, as many per layer as attention.plan says at each step
-        plan.heads = attention.plan(attentions, ratio, (scheduler or linear_scheduler)(ratio, iterative_steps))
+        plan.heads = attention.plan(attentions, head_ratio, (scheduler or linear_scheduler)(head_ratio, iterative_steps))
         pruner.head_pruning_ratio_dict.update(attention.step_ratios(attentions, plan.heads))
     return pruner, plan
 
@@ -153,7 +156,8 @@ def graph(model: nn.Module, example: Any) -> tp.DependencyGraph:
     with warnings.catch_warnings(), attention.traceable(model):
         if attention.find(model):
             warnings.filterwarnings("ignore", "Unwrapped parameters")
-        return tp.DependencyGraph().build_dependency(model, example, output_transform=logits_of)
+        return tp.DependencyGraph().build_dependency(model, example,
+                                                     output_transform=lambda out: logits_of(out, scored_output(model)))
 
 
 def output_projections(dg: tp.DependencyGraph, attentions: Sequence[attention.Attention]) -> list[nn.Module]:
@@ -199,7 +203,7 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
                 global_pruning=scope == "global", iterative_steps=iterative_steps, round_to=round_to,
                 max_pruning_ratio=max_layer_ratio, ignored_layers=ignored, root_module_types=list(ROOT_TYPES),
                 iterative_pruning_ratio_scheduler=scheduler or linear_scheduler, pruning_ratio_dict=ratio_dict,
-                output_transform=logits_of, **heads,
+                output_transform=lambda out: logits_of(out, scored_output(model)), **heads,
             )
     except Exception as exc:  # torch-pruning raises assorted errors from inside model.forward during tracing
         if entered and entered[-1] == "":
@@ -269,7 +273,7 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
         rows.append({"layer": name, "channels": channels, "keep": low, "groups": g, "note": note, "root": root})
         if high > low:
             spans.append((min(1.0, max(0.0, (target - low) / (high - low))), len(rows) - 1, high))
-    if rows and not spans and all(r["keep"] == r["channels"] for r in rows):
+    if ratio > 0 and rows and not spans and all(r["keep"] == r["channels"] for r in rows):
         widest = max(rows, key=lambda r: r["channels"])
         raise GraphTraceError(f"pruning would remove every channel of layer {widest['layer']!r}: round_to {round_to} "
                               f"exceeds the {int(widest['channels'] * (1 - ratio))} channels left, and no other layer "

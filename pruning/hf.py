@@ -136,3 +136,22 @@ def from_record(kwargs: dict[str, Any]) -> nn.Module:
     if cls.__name__ != kwargs.get("class"):
         raise ModelError(f"the model file records class {kwargs.get('class')!r} but its config names {cls.__name__}")
     return cls(config)
+
+
+def rebuilds(model: nn.Module) -> bool | None:
+    """Whether ``save_pretrained`` + ``from_pretrained`` would rebuild ``model``'s shapes: its config, through its
+    dict and back (as the two do, validation included), builds a model of its class with the same parameter shapes
+    (on the meta device: no memory, no initialisation). None for a model that is no Hugging Face model."""
+    import torch
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict") or not hasattr(model, "save_pretrained"):
+        return None
+    try:
+        again = type(config).from_dict(config.to_dict())
+        with torch.device("meta"):
+            rebuilt = type(model)(again)
+    except Exception:  # noqa: BLE001 - transformers refuses the config (e.g. a hidden size no multiple of the heads)
+        return False
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return want == {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}

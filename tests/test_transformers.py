@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from pruning import attention, checkpoint, layers
+from pruning import attention, checkpoint, hf, layers
 from pruning.counting import count_macs
 from pruning.data import Data, Split, forward
 from pruning.errors import GraphTraceError
@@ -153,6 +153,28 @@ def test_a_pruned_decoder_whose_config_states_its_head_size_reloads_with_save_pr
     config = reloaded.config
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (6, 2, 8)
     assert config.intermediate_size == attention.find(reloaded)[0].module.config.intermediate_size < 96
+
+
+def test_a_head_pruned_vit_has_its_head_size_stated_and_reloads_with_save_pretrained(pruned, tmp_path):
+    _, out, data = pruned(vit)
+    assert hf.rebuilds(out.model)  # ViT's config derives the head size unless it states one, which its class reads
+    out.model.save_pretrained(tmp_path / "hf")
+    reloaded = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    assert (reloaded.config.num_attention_heads, reloaded.config.head_dim) == (3, 8)
+    x = data.test.take(slice(0, 4)).x
+    with torch.no_grad():
+        assert torch.allclose(forward(reloaded, x), forward(out.model.eval(), x), atol=1e-5)
+
+
+@pytest.mark.parametrize("builder", [bert, llama_gqa], ids=lambda b: b.__name__)
+def test_a_config_that_cannot_state_the_pruned_heads_is_found_out(builder, pruned):
+    # BertConfig derives the head size from hidden_size / num_attention_heads (and its class reads nothing else);
+    # LlamaConfig refuses 6 heads for a hidden size of 64: the prune stage says save_pretrained would not reload
+    dense, out, _ = pruned(builder)
+    assert hf.rebuilds(dense) and hf.rebuilds(out.model) is False
+    if builder is bert:  # left as it was, not half-stated
+        assert out.model.config.num_attention_heads == 4 and getattr(out.model.config, "head_dim", None) is None
+    assert hf.rebuilds(torch.nn.Linear(2, 2)) is None  # no Hugging Face model: nothing to say
 
 
 @pytest.mark.parametrize("builder", [bert, llama_gqa, mistral_gqa, qwen3_gqa], ids=lambda b: b.__name__)

@@ -14,7 +14,7 @@ from pruning.allocation.latency_table import LatencyTable, LayerSpec, Node
 
 @dataclass(eq=False)  # identity: groups are dict keys
 class Group:
-    root: nn.Module
+    root: nn.Module | None  # None: a knob of a transformer's allocation, not a torch-pruning group
     name: str
     channels: int
     keep: int
@@ -66,6 +66,10 @@ class Estimator:
 
     def layers(self, g: Group) -> set[nn.Module]:
         return {m for m in (*g.outs, *g.ins) if m in self.specs}
+
+    def share(self, g: Group) -> float:
+        """The group's layers' share of the network's MACs (at the counts the groups have now)."""
+        return sum(self.spec(m).macs() for m in self.layers(g)) / max(self.macs(), 1)
 
     def ms(self, m: nn.Module, spec: LayerSpec) -> float:
         dense = self.specs[m]

@@ -107,15 +107,14 @@ class GreedyPath:
     time falls monotonically along it. Grown on demand, cached per group (a cut only changes the groups that share a
     layer with it)."""
 
-    def __init__(self, groups: list[Group], est: Estimator, step: int):
+    def __init__(self, groups: list[Group], est: Any, step: int):  # an Estimator, or one of its kind
         self.groups, self.est, self.step = groups, est, step
         for g in groups:
             g.keep = g.channels
         self.cuts: list[tuple[Group, int]] = []  # (group, channels it keeps after the cut)
         self.ms, self.macs = [est.total()], [est.macs()]
         # a group's share of the network's MACs (dense): what cutting all of it would take of the network's capacity
-        self.weight = {g: max(sum(est.spec(m).macs() for m in est.layers(g)) / max(self.macs[0], 1), 1e-9)
-                       for g in groups}
+        self.weight = {g: max(est.share(g), 1e-9) for g in groups}
         self.at = 0  # the position the groups' counts are at
         self.best: dict[Group, tuple[float, int, float, int] | None] = {}
         layers = {g: est.layers(g) for g in groups}
@@ -251,7 +250,7 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
     dense_est, dense_macs = path.ms[0], path.macs[0]
     report["dense_estimated_ms"] = dense_est
     if target_macs_reduction is not None:
-        _macs_target(path, target_macs_reduction, count_macs, measure, step, report)
+        macs_target(path, target_macs_reduction, count_macs, measure, step, report)
     else:
         if measure is None:
             raise ValueError("a speedup target needs measure()")
@@ -263,10 +262,12 @@ def allocate(model: nn.Module, input_shape: tuple[int, ...], importance: tp.impo
     return Allocation(ratios(groups), {g.name: (g.channels, g.keep) for g in groups}, macs, ms, dense_est, report)
 
 
-def _macs_target(path: GreedyPath, target: float, count_macs: Callable[[dict[nn.Module, float]], int] | None,
-                 measure: Callable[[dict[nn.Module, float]], Speedup] | None, step: int, report: dict[str, Any]) -> None:
-    """Cut along the path until the MACs target holds (on torch-pruning's count if given); with ``measure``, the
-    uniform grid at the same MACs is timed against it and the faster kept."""
+def macs_target(path: GreedyPath, target: float, count_macs: Callable[[Any], int] | None,
+                measure: Callable[[dict[nn.Module, float]], Speedup] | None, step: int, report: dict[str, Any],
+                counts: Callable[[list[Group]], Any] = ratios) -> None:
+    """Cut along the path until the MACs target holds (on torch-pruning's count of the model pruned with
+    ``counts(groups)`` if given); with ``measure``, the uniform grid at the same MACs is timed against it and the
+    faster kept."""
     groups, est, dense_macs = path.groups, path.est, path.macs[0]
     aim = target
     full = count_macs({}) if count_macs else None
@@ -279,7 +280,7 @@ def _macs_target(path: GreedyPath, target: float, count_macs: Callable[[dict[nn.
                                field="target_macs_reduction")
         if full is None:
             break
-        reached = full / count_macs(ratios(groups))  # type: ignore[misc]
+        reached = full / count_macs(counts(groups))  # type: ignore[misc]
         report["counted_macs_reduction"] = reached
         if reached >= target:
             break

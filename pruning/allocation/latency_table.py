@@ -26,7 +26,8 @@ from torch import nn
 
 from pruning import dependency
 from pruning.atomic import write_bytes
-from pruning.counting import count_macs
+from pruning.counting import count_macs, example_input
+from pruning.data import forward, tensors
 from pruning.runtime.export import export_onnx
 from pruning.runtime.session import session, session_options
 from pruning.runtime.timing import Protocol, Speedup, paired_speedup
@@ -44,9 +45,10 @@ SEARCH_PROTOCOL = Protocol(warmup=2, repeats=10, rounds=5)
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One convolution or linear layer, as ONNX Runtime will run it (BatchNorm folded, activation fused)."""
+    """One convolution or linear layer, as ONNX Runtime will run it (BatchNorm folded, activation fused); or a
+    transformer's attention core (softmax(Q K^T) V: ``cin`` heads of ``cout`` features over ``spatial`` = (tokens,))."""
 
-    kind: str  # "conv" or "linear"
+    kind: str  # "conv", "linear" or "attention"
     cin: int
     cout: int
     kernel: tuple[int, ...] = ()
@@ -54,7 +56,8 @@ class LayerSpec:
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
-    spatial: tuple[int, ...] = ()  # input spatial size (H, W) or (L,)
+    spatial: tuple[int, ...] = ()  # input spatial size (H, W) or (L,); attention: (tokens,)
+    rows: int = 1  # a linear layer's rows per sample: a transformer's tokens
 
     @property
     def depthwise(self) -> bool:
@@ -69,21 +72,30 @@ class LayerSpec:
 
     def macs(self) -> int:
         if self.kind == "linear":
-            return self.cin * self.cout
+            return self.rows * self.cin * self.cout
+        if self.kind == "attention":  # Q K^T and its product with V
+            return 2 * self.cin * self.cout * self.spatial[0] ** 2
         return (self.cin // self.groups) * self.cout * int(np.prod(self.kernel)) * int(np.prod(self.out_spatial()))
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        doc = asdict(self)
+        if self.rows == 1:
+            del doc["rows"]  # the key a table measured before token rows existed has
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, LayerSpec]:
-    """Every Conv1d/Conv2d/Linear of ``model`` with the input size it sees (one forward pass with hooks)."""
+def layer_specs(model: nn.Module, spec: Any) -> dict[nn.Module, LayerSpec]:
+    """Every Conv1d/Conv2d/Linear of ``model`` with the input size it sees (one forward pass with hooks) on ``spec``
+    (a per-sample shape or an example input); a linear layer applied to every token keeps the tokens as its rows."""
     specs: dict[nn.Module, LayerSpec] = {}
+    x = example_input(spec)
+    batch = tensors(x)[0].shape[0]
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
         x = inputs[0]
         if isinstance(module, nn.Linear):
-            specs[module] = LayerSpec("linear", module.in_features, module.out_features)
+            rows = max(x.numel() // (batch * module.in_features), 1)
+            specs[module] = LayerSpec("linear", module.in_features, module.out_features, rows=rows)
         else:
             specs[module] = LayerSpec("conv", module.in_channels, module.out_channels, tuple(module.kernel_size),
                                       tuple(module.stride), tuple(module.padding), tuple(module.dilation),
@@ -93,7 +105,7 @@ def layer_specs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Modul
                if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
+            forward(model.eval(), x)
     finally:
         for h in handles:
             h.remove()
@@ -115,11 +127,22 @@ def _one_layer_onnx(spec: LayerSpec, batch: int) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
+    if spec.kind == "attention":  # one input serves as queries, keys and values: the kernels' cost is the same
+        x_shape = y_shape = [batch, spec.cin, spec.spatial[0], spec.cout]
+        nodes = [helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 1, 3, 2]),
+                 helper.make_node("MatMul", ["x", "kt"], ["s"]),
+                 helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+                 helper.make_node("MatMul", ["p", "x"], ["y"])]
+        graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        return model.SerializeToString()
     if spec.kind == "linear":
-        x_shape = [batch, spec.cin]
+        x_shape = [batch * spec.rows, spec.cin]
         w = rng.standard_normal((spec.cout, spec.cin)).astype(np.float32)
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
-        y_shape = [batch, spec.cout]
+        y_shape = [batch * spec.rows, spec.cout]
     else:
         x_shape = [batch, spec.cin, *spec.spatial]
         w = rng.standard_normal((spec.cout, spec.cin // spec.groups, *spec.kernel)).astype(np.float32)
@@ -266,9 +289,10 @@ class LatencyTable:
             self.stale += entry is not None
             start = time.perf_counter()
             model = _one_layer_onnx(spec, self.batch)
-            ms, spread = kernel_ms(model, self.threads)
+            ops = None if spec.kind == "attention" else LAYER_OPS
+            ms, spread = kernel_ms(model, self.threads, ops=ops)
             if spread > MAX_SPREAD and ms >= STEADY_MS:  # a noisy moment: once more, and keep the steadier of the two
-                again = kernel_ms(model, self.threads)
+                again = kernel_ms(model, self.threads, ops=ops)
                 ms, spread = min((ms, spread), again, key=lambda t: t[1])
             self.entries[key] = entry = [ms, spread, time.time()]
             self.fresh.add(key)
@@ -277,8 +301,13 @@ class LatencyTable:
         return entry[0]
 
 
-def kernel_ms(model: bytes, threads: int, runs: int = 15) -> tuple[float, float]:
-    """(median time in ms, p90 / p10 spread) of the model's Conv/Gemm kernels, from ONNX Runtime's profiler.
+LAYER_OPS = ("Conv", "FusedConv", "Gemm")  # a one-layer model's own kernel (one per run)
+
+
+def kernel_ms(model: bytes, threads: int, runs: int = 15,
+              ops: tuple[str, ...] | None = LAYER_OPS) -> tuple[float, float]:
+    """(median time per run in ms, p90 / p10 spread) of the model's kernels of ``ops`` (None: every kernel, summed per
+    run), from ONNX Runtime's profiler.
 
     Only the layer's own kernel counts: in a one-layer model ORT adds layout reorders (NCHW <-> NCHWc) around the
     convolution that inside the network happen once, not per layer; timing the whole session would charge them to
@@ -296,10 +325,11 @@ def kernel_ms(model: bytes, threads: int, runs: int = 15) -> tuple[float, float]
         for _ in range(runs + 3):
             sess.run(None, {inp.name: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
-    times = [e["dur"] / 1e3 for e in events  # one Conv (NCHWc or fused) or Gemm kernel per run
+    times = [e["dur"] / 1e3 for e in events  # the same kernels in every run, in order
              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-             and e["args"].get("op_name") in ("Conv", "FusedConv", "Gemm")]
-    t = np.array(times[3:])  # the first runs are warm-up
+             and (ops is None or e["args"].get("op_name") in ops)]
+    per_run = max(len(times) // (runs + 3), 1)
+    t = np.array(times[:per_run * (runs + 3)]).reshape(-1, per_run).sum(axis=1)[3:]  # the first runs are warm-up
     return float(np.median(t)), float(np.percentile(t, 90) / max(np.percentile(t, 10), 1e-9))
 
 

@@ -25,16 +25,14 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 
-from pruning import attention, criteria, dependency
-from pruning.allocation.latency import Allocation, allocate
-from pruning.allocation.latency_table import LatencyTable, Yardstick
+from pruning import attention, criteria, dependency, kv_groups, layers
 from pruning.allocation.uniform import search_ratio
-from pruning.checkpoint import channels_edit
-from pruning.counting import count_macs
+from pruning.checkpoint import Edit, channels_edit, layers_edit
+from pruning.counting import count_macs, example_input
 from pruning.data import calibration_sample
 from pruning.distributed import fit
 from pruning.errors import PruningError
-from pruning.methods import depth
+from pruning.methods import by_latency, depth
 from pruning.methods.base import Context, Outcome, describe_step, step_record
 from pruning.schema import Section
 from pruning.training import Optim, recalibrate_batchnorm
@@ -64,6 +62,12 @@ class Config(Section):
     target_speedup: float | None = Field(None, gt=1, le=1_000, description="latency only: measured dense / pruned latency")
     latency_batch_size: int = Field(1, ge=1, le=65_536, description="latency only: batch size the latency table is measured at")
     latency_threads: int = Field(1, ge=1, le=256, description="latency only: ORT threads of the latency table")
+    latency_sequence_length: int | None = Field(None, ge=1, le=1_000_000, description="latency only, transformers: "
+                                                "tokens the candidates are timed at (null: the data's own)")
+    kv_groups: bool = Field(False, description="grouped-query attention: remove whole key/value groups (a key/value "
+                            "head with its query heads), not query heads within every group; by the same ratio")
+    latency_layers: bool = Field(False, description="latency only, transformers: whole layers are a knob too, weighed "
+                                 "against heads and MLP channels by the loss they add (off: depth_blocks drops layers)")
     iterative_steps: int = Field(1, ge=1, le=1_000, description="1 = one-shot; N = reach the ratio in N steps")
     schedule: Literal["linear", "cubic"] = Field("linear", description="with N steps: linear | cubic (gradual: most "
                                                  "of the ratio in the first steps)")
@@ -98,6 +102,8 @@ class Config(Section):
                                  "(the other to null)")
             if self.scope != "uniform":
                 raise ValueError("allocation latency ranks groups itself: scope must be uniform")
+            if self.kv_groups:
+                raise ValueError("allocation latency prices query heads, not key/value groups: set kv_groups to false")
         else:
             if self.target_speedup is not None:
                 raise ValueError("target_speedup needs allocation: latency")
@@ -120,15 +126,16 @@ def cubic_scheduler(pruning_ratio: float, steps: int) -> list[float]:
 
 
 def _pruner(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float, steps: int,
-            criterion: str | None = None, ratio_dict: dict[nn.Module, float] | None = None
-            ) -> tuple[tp.pruner.BasePruner, tp.importance.Importance, dependency.Plan | None]:
+            criterion: str | None = None, ratio_dict: dict[nn.Module, float] | None = None,
+            head_ratio: float | None = None) -> tuple[tp.pruner.BasePruner, tp.importance.Importance, dependency.Plan | None]:
     imp = criteria.make(criterion or cfg.criterion, cfg.limits)
     pruner, plan = dependency.build_pruner(
         model, shape, imp, ratio=0.0 if ratio_dict else ratio, scope=cfg.scope, iterative_steps=steps,
         # an allocation's counts are final (already multiples of round_to): rounding again could only move them
         round_to=None if ratio_dict else cfg.round_to, max_layer_ratio=1.0 if ratio_dict else cfg.max_layer_ratio,
         ignored=dependency.ignored_modules(model, cfg.ignored_layers),
-        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None, ratio_dict=ratio_dict, hidden=cfg.hidden)
+        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None, ratio_dict=ratio_dict, hidden=cfg.hidden,
+        head_ratio=head_ratio)
     return pruner, imp, plan
 
 
@@ -140,28 +147,41 @@ def macs_after(model: nn.Module, shape: Any, cfg: Config, ratio: float, train: D
     """
     trial = copy.deepcopy(model)
     criterion = "l1" if cfg.scope == "uniform" else cfg.criterion
-    pruner, imp, _ = _pruner(trial, shape, cfg, ratio, 1, criterion=criterion)
+    head_ratio = _remove_kv_groups(trial, cfg, ratio, shape)[2] if cfg.kv_groups else None
+    pruner, imp, _ = _pruner(trial, shape, cfg, ratio, 1, criterion=criterion, head_ratio=head_ratio)
     torch.manual_seed(seed)
     criteria.prepare(criterion, imp, trial, train, cfg.calibration_batches, seed)
     dependency.prune_step(pruner, trial)
     return count_macs(trial, shape)[0]
 
 
+def _remove_kv_groups(model: nn.Module, cfg: Config, ratio: float, spec: Any
+                      ) -> tuple[dict[str, list[int]], list[str], float | None]:
+    """``kv_groups``: whole key/value groups out, by ``ratio`` (:mod:`pruning.kv_groups`); (the groups removed, notes,
+    the head ratio left for the schedule: none, the query heads went with their groups)."""
+    if not kv_groups.grouped(model):
+        return {}, ["kv_groups: no grouped-query attention here; query heads go as usual"], None
+    removed, notes = kv_groups.plan(model, ratio, example_input(spec))
+    kv_groups.remove(model, removed, example_input(spec))
+    return removed, notes, 0.0
+
+
 def run_schedule(model: nn.Module, cfg: Config, ratio: float, ctx: Context,
-                 ratio_dict: dict[nn.Module, float] | None = None
+                 ratio_dict: dict[nn.Module, float] | None = None, head_ratio: float | None = None
                  ) -> tuple[dependency.History, list[dict[str, Any]], dependency.Plan | None]:
     """Prune ``model`` in place to channel ratio ``ratio`` over ``cfg.iterative_steps`` steps; (history, steps, the
     channel plan of a uniform ratio with round_to, else None).
 
     The scheduler spreads the ratio: with ``linear`` step i removes up to ``i / N * ratio`` of the original channels,
     with ``cubic`` (gradual pruning) most of it in the first steps. ``ratio_dict`` (a latency allocation's per-group
-    ratios) replaces ``ratio``; ``ratio`` is then only what the step records report.
+    ratios) replaces ``ratio``; ``ratio`` is then only what the step records report. ``head_ratio``: attention heads
+    removed, when not ``ratio`` (a transformer's latency allocation).
     Fine-tuning (``cfg.step_finetune_epochs``) runs between steps, not after the last one: that is the finetune stage.
     """
     data, seed, device, task = ctx.data, ctx.seed, ctx.device, ctx.task
     torch.manual_seed(seed)
     n = cfg.iterative_steps
-    pruner, imp, plan = _pruner(model, data.spec, cfg, ratio, n, ratio_dict=ratio_dict)
+    pruner, imp, plan = _pruner(model, data.spec, cfg, ratio, n, ratio_dict=ratio_dict, head_ratio=head_ratio)
     steps = [step_record(0, 0.0, model, ctx)]
     scheduled = (cubic_scheduler if cfg.schedule == "cubic" else linear_scheduler)(ratio, n)
     for step in range(1, n + 1):
@@ -178,38 +198,6 @@ def run_schedule(model: nn.Module, cfg: Config, ratio: float, ctx: Context,
     return pruner.pruning_history(), steps, plan
 
 
-def _allocate_by_latency(model: nn.Module, cfg: Config, ctx: Context, dense_macs: int) -> Allocation:
-    """Channels per group by measured ORT latency, with the table kept in ``ctx.latency_table``."""
-    shape, batch, threads = ctx.data.input_shape, cfg.latency_batch_size, cfg.latency_threads
-    if shape is None:
-        raise PruningError("latency allocation times single-input models (it exports candidates from an input "
-                           "shape); this model takes several inputs: use allocation macs", field="allocation")
-    table = LatencyTable.load(ctx.latency_table, batch, threads)
-    imp = criteria.make(cfg.criterion, cfg.limits)
-    criteria.prepare(cfg.criterion, imp, model, ctx.data.calibration_split, cfg.calibration_batches, ctx.seed,
-                     ctx.task)
-    ignored = dependency.ignored_modules(model, cfg.ignored_layers)
-    # the MACs target is the dense model's, also after depth pruning (as search_ratio's reference)
-    target_macs = None if cfg.target_macs_reduction is None else \
-        cfg.target_macs_reduction * count_macs(model, shape)[0] / dense_macs
-    yardstick = Yardstick(model, shape, cfg.ignored_layers, batch, threads, ctx.opset)
-    try:
-        allocation = allocate(
-            model, shape, imp, ignored, table, step=cfg.round_to or 8, max_layer_ratio=cfg.max_layer_ratio,
-            target_macs_reduction=target_macs, target_speedup=cfg.target_speedup,
-            measure=yardstick.speedup, count_macs=yardstick.macs, profile=yardstick.profile)
-    finally:
-        table.save(ctx.latency_table)  # what was measured is kept even if the target was out of reach
-    model.zero_grad(set_to_none=True)
-    kept = sum(k for _, k in allocation.keep.values())
-    total = sum(c for c, _ in allocation.keep.values())
-    allocation.report.update({"channel_ratio": 1 - kept / total, "keep": allocation.keep})
-    log.info("latency allocation: %d groups, %.2fx MACs, table %d entries (%d measured in %.1f s)",
-             len(allocation.keep), allocation.report["macs_reduction"], len(table.entries), table.measured,
-             table.seconds)
-    return allocation
-
-
 def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     """Depth pruning (if asked), then an allocation, then the schedule."""
     data, shape = ctx.data, ctx.data.spec
@@ -217,38 +205,55 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     widths = _widths(model)
     dense_step = step_record(0, 0.0, model, ctx) if cfg.depth_blocks else None
     removed: list[str] = []
-    depth_edit = None
+    depth_edits: list[Edit] = []
     if cfg.depth_blocks:
         sample = calibration_sample(data.calibration_split, cfg.calibration_batches, ctx.seed)
         try:
-            model, removed, depth_edit = depth.prune_depth(model, sample, cfg.depth_blocks, cfg.depth_criterion,
-                                                           shape, ctx.task.loss)
+            model, removed, edit = depth.prune_depth(model, sample, cfg.depth_blocks, cfg.depth_criterion, shape,
+                                                     ctx.task.loss)
         except ValueError as exc:  # too many blocks, or none in this architecture
             raise PruningError(str(exc), field="depth_blocks") from None
-    allocation = None
-    if cfg.allocation == "latency":
-        allocation = _allocate_by_latency(model, cfg, ctx, dense_macs)
-        ratio = allocation.report["channel_ratio"]
+        depth_edits += [edit] if edit else []
+    allocation, head_ratio, allocation_report = None, None, None
+    if cfg.allocation == "latency" and attention.find(model):  # heads, MLP width and layers, alike in every layer
+        choice, scores = by_latency.transformer(model, cfg, ctx, dense_macs)
+        if choice.drop:
+            dropped = depth.lowest(scores, choice.drop)
+            layers.remove(model, dropped)
+            log.info("latency allocation: removed transformer layers %s", dropped)
+            removed += dropped  # named as the model had them after depth_blocks: a second edit, replayed after it
+            depth_edits.append(layers_edit(dropped))
+        ratio, head_ratio, allocation_report = choice.mlp_ratio, choice.head_ratio, choice.report
+    elif cfg.allocation == "latency":
+        allocation = by_latency.cnn(model, cfg, ctx, dense_macs)
+        ratio, allocation_report = allocation.report["channel_ratio"], allocation.report
     elif cfg.ratio is not None:
         ratio = cfg.ratio
     else:
         ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.calibration_split, ctx.seed),
                              dense_macs, cfg.target_macs_reduction)
-    history, steps, plan = run_schedule(model, cfg, ratio, ctx, ratio_dict=allocation.ratios if allocation else None)
+    kv_removed, kv_notes = {}, []
+    if cfg.kv_groups:
+        kv_removed, kv_notes, head_ratio = _remove_kv_groups(model, cfg, ratio, shape)
+        depth_edits += [kv_groups.edit(kv_removed)] if kv_removed else []
+        for note in kv_notes:
+            log.info("key/value groups: %s", note)
+    history, steps, plan = run_schedule(model, cfg, ratio, ctx, ratio_dict=allocation.ratios if allocation else None,
+                                        head_ratio=head_ratio)
     for missed in attention.check_applied(model, plan.heads) if plan and plan.heads else []:
         log.warning("heads: %s", missed)
     # the share of channels actually removed: the plan's (over its groups) or, without one, over the layers' outputs
     achieved = plan.achieved if plan else _removed_share(widths, _widths(model))
-    notes = plan.notes() if plan else []
+    notes = (plan.notes() if plan else []) + kv_notes
     log.info("channel ratio: asked %.3f, achieved %.3f%s", ratio, achieved, "".join(f"; {n}" for n in notes))
     if dense_step is not None:  # the schedule's step 0 is the depth-pruned model: put the dense one before it
         steps = [dense_step] + [{**s, "step": s["step"] + 1} for s in steps]
-    edits = ([depth_edit] if removed else []) + [channels_edit(history)]
+    edits = depth_edits + [channels_edit(history)]
     report = {"ratio": ratio, "achieved_ratio": achieved, "channel_plan": plan.rows if plan else None,
               "head_plan": plan.heads.rows if plan and plan.heads else None,
               "plan_notes": notes, "criterion": cfg.criterion, "scope": cfg.scope, "iterative_steps": cfg.iterative_steps,
               "removed_blocks": removed, "allocation": cfg.allocation,
-              "latency_allocation": allocation.report if allocation else None}
+              "latency_allocation": allocation_report, "kv_groups_removed": kv_removed or None}
     return Outcome(model, edits, steps, report)
 
 

@@ -53,6 +53,12 @@ class Config(Section):
     bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after the removal")
 
 
+def mean_loss(model: nn.Module, sample: Batch, loss: Loss, batch_size: int = 512) -> float:
+    """``loss`` of ``model`` on ``sample`` in eval mode, without gradients (modes restored)."""
+    with residual.evaluating(model):
+        return _mean_loss(model, sample, loss, batch_size)
+
+
 def _mean_loss(model: nn.Module, sample: Batch, loss: Loss, batch_size: int = 512) -> float:
     total = 0.0
     for i in range(0, len(sample), batch_size):
@@ -190,7 +196,7 @@ LAYER_CRITERIA: dict[str, Callable[[nn.Module, dict[str, nn.Module], Batch, Loss
 }
 
 
-def _lowest(scores: dict[str, float], n: int) -> list[str]:
+def lowest(scores: dict[str, float], n: int) -> list[str]:
     """The ``n`` lowest-scoring names, lowest first; ties keep forward order (``scores``' order), so the choice is
     deterministic."""
     rank = {name: i for i, name in enumerate(scores)}
@@ -220,7 +226,7 @@ def prune_depth(model: nn.Module, sample: Batch, n: int, criterion: str, spec: A
     if n == 0:
         return model, [], None
     scores = layer_scores(model, sample, criterion, loss)
-    names = _lowest(scores, n)
+    names = lowest(scores, n)
     layers.remove(model, names)
     log.info("depth pruning (%s): removed transformer layers %s (scores %s)", criterion, names,
              ", ".join(f"{scores[k]:.4g}" for k in names))
@@ -263,7 +269,7 @@ def prune_blocks(model: nn.Module, sample: Batch, n_blocks: int, criterion: str 
     if n_blocks == 0:
         return model, []
     scores = block_scores(model, sample, criterion, shape, blocks, loss)
-    names = _lowest(scores, n_blocks)
+    names = lowest(scores, n_blocks)
     model = residual.remove(model, names, shape, blocks)
     log.info("depth pruning (%s): removed %s (scores %s)", criterion, names, ", ".join(f"{scores[n]:.4g}" for n in names))
     return model, names

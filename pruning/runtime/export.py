@@ -22,7 +22,7 @@ from torch import nn
 
 from pruning import attention
 from pruning.counting import example_input
-from pruning.data import forward, has_sequence, map_inputs, tensors
+from pruning.data import forward, has_sequence, logits_of, map_inputs, scored_output, tensors
 from pruning.errors import ModelError, ParityError
 from pruning.runtime.session import INPUT_NAME, OUTPUT_NAME, run, session
 
@@ -50,6 +50,17 @@ def dynamic_axes(example: Any, names: list[str]) -> dict[str, dict[int, str]]:
             for n, t in zip(names, tensors(example), strict=True)}
 
 
+class _Scored(nn.Module):
+    """A model whose outputs are several, as exported: only the one it is scored on (:func:`scored_output`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return logits_of(self.model(*args, **kwargs), scored_output(self.model))
+
+
 def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, exporter: str = "torchscript") -> None:
     """Export ``model`` (eval mode) to a single ONNX file with a dynamic batch axis on every input and the output (and
     a dynamic sequence axis on token inputs, :func:`dynamic_axes`), then run onnx.checker. ``spec``: a per-sample
@@ -63,6 +74,7 @@ def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, expor
     args, kwargs = ((), example) if isinstance(example, dict) else \
         ((example,) if isinstance(example, torch.Tensor) else tuple(example), None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    exported = _Scored(model) if scored_output(model) else model  # the file's one output: the one scored
     try:
         # a Hugging Face model without its key/value cache: the logits are its one output
         with warnings.catch_warnings(), attention.exportable(model):
@@ -78,12 +90,12 @@ def export_onnx(model: nn.Module, spec: Any, path: str | Path, opset: int, expor
                 dims = {"batch": torch.export.Dim("batch", min=1, max=65536),
                         "sequence": torch.export.Dim("sequence", min=1, max=65536)}
                 shapes = [{axis: dims[what] for axis, what in axes[n].items()} for n in names]
-                torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=True, external_data=False,
+                torch.onnx.export(exported, args, str(path), kwargs=kwargs, dynamo=True, external_data=False,
                                   opset_version=opset, input_names=names, output_names=[OUTPUT_NAME],
                                   dynamic_shapes=dict(zip(names, shapes, strict=True)) if kwargs is not None
                                   else tuple(shapes), verbose=False)
             else:
-                torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=False, opset_version=opset,
+                torch.onnx.export(exported, args, str(path), kwargs=kwargs, dynamo=False, opset_version=opset,
                                   input_names=names, output_names=[OUTPUT_NAME],
                                   dynamic_axes={**axes, OUTPUT_NAME: {0: "batch"}})
         onnx.checker.check_model(str(path), full_check=True)

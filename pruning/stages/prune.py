@@ -8,6 +8,7 @@ no method (pruning/methods/__init__.py).
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from pruning import hf
 from pruning.allocation.latency_table import LatencyTable
 from pruning.checkpoint import load_model, save_model
 from pruning.counting import count_macs, layer_changes
@@ -24,6 +26,8 @@ from pruning.methods import METHODS, Context
 from pruning.stages.common import paths, prepared_data, provenance, write_json
 from pruning.task import build_task
 from pruning.zoo import build_model
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pruning.config import Config
@@ -68,6 +72,13 @@ def run(cfg: Config, root: str | Path = ".") -> PruneResult:
     write_json(p.prune_steps, outcome.steps)
     if not Path(p.latency_table).is_file():  # a persistent DVC out: it exists (empty) whichever method ran
         LatencyTable(batch=1, threads=1).save(p.latency_table)
+    reloads = hf.rebuilds(model)  # None: no Hugging Face model
+    if reloads is False:
+        log.warning("the pruned model's %s cannot state its shapes (transformers derives its head size from "
+                    "hidden_size / num_attention_heads, or refuses a head count that does not divide the hidden "
+                    "size): save_pretrained would not reload it; the pipeline's model file and ONNX file do",
+                    type(model.config).__name__)
     write_json(p.prune_report, {**result.__dict__, "pruned_params": pruned_params, **outcome.report,
-                                "edits": [e["kind"] for e in outcome.edits], "layers": layer_changes(dense, model)})
+                                "edits": [e["kind"] for e in outcome.edits], "layers": layer_changes(dense, model),
+                                "save_pretrained_reloads": reloads})
     return result

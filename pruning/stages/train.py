@@ -13,7 +13,7 @@ from torch import nn
 
 from pruning.checkpoint import save_model
 from pruning.counting import count_macs
-from pruning.data import Data, forward
+from pruning.data import SCORED_OUTPUT, Data, forward
 from pruning.distributed import fit
 from pruning.errors import ModelError, params_errors
 from pruning.hf import HF, from_directory, record_kwargs
@@ -51,6 +51,8 @@ def run(cfg: Config, root: str | Path = ".") -> TrainResult:
         else:
             model = build_model(cfg.model.arch, cfg.model.kwargs, data.input_shape, data.num_classes)
             kwargs = cfg.model.kwargs
+    if cfg.model.output is not None:
+        setattr(model, SCORED_OUTPUT, cfg.model.output)  # model files keep it: every later stage scores it too
     _check_output(model, data, task, cfg)
     if cfg.model.weights is not None and cfg.model.arch != HF:
         with params_errors("model"):
@@ -76,6 +78,10 @@ def _check_output(model: nn.Module, data: Data, task: Task, cfg: Config) -> None
     try:
         with torch.no_grad():
             out = forward(model.eval(), example)
+    except KeyError as exc:
+        if cfg.model.output is None or cfg.model.output not in str(exc):
+            raise ModelError(f"model.arch {cfg.model.arch!r} fails on a sample of the data: KeyError: {exc}") from None
+        raise ModelError(f'Invalid "model.output": {exc.args[0]}') from None
     except Exception as exc:  # any failure of user code on a real sample
         what = f"input shape {list(data.input_shape)}" if data.input_shape else "a sample of the data"
         raise ModelError(f"model.arch {cfg.model.arch!r} fails on {what}: {type(exc).__name__}: {exc}") from None

@@ -192,8 +192,11 @@ def test_run_transformers_prunes_every_variant_to_its_target_and_reports_speedup
     result = bt.run_bench(parse_config(TINY), 1, ["text-topics"], tmp_path)
     rows = {r["variant"]: r for r in result["summary"]}
     assert set(rows) == set(bt.VARIANTS)
-    for name in ("heads_mlp", "heads_mlp_hidden", "mlp_only", "plain_tp"):
+    for name in ("heads_mlp", "heads_mlp_hidden", "mlp_only", "latency", "latency_layers", "plain_tp"):
         assert rows[name]["macs_reduction"] >= 2.0 and not rows[name]["notes"]
+    # a measured 2x: reached (the search accepted a candidate) or said to be out of reach, never silently missed
+    speedup = rows["latency_speedup"]
+    assert speedup["macs_reduction"] > 1.0 and (not speedup["notes"] or "out of reach" in speedup["notes"][0])
     assert rows["layers"]["macs_reduction"] > 1.8  # one of two layers: embeddings and classifier stay
     assert rows["heads_only"]["notes"] == ["2x out of reach: ratio 0.75"] and rows["heads_only"]["macs_reduction"] < 2
     for r in rows.values():
@@ -203,4 +206,6 @@ def test_run_transformers_prunes_every_variant_to_its_target_and_reports_speedup
     # another run of one example keeps the other's records
     kept = {**result["records"][0], "example": "vit-digits"}
     (tmp_path / "transformers.json").write_text(json.dumps({"records": [kept] + result["records"]}))
-    assert bt._kept(tmp_path, ["text-topics"], 1) == [kept]
+    assert bt._kept(tmp_path, ["text-topics"], list(bt.VARIANTS), 1) == [kept]
+    # and a run of one variant keeps the others'
+    assert len(bt._kept(tmp_path, ["text-topics"], ["layers"], 1)) == len(result["records"])

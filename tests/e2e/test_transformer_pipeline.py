@@ -79,6 +79,7 @@ def test_a_saved_bert_and_tokenised_text_go_through_the_flow_and_dvc_with_the_de
     prune = json.loads((repo / "reports/prune.json").read_text())
     assert [(r["heads"], r["keep"]) for r in prune["head_plan"]] == [(4, 3), (4, 3)]  # 0.35 of 4: one head each
     assert _heads(repo) == [(3, 3), (3, 3)]
+    assert prune["save_pretrained_reloads"] is False  # BertConfig derives the head size: said, not silently wrong
     assert json.loads((repo / "reports/quantize.json").read_text())["mode"] == "dynamic"  # no convolutions
     graph = onnx.load(str(repo / "models" / "pruned.onnx")).graph
     assert {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input} == \
@@ -128,6 +129,8 @@ def test_a_vit_and_a_grouped_query_decoder_go_through_every_stage_with_the_defau
     heads = _heads(root)
     # ViT: 4 heads, one goes; the decoder: 8 query heads over 2 key/value heads, 0.35 rounded to one per group
     assert heads == ([(3, 3), (3, 3)] if family == "vit_on_digits" else [(6, 2), (6, 2)])
+    # ViT's config states the head size it reads; Mistral's states it always: save_pretrained would reload both
+    assert json.loads((root / "reports/prune.json").read_text())["save_pretrained_reloads"] is True
     # no CNN: dynamic INT8 (a ViT's patch embedding is one convolution among many matrix products)
     assert json.loads((root / "reports/quantize.json").read_text())["mode"] == "dynamic"
     assert _nothing_to_do(_run(*DVC, "repro", cwd=root))  # every stage recorded as dvc repro records it

@@ -91,3 +91,56 @@ def test_weights_that_do_not_fit_the_architecture_name_the_keys_in_one_line(trai
     message = str(err.value)
     assert err.type.__name__ == "ConfigError" and "\n" not in message
     assert message.startswith('Invalid "model.weights"') and "1.weight (24, 64) vs (32, 64)" in message
+
+
+class _TwoOutputs(nn.Module):
+    """A user model that returns a dict whose first entry is not what is scored."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        features = self.body(x)
+        return {"features": features, "scores": self.head(features)}
+
+
+def two_outputs(hidden: int = 24) -> nn.Module:
+    return _TwoOutputs(hidden)
+
+
+def test_a_model_with_several_outputs_is_scored_pruned_and_exported_on_the_one_model_output_names(trained_copy):
+    import onnx
+    import torch
+    import torch_pruning as tp
+
+    from pruning import dependency
+    from pruning.data import forward, scored_output
+    from pruning.runtime.export import export_onnx
+    from pruning.runtime.session import run as run_onnx
+    from pruning.runtime.session import session
+
+    cfg = load_config(write_params(trained_copy, {"model": {"arch": "tests.stages.test_train:two_outputs",
+                                                            "kwargs": {}, "output": "scores"}, "train": {"epochs": 2}}))
+    assert run(cfg).accuracy > 0.5  # trained on the scores, not on the features that come first
+    model, record = load_model(cfg.paths.dense_model, cfg.model.arch)
+    assert record["output"] == "scores" and scored_output(model) == "scores"
+    pruner, _ = dependency.build_pruner(model, (1, 8, 8), tp.importance.GroupMagnitudeImportance(p=2),
+                                        ratio=0.5, scope="uniform", iterative_steps=1, round_to=None,
+                                        max_layer_ratio=0.9, ignored=dependency.ignored_modules(model, []))
+    dependency.prune_step(pruner, model)
+    assert model.head.in_features == 12 and model.head.out_features == 10  # traced through the scored output
+    x = torch.randn(3, 1, 8, 8)
+    export_onnx(model, (1, 8, 8), Path("m.onnx"), opset=17)
+    assert len(onnx.load("m.onnx").graph.output) == 1  # the file's one output is the scored one
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(run_onnx(session("m.onnx"), x)), forward(model, x), atol=1e-5)
+
+
+def test_an_output_the_model_does_not_have_is_one_line_naming_the_key_and_the_outputs(trained_copy):
+    cfg = load_config(write_params(trained_copy, {"model": {"arch": "tests.stages.test_train:two_outputs",
+                                                            "kwargs": {}, "output": "logits"}}))
+    with pytest.raises(ModelError, match=r"Invalid \"model.output\": the model's outputs have no 'logits': it returns "
+                                         r"features, scores"):
+        run(cfg)
