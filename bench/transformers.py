@@ -6,7 +6,8 @@ task), each with its own params.yaml (data, model, training, fine-tuning): per s
 the train stage trains it, then pruned from that same model (paired) to ``target`` x fewer MACs by
 
 - ``heads_mlp``: the channel method's default (whole heads and MLP channels, the hidden size kept);
-- ``heads_mlp_hidden``: the same with ``prune.hidden`` (the hidden size pruned too, by the same ratio);
+- ``heads_mlp_hidden``: the same with ``prune.hidden`` (the hidden size pruned too; a BERT's to kept heads x head
+  size, which its class derives the head size from);
 - ``heads_only`` / ``mlp_only``: the same with the MLP's / the attention's projections left alone (heads alone cannot
   reach 2x: at most all heads but one go, the figure says what was reached);
 - ``layers``: the depth method, whole layers dropped (``1 - 1/target`` of them, ranked by loss change);

@@ -145,6 +145,21 @@ def check_applied(model: nn.Module, heads_plan: HeadPlan) -> list[str]:
     return missed
 
 
+def hidden_for_heads(model: nn.Module, heads_plan: HeadPlan) -> int | None:
+    """The hidden size to keep with ``heads_plan`` when the model's config derives its head size from the hidden
+    size (hidden size = heads x head size, no ``head_dim`` stated or read: BERT): kept heads x head size, so the
+    pruned config still describes the model and ``save_pretrained`` reloads it. None when the config states the head
+    size or its class reads one (ViT), or there is none, or the layers keep different counts: the hidden size then
+    goes by the ratio like any group."""
+    config, attentions = getattr(model, "config", None), find(model)
+    keeps = {r["keep"] for r in heads_plan.rows}
+    if (config is None or getattr(config, "head_dim", None) is not None or len(keeps) != 1
+            or len({a.head_dim for a in attentions}) != 1 or hf.reads_head_dim(model) is not False):
+        return None
+    head_dim = attentions[0].head_dim
+    return keeps.pop() * head_dim if getattr(config, "hidden_size", None) == attentions[0].heads * head_dim else None
+
+
 def step_ratios(attentions: Sequence[Attention], heads_plan: HeadPlan) -> dict[nn.Module, list[float]]:
     """torch-pruning's ``head_pruning_ratio_dict`` entries (per projection, per step) that make it remove exactly the
     planned heads: it removes ceil(r x heads left) heads (with GQA, then ceil of that / key/value heads per group), so

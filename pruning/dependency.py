@@ -138,14 +138,18 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
         return _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio,
                        ignored, scheduler, ratio_dict, hidden), None
     probe = _pruner(model, input_shape, importance, 0.0, scope, 1, None, 1.0, ignored, None, None, hidden)
-    plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio)
+    attentions = attention.find(model)
+    # whole heads, as many per layer as attention.plan says at each step
+    heads = attention.plan(attentions, head_ratio, (scheduler or linear_scheduler)(head_ratio, iterative_steps)) \
+        if attentions else None
+    plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio,
+                        hidden_keep=attention.hidden_for_heads(model, heads) if hidden and heads else None)
     # every count is final: torch-pruning's own rounding (always down, and blind to channel groups) stays off
     pruner = _pruner(model, input_shape, importance, 0.0, scope, iterative_steps, None, 1.0, ignored, scheduler,
                      plan.ratios, hidden)
-    attentions = attention.find(model)
-    if attentions:  # whole heads, as many per layer as attention.plan says at each step
-        plan.heads = attention.plan(attentions, head_ratio, (scheduler or linear_scheduler)(head_ratio, iterative_steps))
-        pruner.head_pruning_ratio_dict.update(attention.step_ratios(attentions, plan.heads))
+    if heads:
+        plan.heads = heads
+        pruner.head_pruning_ratio_dict.update(attention.step_ratios(attentions, heads))
     return pruner, plan
 
 
@@ -227,6 +231,16 @@ def _pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.importa
     return pruner
 
 
+def channel_groups(pruner: tp.pruner.BasePruner, model: nn.Module) -> list[PrunableGroup]:
+    """The pruner's groups that lose channels, not heads: those whose attention projections' outputs are in them
+    lose whole heads (:func:`pruning.attention.plan`) and are left out (the hidden size's group holds the projections
+    too, by their inputs: it stays in)."""
+    heads = set(pruner.num_heads)
+    return [found for found in prunable_groups(pruner.DG, model, pruner.ignored_layers)
+            if not any(dep.target.module in heads and pruner.DG.is_out_channel_pruning_fn(dep.handler)
+                       for dep, _ in found.group)]
+
+
 def _channel_groups(pruner: tp.pruner.BasePruner, group: Any) -> int:
     # torch-pruning's own count of the group's channel groups (grouped convolutions, GroupNorm; depthwise excluded):
     # the kept count must be a multiple of it, since every group of a grouped convolution loses the same channels
@@ -234,7 +248,7 @@ def _channel_groups(pruner: tp.pruner.BasePruner, group: Any) -> int:
 
 
 def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, round_to: int,
-                 max_layer_ratio: float) -> Plan:
+                 max_layer_ratio: float, hidden_keep: int | None = None) -> Plan:
     """Channels kept per group for a uniform ``ratio`` on the ``round_to`` grid.
 
     Per group of C channels with g channel groups, the allowed counts are multiples of lcm(round_to, g) (multiples of
@@ -244,14 +258,17 @@ def plan_uniform(model: nn.Module, pruner: tp.pruner.BasePruner, ratio: float, r
     closer to the asked share (largest-remainder rounding): the achieved ratio is the asked one to within a grid step,
     instead of torch-pruning's always-down rounding (ratio 0.35 took 16 -> 8 and 32 -> 16, 50 %).
 
+    ``hidden_keep``: the groups as wide as the hidden size (its own, a pooler's) keep that.
     GraphTraceError (``field="ratio"``) naming the layer when the ratio alone leaves a group nothing.
     """
     rows, spans = [], []
-    heads = set(pruner.num_heads)  # attention projections: their groups lose whole heads (attention.plan)
-    for found in prunable_groups(pruner.DG, model, pruner.ignored_layers):
+    heads = set(pruner.num_heads)
+    for found in channel_groups(pruner, model):
         root, name, channels = found.root, found.name, found.channels
-        if any(dep.target.module in heads and pruner.DG.is_out_channel_pruning_fn(dep.handler) for dep, _ in found.group):
-            continue  # (the hidden size's group holds the projections too, by their inputs: it is planned here)
+        if hidden_keep and channels == min(m.in_features for m in heads):  # the hidden size's and a pooler's
+            rows.append({"layer": name, "channels": channels, "keep": hidden_keep, "groups": 1, "root": root,
+                         "note": "the hidden size follows the heads (its config derives the head size from it)"})
+            continue
         target = channels * (1 - ratio)
         g = _channel_groups(pruner, found.group)
         grid, note = math.lcm(round_to, g), ""

@@ -155,3 +155,24 @@ def rebuilds(model: nn.Module) -> bool | None:
         return False
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return want == {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+
+
+def reads_head_dim(model: nn.Module) -> bool | None:
+    """Whether ``model``'s class takes its head size from a stated ``config.head_dim`` (ViT's does, BERT's derives it
+    from hidden size / heads whatever the config says): two models built on the meta device, with the head size
+    stated as it is and doubled, compared. None for a model that is no Hugging Face model."""
+    import torch
+
+    config = getattr(model, "config", None)
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if not isinstance(heads, int) or not isinstance(hidden, int) or not hasattr(config, "to_dict"):
+        return None
+    shapes = []
+    for head_dim in (hidden // heads, 2 * (hidden // heads)):
+        try:
+            again = type(config).from_dict({**config.to_dict(), "head_dim": head_dim})
+            with torch.device("meta"):
+                shapes.append({k: tuple(v.shape) for k, v in type(model)(again).state_dict().items()})
+        except Exception:  # noqa: BLE001 - transformers refuses the config: it does not take it
+            return False
+    return shapes[0] != shapes[1]

@@ -30,8 +30,9 @@ VOCAB, SEQ, CLASSES = 100, 12, 3
 
 
 def bert(**kwargs: Any) -> torch.nn.Module:
-    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=32, num_labels=CLASSES, **kwargs)
+    config = transformers.BertConfig(**{"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
+                                        "num_attention_heads": 4, "intermediate_size": 64,
+                                        "max_position_embeddings": 32, "num_labels": CLASSES, **kwargs})
     return transformers.BertForSequenceClassification(config)
 
 
@@ -175,6 +176,27 @@ def test_a_config_that_cannot_state_the_pruned_heads_is_found_out(builder, prune
     if builder is bert:  # left as it was, not half-stated
         assert out.model.config.num_attention_heads == 4 and getattr(out.model.config, "head_dim", None) is None
     assert hf.rebuilds(torch.nn.Linear(2, 2)) is None  # no Hugging Face model: nothing to say
+
+
+def test_a_bert_whose_hidden_size_is_pruned_too_keeps_heads_times_head_size_and_reloads(tmp_path):
+    # BertConfig derives the head size from hidden_size / num_attention_heads: with prune.hidden the hidden size
+    # follows the heads, so that the pruned config still describes the model
+    def wide_bert() -> torch.nn.Module:
+        return bert(hidden_size=120, num_attention_heads=10)
+
+    torch.manual_seed(0)
+    data = _data(bert)
+    ctx = Context(data=data, seed=0, device="cpu", build=wide_bert, latency_table=tmp_path / "t.json", opset=17)
+    out = METHODS["channel"].apply(wide_bert().eval(), METHODS["channel"].Config(hidden=True), ctx)
+    model = out.model.eval()
+    # 0.35 of 10 heads of 12 features: 4 go; the hidden size 6 x 12 = 72, not the ratio's 80 on the grid of 8
+    assert (model.config.hidden_size, model.config.num_attention_heads) == (72, 6) and hf.rebuilds(model)
+    assert any("the hidden size follows the heads" in n for n in out.report["plan_notes"])
+    model.save_pretrained(tmp_path / "hf")
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    x = data.test.take(slice(0, 4)).x
+    with torch.no_grad():
+        assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
 
 
 @pytest.mark.parametrize("builder", [bert, llama_gqa, mistral_gqa, qwen3_gqa], ids=lambda b: b.__name__)

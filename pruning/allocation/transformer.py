@@ -97,10 +97,7 @@ def layout(model: nn.Module, pruner: tp.pruner.BasePruner) -> Layout:
         raise PruningError(f"latency allocation keeps every attention layer alike; this model's differ "
                            f"(heads, key/value heads, head size: {sorted(shapes)}): use allocation macs",
                            field="allocation")
-    heads = set(pruner.num_heads)
-    mlps = [g for g in dependency.prunable_groups(pruner.DG, model, pruner.ignored_layers)
-            if not any(dep.target.module in heads and pruner.DG.is_out_channel_pruning_fn(dep.handler)
-                       for dep, _ in g.group)]
+    mlps = dependency.channel_groups(pruner, model)
     outputs = set(dependency.output_projections(pruner.DG, attentions))
     mlp_layers = {}
     for g in mlps:
@@ -132,7 +129,8 @@ class Estimate:
         a = lay.attentions[0]
         self.cores = [LayerSpec("attention", a.heads, a.head_dim, spatial=(specs[x.projections[0]].rows,))
                       for x in lay.attentions]
-        self.factor, self.rest_macs = 1.0, 0
+        self.factor = 1.0  # measured / priced time of the dense model: set by allocate
+        self.rest_macs = 0
         self.rest_macs = dense_macs - self.macs()  # what torch-pruning counts beyond the priced layers
 
     def _counts(self, override: tuple[Group, int] | None = None) -> Counts:

@@ -86,8 +86,8 @@ def test_a_macs_target_keeps_every_layer_alike_and_the_model_file_and_onnx_follo
     assert report["counted_macs_reduction"] >= 2.0
     # the path: each cut with its estimated time and the calibration loss measured there, the dense model first
     assert report["path"][0]["knob"] is None and all(c["loss"] is not None for c in report["path"])
-    assert [c["estimated_ms"] for c in report["path"]] == sorted((c["estimated_ms"] for c in report["path"]),
-                                                                 reverse=True)
+    macs = [c["macs"] for c in report["path"]]  # every cut removes MACs (not always time: a count may price slower)
+    assert macs == sorted(macs, reverse=True) and len(set(macs)) == len(macs)
     found = attention.find(pruned)
     assert len({(a.heads, a.kv_heads) for a in found}) == 1  # every layer alike: one config describes them
     assert found[0].heads == report["keep"]["heads"] and len(found) == report["keep"].get("layers", 2)

@@ -39,7 +39,9 @@ def test_two_first_runs_at_once_share_one_store_and_get_one_champion_decision(fi
         root = tmp_path / name
         for sub in ("data", "models", "reports"):
             shutil.copytree(finished / sub, root / sub)
-        write_params(root, {"tracking": {"enabled": True, "experiment": "concurrent"}})
+        # one shipped model for both (auto decides by timing: under load one run shipped fp32, the other INT8, whose
+        # accuracy then beat it, and the first champion rightly lost its alias: no challenger)
+        write_params(root, {"tracking": {"enabled": True, "experiment": "concurrent"}, "evaluate": {"ship": "int8"}})
         workspaces.append(root)
 
     _all_succeed([_start(root, store, "evaluate") for root in workspaces])  # both create / open the store at once
