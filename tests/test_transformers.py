@@ -352,3 +352,18 @@ def test_the_hidden_size_is_pruned_on_request_and_the_model_replays_exports_and_
         reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
         with torch.no_grad():
             assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
+
+
+def test_iterative_steps_fine_tune_with_the_optimizer_asked(monkeypatch, tmp_path):
+    # SGD at the CNN defaults does not train a transformer: the steps between iterative pruning steps use AdamW here
+    from pruning.methods import channel
+
+    used = []
+    real = channel.fit
+    monkeypatch.setattr(channel, "fit", lambda *a, **k: used.append(a[3]) or real(*a, **k))
+    torch.manual_seed(0)
+    ctx = Context(data=_data(bert), seed=0, device="cpu", build=bert, latency_table=tmp_path / "t.json", opset=17)
+    cfg = METHODS["channel"].Config(iterative_steps=2, step_finetune_epochs=1, step_lr=1e-3, step_optimizer="adamw")
+    out = METHODS["channel"].apply(bert().eval(), cfg, ctx)
+    assert [(o.optimizer, o.lr, o.epochs) for o in used] == [("adamw", 1e-3, 1)]  # between the two steps only
+    assert [a.heads for a in attention.find(out.model)] == [3, 3]

@@ -35,7 +35,7 @@ from pruning.errors import PruningError
 from pruning.methods import by_latency, depth
 from pruning.methods.base import Context, Outcome, describe_step, step_record
 from pruning.schema import Section
-from pruning.training import Optim, recalibrate_batchnorm
+from pruning.training import OPTIMIZERS, Optim, recalibrate_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class Config(Section):
                                                  "of the ratio in the first steps)")
     step_finetune_epochs: int = Field(2, ge=0, le=10_000, description="fine-tuning epochs between iterative steps")
     step_lr: float = Field(0.01, gt=0, le=10, description="their learning rate")
+    step_optimizer: Literal[OPTIMIZERS] = Field("sgd", description="their optimizer: sgd | adamw (transformers)")
     round_to: int | None = Field(8, ge=1, le=4_096, description="channel counts stay multiples of this; latency allocation's "
                                  "step")
     max_layer_ratio: float = Field(0.9, gt=0, le=1, description="no group loses more than this share")
@@ -191,7 +192,8 @@ def run_schedule(model: nn.Module, cfg: Config, ratio: float, ctx: Context,
         if cfg.bn_recalibration:
             recalibrate_batchnorm(model, data.calibration_split, cfg.calibration_batches, seed + step, device)
         if cfg.step_finetune_epochs and step < n:
-            fit(ctx.ranks, model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr),
+            fit(ctx.ranks, model, data.train, Optim(cfg.step_finetune_epochs, STEP_FINETUNE_BATCH, cfg.step_lr,
+                                                    optimizer=cfg.step_optimizer),
                 seed + step, f"prune step {step} fine-tune", device=device, task=task)
         steps.append(step_record(step, scheduled[step], model, ctx))
         log.info("prune step %d/%d: %s", step, n, describe_step(steps[-1], steps[0], task.metric_name))
