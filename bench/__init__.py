@@ -5,5 +5,5 @@ Run one with ``python -m bench.<name> [--help]`` from the repository root, or ``
 """
 
 # The benchmarks: one module each (a test checks this against the modules of bench/ that run as a command)
-BENCHMARKS = ("complexity", "criteria", "int8_width", "latency", "ort_profile", "overhead", "robust", "search", "sparse",
-              "transformers")
+BENCHMARKS = ("complexity", "complexity_structure", "criteria", "int8_width", "latency", "ort_profile", "overhead",
+              "robust", "search", "sparse", "transformers")
