@@ -8,7 +8,9 @@ On bench complexity's data and net (mnist1d, the 1D ResNet of ``bench.complexity
 - ``l2_kd``: bench complexity's best prune-after-training recipe at the MACs complexity-aware achieved (dense E1
   epochs, l2 one-shot with BatchNorm recalibration, E − E1 epochs of fine-tuning with distillation); its structure;
 - ``*_from_scratch``: each of the two structures with every weight initialised anew and trained E epochs as the dense
-  model is (same optimizer, learning rate, batch size, seed).
+  model is (same optimizer, learning rate, batch size, seed);
+- with ``--split S``, ``search_then_retrain``: the same budget of E epochs as every other method — complexity-aware
+  training for S epochs to the target, then its structure initialised anew and trained E − S epochs.
 
 If complexity-aware's structure trained from scratch does as well as l2's, the structure is not what loses the
 accuracy: its training is. Per-stage widths (channels kept in each stage) are reported beside. Writes
@@ -38,11 +40,11 @@ from pruning.config import Config
 from pruning.counting import count_macs
 from pruning.methods import Context, channel
 from pruning.methods.complexity_aware import method as complexity
-from pruning.training import Distill, Optim, evaluate, fit
+from pruning.training import Distill, Optim, evaluate, fit, reinitialise
 from pruning.zoo import build_model
 
 log = logging.getLogger(__name__)
-VARIANTS = ("complexity_aware", "complexity_aware_from_scratch", "l2_kd", "l2_kd_from_scratch")
+VARIANTS = ("complexity_aware", "complexity_aware_from_scratch", "l2_kd", "l2_kd_from_scratch", "search_then_retrain")
 
 
 def _structure(net: torch.nn.Module, kwargs: dict[str, Any]) -> list[int]:
@@ -51,13 +53,8 @@ def _structure(net: torch.nn.Module, kwargs: dict[str, Any]) -> list[int]:
 
 
 def _from_scratch(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """The same structure with every weight initialised anew (each layer's own initialisation)."""
-    fresh = copy.deepcopy(net)
-    torch.manual_seed(seed)
-    for m in fresh.modules():
-        if m is not fresh and callable(getattr(m, "reset_parameters", None)):
-            m.reset_parameters()
-    return fresh
+    """The same structure with every weight initialised anew (a copy: :func:`pruning.training.reinitialise`)."""
+    return reinitialise(copy.deepcopy(net), seed)
 
 
 def _job(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,6 +96,12 @@ def _job(spec: dict[str, Any]) -> list[dict[str, Any]]:
         fresh = _from_scratch(net, seed)
         fit(fresh, data.train, Optim(epochs, b.batch_size, b.lr), seed, name)
         record(name, fresh)
+    if spec.get("split"):  # the same budget: the search for `split` epochs, the found structure retrained for the rest
+        found, _, _ = complexity.train(build(), complexity.Config(epochs=spec["split"], target_macs_reduction=target),
+                                       ctx)
+        fresh = _from_scratch(found, seed)
+        fit(fresh, data.train, Optim(epochs - spec["split"], b.batch_size, b.lr), seed, "search + retrain")
+        record("search_then_retrain", fresh)
     return out
 
 
@@ -118,18 +121,19 @@ def markdown(records: list[dict[str, Any]], seeds: int, b: BenchConfig) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: Config, b: BenchConfig, seeds: int, targets: list[float], workers: int, out_dir: Path) -> dict[str, Any]:
+def run(cfg: Config, b: BenchConfig, seeds: int, targets: list[float], workers: int, out_dir: Path,
+        split: int | None = None) -> dict[str, Any]:
     bench = b.model_dump(mode="json")
-    specs = [{"seed": s, "target": t, "bench": bench} for t in targets for s in range(seeds)]
+    specs = [{"seed": s, "target": t, "bench": bench, "split": split} for t in targets for s in range(seeds)]
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for fut in cf.as_completed([pool.submit(_job, s) for s in specs]):
             records += fut.result()
-            log.info("bench complexity_structure: %d of %d done (%.0f s)", len(records) // len(VARIANTS), len(specs),
+            log.info("bench complexity_structure: %d records of %d runs (%.0f s)", len(records), len(specs),
                      time.perf_counter() - start)
     md = markdown(records, seeds, b)
-    result = {"seeds": seeds, "targets": targets, "records": records, "markdown": md,
+    result = {"seeds": seeds, "targets": targets, "split": split, "records": records, "markdown": md,
               "seconds": time.perf_counter() - start}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "complexity_structure.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -143,7 +147,9 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--targets", default="4,8", help="MACs reductions, comma-separated")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument("--split", type=int, default=None,
+                        help="also: the search for this many epochs, the found structure retrained for the rest")
     args = parser.parse_args()
     sys.exit(main(lambda cfg, b, out: print(run(cfg, b, max(1, args.seeds),
                                                 [float(t) for t in args.targets.split(",") if t],
-                                                max(1, args.workers), out)["markdown"]), args.params))
+                                                max(1, args.workers), out, args.split)["markdown"]), args.params))

@@ -347,6 +347,16 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
+def reinitialise(model: nn.Module, seed: int) -> nn.Module:
+    """Every weight and BatchNorm statistic of ``model`` initialised anew (each layer's own ``reset_parameters``), in
+    place, its structure kept: a found structure trained again from scratch. Returns ``model``."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if m is not model and callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+    return model
+
+
 def recalibrate_batchnorm(model: nn.Module, split: Dataset, n_batches: int, seed: int, device: str = "cpu") -> None:
     """Re-estimate BatchNorm running statistics after pruning, with no gradient step.
 

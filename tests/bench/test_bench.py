@@ -209,3 +209,29 @@ def test_run_transformers_prunes_every_variant_to_its_target_and_reports_speedup
     assert bt._kept(tmp_path, ["text-topics"], list(bt.VARIANTS), 1) == [kept]
     # and a run of one variant keeps the others'
     assert len(bt._kept(tmp_path, ["text-topics"], ["layers"], 1)) == len(result["records"])
+
+
+def test_complexity_structure_retrains_a_structure_from_new_weights_with_its_shapes_kept():
+    """bench complexity_structure's question — the structure or its training? — rests on this: the same shapes,
+    every weight and BatchNorm statistic initialised anew, the original untouched."""
+    import torch
+
+    from bench.complexity_structure import _from_scratch
+    from pruning.zoo import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet1d", {"widths": [8, 16], "blocks": [1, 1]}, (1, 40), 10)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.fill_(3.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fresh = _from_scratch(net, seed=1)
+    after = fresh.state_dict()
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    weights = [k for k in before if k.endswith("weight")]
+    assert weights and all(not torch.equal(after[k], before[k]) for k in weights)
+    assert all(float(v.abs().max()) == 0 for k, v in after.items() if k.endswith("running_mean"))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

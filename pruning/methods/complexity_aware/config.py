@@ -46,3 +46,5 @@ class Config(Section):
                            "training step, times log(E[MACs] · target / MACs₀)")
     ignored_layers: list[str] = Field(default_factory=list, description="module names whose units are never gated "
                                       "(the classifier's outputs never are)")
+    retrain_epochs: int = Field(0, ge=0, le=10_000, description="then: the found structure's weights initialised anew "
+                                "and trained this many epochs (SGD, lr, batch size as above; 0: the search's weights ship)")

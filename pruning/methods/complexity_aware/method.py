@@ -42,10 +42,11 @@ from torch import nn
 from pruning.checkpoint import Edit
 from pruning.counting import count_macs
 from pruning.data import batches
+from pruning.distributed import fit
 from pruning.methods.base import Context, Outcome, step_record
 from pruning.methods.complexity_aware.config import Config
 from pruning.methods.complexity_aware.run import Run
-from pruning.training import shard, summed
+from pruning.training import Optim, reinitialise, shard, summed
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,12 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
         net, edits, report = _in_ranks(net, cfg, ctx)
     else:
         net, edits, report = train(net, cfg, ctx)
+    if cfg.retrain_epochs:  # the search found the structure; its own weights lose accuracy (bench complexity_structure)
+        reinitialise(net, ctx.seed)
+        report["retrain"] = fit(ctx.ranks, net, ctx.data.train, Optim(cfg.retrain_epochs, cfg.batch_size, cfg.lr,
+                                                                      cfg.momentum, cfg.weight_decay),
+                                ctx.seed, "complexity-aware retrain", device=ctx.device, task=ctx.task)
+        net.eval()
     after = _widths(net)
     report["structure"] = [{"layer": n, "dense": w, "found": after.get(n, 0)} for n, w in widths.items()]
     kept = sum(r["found"] for r in report["structure"])

@@ -124,3 +124,21 @@ def test_a_two_input_model_is_gated_pruned_and_rebuilt(data, tmp_path):
     loaded, _ = checkpoint.load_model(path, arch=arch)
     with torch.no_grad():
         assert torch.equal(loaded(*example), out.model(*example))
+
+
+def test_retrain_epochs_train_the_found_structure_again_from_new_weights(data, tmp_path):
+    # the structure the search found (its edits) ships, with weights trained anew (bench complexity_structure: the
+    # search's own weights are what lose accuracy)
+    family = FAMILIES[0]
+    outs = []
+    for retrain in (0, 1):
+        torch.manual_seed(0)
+        outs.append(METHODS["complexity_aware"].apply(family().eval(), complexity.Config(**EAGER, retrain_epochs=retrain),
+                                                      _ctx(family, data, tmp_path)))
+    searched, retrained = outs
+    assert retrained.edits == searched.edits and searched.edits  # the same structure
+    assert {k: v.shape for k, v in retrained.model.state_dict().items()} == \
+        {k: v.shape for k, v in searched.model.state_dict().items()}
+    assert len(retrained.report["retrain"]) == 1 and "retrain" not in searched.report
+    weights = [k for k, v in searched.model.state_dict().items() if k.endswith("weight")]
+    assert any(not torch.equal(retrained.model.state_dict()[k], searched.model.state_dict()[k]) for k in weights)
