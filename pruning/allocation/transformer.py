@@ -244,9 +244,9 @@ class TokenYardstick:
     :class:`pruning.allocation.latency_table.Yardstick`), or its calibration loss (``loss``)."""
 
     def __init__(self, model: nn.Module, spec: Any, x: Any, prune: Callable[[nn.Module, Counts], None],
-                 loss: Callable[[nn.Module], float], threads: int, opset: int, protocol: Protocol = SEARCH_PROTOCOL):
+                 loss: Callable[[nn.Module], float], threads: int, opset: int, protocol: Protocol | None = None):
         self.model, self.spec, self.x, self.prune, self.loss_of = model, spec, x, prune, loss
-        self.threads, self.opset, self.protocol = threads, opset, protocol
+        self.threads, self.opset, self.protocol = threads, opset, protocol or SEARCH_PROTOCOL
         self.dense = session(self._export(model), threads)
 
     def _export(self, model: nn.Module) -> bytes:
