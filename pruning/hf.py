@@ -138,41 +138,41 @@ def from_record(kwargs: dict[str, Any]) -> nn.Module:
     return cls(config)
 
 
-def rebuilds(model: nn.Module) -> bool | None:
-    """Whether ``save_pretrained`` + ``from_pretrained`` would rebuild ``model``'s shapes: its config, through its
-    dict and back (as the two do, validation included), builds a model of its class with the same parameter shapes
-    (on the meta device: no memory, no initialisation). None for a model that is no Hugging Face model."""
+def _built_shapes(model: nn.Module, overrides: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """The parameter shapes ``model``'s class builds from its config through its dict and back (as ``save_pretrained``
+    + ``from_pretrained`` take it, validation included) with ``overrides``, on the meta device (no memory, no
+    initialisation); None where transformers refuses the config."""
     import torch
 
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_dict") or not hasattr(model, "save_pretrained"):
-        return None
+    config = model.config
     try:
-        again = type(config).from_dict(config.to_dict())
+        again = type(config).from_dict({**config.to_dict(), **overrides})
         with torch.device("meta"):
-            rebuilt = type(model)(again)
+            return {k: tuple(v.shape) for k, v in type(model)(again).state_dict().items()}
     except Exception:  # noqa: BLE001 - transformers refuses the config (e.g. a hidden size no multiple of the heads)
-        return False
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return want == {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+        return None
+
+
+def _is_hf(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return config is not None and hasattr(config, "to_dict") and hasattr(model, "save_pretrained")
+
+
+def rebuilds(model: nn.Module) -> bool | None:
+    """Whether ``save_pretrained`` + ``from_pretrained`` would rebuild ``model``'s shapes: its config builds a model of
+    its class with the same parameter shapes. None for a model that is no Hugging Face model."""
+    if not _is_hf(model):
+        return None
+    return _built_shapes(model, {}) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def reads_head_dim(model: nn.Module) -> bool | None:
     """Whether ``model``'s class takes its head size from a stated ``config.head_dim`` (ViT's does, BERT's derives it
-    from hidden size / heads whatever the config says): two models built on the meta device, with the head size
-    stated as it is and doubled, compared. None for a model that is no Hugging Face model."""
-    import torch
-
+    from hidden size / heads whatever the config says): built with the head size stated as it is and doubled,
+    compared. None for a model that is no Hugging Face model (or whose config has no head count and hidden size)."""
     config = getattr(model, "config", None)
     heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
-    if not isinstance(heads, int) or not isinstance(hidden, int) or not hasattr(config, "to_dict"):
+    if not _is_hf(model) or not isinstance(heads, int) or not isinstance(hidden, int):
         return None
-    shapes = []
-    for head_dim in (hidden // heads, 2 * (hidden // heads)):
-        try:
-            again = type(config).from_dict({**config.to_dict(), "head_dim": head_dim})
-            with torch.device("meta"):
-                shapes.append({k: tuple(v.shape) for k, v in type(model)(again).state_dict().items()})
-        except Exception:  # noqa: BLE001 - transformers refuses the config: it does not take it
-            return False
-    return shapes[0] != shapes[1]
+    shapes = [_built_shapes(model, {"head_dim": head_dim}) for head_dim in (hidden // heads, 2 * (hidden // heads))]
+    return None not in shapes and shapes[0] != shapes[1]

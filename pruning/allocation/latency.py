@@ -121,20 +121,22 @@ class GreedyPath:
         self.neighbours = {g: [h for h in groups if layers[g] & layers[h]] for g in groups}
         self.exhausted = False
 
+    def lost(self, g: Group, nxt: int) -> float:
+        """What taking group ``g`` from its count to ``nxt`` loses: the share of the importance the group still has,
+        times the group's share of the network's MACs (a channel of a stage's residual stream spans many layers:
+        without the weight, a cut there looked as cheap as one of a single expansion, and EfficientNet-like nets lost
+        far more MACs than the speedup asked: docs/design.md, "Measured reasons")."""
+        removed = g.channels - g.keep
+        return float(g.scores[removed:removed + g.keep - nxt].sum() / g.scores[removed:].sum()) * self.weight[g] + 1e-12
+
     def _best(self, g: Group) -> tuple[float, int, float, int] | None:
         best = None
-        removed = g.channels - g.keep
-        left = g.scores[removed:].sum()
         for jump in JUMPS:
             nxt = ((g.keep - 1) // g.step - (jump - 1)) * g.step
             if nxt < g.floor:
                 break
             saved_ms, saved_macs = self.est.saving(g, nxt)
-            # importance lost: the share of what the group still has, times the group's share of the network's MACs
-            # (a channel of a stage's residual stream spans many layers: without the weight, a cut there looked as
-            # cheap as one of a single expansion, and EfficientNet-like nets lost far more MACs than the speedup asked:
-            # docs/design.md, "Measured reasons")
-            lost = float(g.scores[removed:removed + g.keep - nxt].sum() / left) * self.weight[g] + 1e-12
+            lost = self.lost(g, nxt)
             # time per importance; a layer whose timing did not move (noise, below resolution) still ranks by MACs
             score = max(saved_ms, 0.0) / lost + 1e-12 * saved_macs / lost
             if best is None or score > best[0]:

@@ -41,14 +41,15 @@ from torch import nn
 
 from pruning import attention, dependency, layers
 from pruning.allocation.estimate import Group
-from pruning.allocation.latency import JUMPS, GreedyPath, macs_target
+from pruning.allocation.latency import GreedyPath, macs_target
 from pruning.allocation.latency_table import SEARCH_PROTOCOL, LatencyTable, LayerSpec, layer_specs
 from pruning.allocation.speedup import AIM, MARGIN, SETTLE, search
 from pruning.counting import count_macs
+from pruning.data import tensors
 from pruning.errors import PruningError
 from pruning.runtime.export import export_onnx
 from pruning.runtime.session import session
-from pruning.runtime.timing import Protocol, Speedup, paired_speedup
+from pruning.runtime.timing import Protocol, Speedup, latency, paired_speedup
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ class Layout:
 
     attentions: list[attention.Attention]
     outputs: set[nn.Module]  # the attention layers' output projections (their inputs are the heads)
-    mlps: list[dependency.PrunableGroup]  # the channel groups that are not heads (MLPs, a pooler)
-    mlp_layers: dict[nn.Module, tuple[bool, int]]  # their layers: (whose outputs, not inputs; the group's channels)
+    mlp_layers: dict[nn.Module, tuple[bool, int]]  # the layers of the channel groups that are not heads (MLPs, a
+    # pooler): (whose outputs, not inputs; the group's channels)
     width: int  # the MLPs' width (the widest channel group)
     stack: dict[str, nn.Module]  # transformer layers (empty: none found, no layers knob)
 
@@ -104,7 +105,7 @@ def layout(model: nn.Module, pruner: tp.pruner.BasePruner) -> Layout:
         for dep, _ in g.group:
             if isinstance(dep.target.module, nn.Linear | nn.Conv1d | nn.Conv2d):
                 mlp_layers.setdefault(dep.target.module, (pruner.DG.is_out_channel_pruning_fn(dep.handler), g.channels))
-    return Layout(attentions, outputs, mlps, mlp_layers, max((g.channels for g in mlps), default=0), layers.find(model))
+    return Layout(attentions, outputs, mlp_layers, max((g.channels for g in mlps), default=0), layers.find(model))
 
 
 class Estimate:
@@ -222,20 +223,9 @@ class MeasuredPath(GreedyPath):
             self.losses[key] = self.loss_at(counts)
         return self.losses[key]
 
-    def _best(self, g: Group) -> tuple[float, int, float, int] | None:
+    def lost(self, g: Group, nxt: int) -> float:
         now = {k.name: k.keep for k in self.groups}
-        base = self.loss(now)
-        best = None
-        for jump in JUMPS:
-            nxt = ((g.keep - 1) // g.step - (jump - 1)) * g.step
-            if nxt < g.floor:
-                break
-            saved_ms, saved_macs = self.est.saving(g, nxt)
-            lost = max(self.loss({**now, g.name: nxt}) - base, 0.0) + self.eps
-            score = max(saved_ms, 0.0) / lost + 1e-12 * saved_macs / lost
-            if best is None or score > best[0]:
-                best = (score, nxt, saved_ms, saved_macs)
-        return best
+        return max(self.loss({**now, g.name: nxt}) - self.loss(now), 0.0) + self.eps
 
 
 class TokenYardstick:
@@ -247,7 +237,8 @@ class TokenYardstick:
                  loss: Callable[[nn.Module], float], threads: int, opset: int, protocol: Protocol | None = None):
         self.model, self.spec, self.x, self.prune, self.loss_of = model, spec, x, prune, loss
         self.threads, self.opset, self.protocol = threads, opset, protocol or SEARCH_PROTOCOL
-        self.dense = session(self._export(model), threads)
+        self.dense_onnx = self._export(model)
+        self.dense = session(self.dense_onnx, threads)
 
     def _export(self, model: nn.Module) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -265,7 +256,9 @@ class TokenYardstick:
         return paired_speedup(self.dense, trial, self.x, self.threads, self.protocol)
 
     def dense_ms(self) -> float:
-        return paired_speedup(self.dense, self.dense, self.x, self.threads, self.protocol).reference_ms
+        batch = tensors(self.x)[0].shape[0]
+        return latency({"dense": self.dense_onnx}, self.x, {"b": batch}, self.threads, self.protocol,
+                       desc=None)["dense"]["latency_ms_b"]
 
     def macs(self, counts: Counts) -> int:
         return count_macs(self.pruned(counts), self.spec)[0]
@@ -275,7 +268,7 @@ class TokenYardstick:
         return self.loss_of(self.pruned(counts))
 
 
-def allocate(model: nn.Module, x: Any, probe: tp.pruner.BasePruner, layers_scored: int, table: LatencyTable,
+def allocate(model: nn.Module, x: Any, lay: Layout, layers_scored: int, table: LatencyTable,
              yardstick: TokenYardstick, *, step: int, max_layer_ratio: float,
              target_macs_reduction: float | None = None, target_speedup: float | None = None, strict: bool = True,
              max_measurements: int = 14) -> Choice:
@@ -283,19 +276,19 @@ def allocate(model: nn.Module, x: Any, probe: tp.pruner.BasePruner, layers_score
 
     Args:
         x: the timing input (the latency batch at the timed sequence length): linear layers are priced at its rows.
-        probe: a pruner of ``model`` at ratio 0 (its dependency graph, head counts and ignored layers).
+        lay: ``model``'s :func:`layout`.
         layers_scored: transformer layers the yardstick can drop (0: no layers knob).
         yardstick: prunes and measures candidates (its ``prune`` applies a :data:`Counts`): speed and loss.
     """
     if (target_macs_reduction is None) == (target_speedup is None):
         raise ValueError("give exactly one of target_macs_reduction and target_speedup")
-    lay = layout(model, probe)
     specs = layer_specs(model, x)
     groups = knobs(lay, layers_scored, step, max_layer_ratio)
     if not groups:
         raise PruningError("latency allocation found nothing to cut: every knob (heads, MLP channels, layers) is at "
                            "its floor", field="allocation")
-    est = Estimate(lay, specs, table, groups, step, count_macs(model, yardstick.spec)[0])
+    dense_macs = count_macs(model, yardstick.spec)[0]
+    est = Estimate(lay, specs, table, groups, step, dense_macs)
     dense_ms = yardstick.dense_ms()
     priced = est.total()
     est.factor = dense_ms / max(priced, 1e-9)
@@ -310,7 +303,6 @@ def allocate(model: nn.Module, x: Any, probe: tp.pruner.BasePruner, layers_score
 
     if target_macs_reduction is not None:
         macs_target(path, target_macs_reduction, yardstick.macs, None, step, report, counts=counts)
-        dense_macs = yardstick.macs({})
         report["estimate_over_count"] = path.macs[0] / est.macs() / report["counted_macs_reduction"]
         _finish(path, report, lambda c: dense_macs / yardstick.macs(c) >= target_macs_reduction,
                 lambda c: path.macs[0] / est.macs(c) >= target_macs_reduction * report["estimate_over_count"])
@@ -366,7 +358,7 @@ def _finish(path: MeasuredPath, report: dict[str, Any], reaches: Callable[[Count
                 options.append((path.loss(c), g.name, keep, c))
                 break
     for loss, name, keep, c in sorted(options)[:budget]:
-        if path.cuts[k - 1] == (next(g for g in path.groups if g.name == name), keep):
+        if (path.cuts[k - 1][0].name, path.cuts[k - 1][1]) == (name, keep):
             break  # the path's own cut: nothing better before it
         log.info("latency allocation: instead of the last cut, %s at %d (loss %.4g)?", name, keep, loss)
         if reaches(c):

@@ -95,7 +95,7 @@ def transformer(model: nn.Module, cfg: Any, ctx: Context, dense_macs: int) -> tu
     try:
         yardstick = tf.TokenYardstick(model, spec, x, prune, lambda m: depth.mean_loss(m, sample, ctx.task.loss),
                                       threads, ctx.opset)
-        choice = tf.allocate(model, x, probe, len(scores), table, yardstick, step=cfg.round_to or 8,
+        choice = tf.allocate(model, x, lay, len(scores), table, yardstick, step=cfg.round_to or 8,
                              max_layer_ratio=cfg.max_layer_ratio, target_macs_reduction=target_macs,
                              target_speedup=cfg.target_speedup)
     finally:
