@@ -1,19 +1,24 @@
-"""``python -m pruning bench complexity [--quick] [--workers N]``: complexity-aware training (Guenter &
-Sideris 2024) against prune-after-training, at matched achieved MACs and the same total epochs.
+"""``python -m pruning bench complexity [--quick] [--workers N] [--data mnist1d|digits]``: complexity-aware training
+(Guenter & Sideris 2024) against prune-after-training, at matched achieved MACs and the same total epochs.
 
-On mnist1d (generated offline) with a 1D ResNet of 3 stages x 3 blocks (``bench.complexity_kwargs``), per seed:
+On mnist1d (generated offline) with a 1D ResNet of 3 stages x 3 blocks (``bench.complexity_kwargs``), or with
+``--data digits`` on scikit-learn's 8x8 digit images with the 2D ResNet of the same stages, per seed:
 
-- complexity-aware from scratch for E = ``bench.complexity_epochs`` epochs, its strength steered by dual ascent to each
-  of ``bench.targets`` (``target_macs_reduction``); what it achieves is the MACs every other method is given;
+- complexity-aware from scratch as the pipeline runs it by default: the search for E − R epochs, its strength steered
+  by dual ascent to each of ``bench.targets`` (``target_macs_reduction``), then the structure it found initialised
+  anew and trained R = ``bench.complexity_retrain_epochs`` epochs (``retrain_epochs``); what it achieves is the MACs
+  every other method is given;
+- ``search_only``: the search for all E epochs, its own weights shipped (the paper's setting, ``retrain_epochs: 0``);
 - ``l2_kd`` (the pipeline's best prune-after-training configuration: l2, uniform, BatchNorm recalibration, knowledge
   distillation) and ``plain_tp`` (torch-pruning as it comes: l2, no recalibration, no distillation), both from a dense
   model trained E1 = ``bench.complexity_dense_epochs`` epochs, pruned one-shot to that MACs and fine-tuned E − E1;
-- ablations at 4x: unit gates only, block gates only, parameters-weighted complexity (``flops_vs_params: 1``);
+- ablations at 4x (with the retrain, as the default): unit gates only, block gates only, parameters-weighted
+  complexity (``flops_vs_params: 1``);
 - the default knobs (strength 1, no MACs target): what a user gets without choosing anything;
 - the dense model trained E epochs (its accuracy, and the wall time complexity-aware training is compared with).
 
 Runs go to a pool of worker processes (``--workers``, one torch thread each; ``concurrent.futures``). Writes
-reports/bench/complexity.{json,md,png} (the .md links the .png beside it); one MLflow run with every figure.
+reports/bench/complexity[_digits].{json,md,png} (the .md links the .png beside it); one MLflow run with every figure.
 """
 
 from __future__ import annotations
@@ -47,12 +52,13 @@ FIGURE = "\n![complexity-aware vs prune-after-training](complexity.png)\n"  # co
 ABLATIONS = {"units only": {"block_gates": False}, "blocks only": {"unit_gates": False},
              "params-weighted": {"flops_vs_params": 1.0}}
 ABLATION_TARGET = 4.0
+DATASETS = {"mnist1d": "resnet1d", "digits": "resnet"}  # --data: the ResNet of bench.complexity_kwargs for its inputs
 
 
 def _stages(structure: list[dict[str, Any]], kwargs: dict[str, Any]) -> list[int]:
     """Channels kept per stage (the stage's conv2 outputs, summed over its blocks that are left)."""
     blocks = kwargs.get("blocks", [2, 2, 2])
-    found = {r["layer"]: r["found"] for r in structure}
+    found = {r["layer"]: r["found"] for r in structure}  # conv1 of each block, 1D or 2D
     out, i = [], 0
     for n in blocks:
         out.append(sum(found.get(f"layers.{i + k}.conv1", 0) for k in range(n)))
@@ -65,24 +71,26 @@ def _job(spec: dict[str, Any]) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     b = BenchConfig.model_validate(spec["bench"])
-    data = load_bench_data(b)
+    data = load_bench_data(b, spec["data"])
     seed, kwargs = spec["seed"], b.complexity_kwargs
 
     def build() -> torch.nn.Module:
         torch.manual_seed(seed)
-        return build_model(b.arch, kwargs, data.input_shape, data.num_classes)
+        return build_model(DATASETS[spec["data"]], kwargs, data.input_shape, data.num_classes)
 
     ctx = Context(data=data, seed=seed, device="cpu", build=build, latency_table=Path("unused.json"), opset=17)
     dense_macs = count_macs(build(), data.input_shape)[0]
     if spec["kind"] == "complexity":
-        cfg = complexity.Config(epochs=spec["epochs"], target_macs_reduction=spec["target"], **spec.get("knobs", {}))
+        retrain = spec.get("retrain", 0)  # the search for epochs - retrain, the structure found trained anew after
+        cfg = complexity.Config(epochs=spec["epochs"] - retrain, retrain_epochs=retrain,
+                                target_macs_reduction=spec["target"], **spec.get("knobs", {}))
         start = time.perf_counter()
         net, _, report = complexity.train(build(), cfg, ctx)
         seconds = time.perf_counter() - start
         accuracy, loss = evaluate(net, data.test)
         macs, params = count_macs(net, data.input_shape)
         structure = [{"layer": n, "found": m.out_channels} for n, m in net.named_modules()
-                     if isinstance(m, torch.nn.Conv1d)]
+                     if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d)]
         return [{"kind": "complexity", "variant": spec["variant"], "seed": seed, "target": spec["target"],
                  "achieved": dense_macs / macs, "macs": macs, "params": params, "accuracy": accuracy, "loss": loss,
                  "seconds": seconds, "undecided": report["undecided_at_end"],
@@ -143,16 +151,19 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any], b: BenchConfig, seeds: int, targets: list[float], epochs: int,
-             dense_epochs: int) -> str:
+             dense_epochs: int, retrain: int, data: str) -> str:
     by = {(c["variant"], c["target"]): c for c in summary["cells"]}
     head = "| method | " + " | ".join(f"≈{t:g}×" for t in targets) + " |"
-    out = [f"mnist1d, `{b.arch}` {b.complexity_kwargs}, {seeds} seed(s), mean ± 95 % CI of test accuracy "
+    out = [f"{data}, `{DATASETS[data]}` {b.complexity_kwargs}, {seeds} seed(s), mean ± 95 % CI of test accuracy "
            f"(achieved MACs reduction in brackets). Every method gets {epochs} epochs in all; complexity-aware trains "
-           f"from scratch, the others train dense {dense_epochs} epochs and fine-tune {epochs - dense_epochs} at the "
-           f"MACs complexity-aware achieved. Dense, {epochs} epochs: {summary['dense_accuracy']:.1%} ± "
+           f"from scratch (the pipeline's default: the search {epochs - retrain} epochs, then the structure it found "
+           f"trained anew {retrain}; search only: the search all {epochs}, its own weights kept), the others train "
+           f"dense {dense_epochs} epochs and fine-tune {epochs - dense_epochs} at the MACs complexity-aware (the "
+           f"default) achieved. Dense, {epochs} epochs: {summary['dense_accuracy']:.1%} ± "
            f"{summary['dense_accuracy_ci95']:.1%}.", "", head, "|---|" + "---:|" * len(targets)]
-    names = {"complexity_aware": "complexity-aware (from scratch)", "l2_kd": "l2 + BN recal + KD (dense E1 + FT E2)",
-             "plain_tp": "plain torch-pruning (dense E1 + FT E2)"}
+    names = {"complexity_aware": f"complexity-aware (search {epochs - retrain} + retrain {retrain})",
+             "search_only": f"complexity-aware, search only ({epochs})",
+             "l2_kd": "l2 + BN recal + KD (dense E1 + FT E2)", "plain_tp": "plain torch-pruning (dense E1 + FT E2)"}
     for variant, label in names.items():
         cells = []
         for t in targets:
@@ -189,7 +200,7 @@ def plot(summary: dict[str, Any], dense_widths: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for variant in ("complexity_aware", "l2_kd", "plain_tp"):
+    for variant in ("complexity_aware", "search_only", "l2_kd", "plain_tp"):
         cells = sorted((c for c in summary["cells"] if c["variant"] == variant), key=lambda c: c["achieved"])
         if cells:
             x, y = [c["achieved"] for c in cells], np.array([c["accuracy"] for c in cells])
@@ -218,19 +229,22 @@ def plot(summary: dict[str, Any], dense_widths: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_dir: Path) -> dict[str, Any]:
-    seeds = 1 if quick else b.seeds
-    targets = [ABLATION_TARGET] if quick else list(b.targets)
-    epochs, dense_epochs = (4, 2) if quick else (b.complexity_epochs, b.complexity_dense_epochs)
+def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_dir: Path, data: str = "mnist1d",
+                   seeds: int | None = None, targets: list[float] | None = None) -> dict[str, Any]:
+    seeds = 1 if quick else seeds or b.seeds
+    targets = [ABLATION_TARGET] if quick else targets or list(b.targets)
+    epochs, dense_epochs, retrain = (6, 3, 2) if quick else (b.complexity_epochs, b.complexity_dense_epochs,
+                                                             b.complexity_retrain_epochs)
     bench = b.model_dump(mode="json")
     if quick:
         bench["samples"] = min(b.samples, 1000)
-    specs = [{"kind": "complexity", "variant": "complexity_aware", "seed": s, "target": t, "epochs": epochs,
-              "bench": bench} for s in range(seeds) for t in targets]
-    specs += [{"kind": "complexity", "variant": v, "seed": s, "target": ABLATION_TARGET, "epochs": epochs,
-               "knobs": knobs, "bench": bench} for s in range(seeds) for v, knobs in ABLATIONS.items()]
-    specs += [{"kind": "complexity", "variant": "default knobs", "seed": s, "target": None, "epochs": epochs,
-               "bench": bench} for s in range(seeds)]  # strength 1, no MACs target: what the defaults find
+    common = {"kind": "complexity", "epochs": epochs, "bench": bench, "data": data}
+    specs = [{**common, "variant": v, "seed": s, "target": t, "retrain": r} for s in range(seeds) for t in targets
+             for v, r in (("complexity_aware", retrain), ("search_only", 0))]
+    specs += [{**common, "variant": v, "seed": s, "target": ABLATION_TARGET, "knobs": knobs, "retrain": retrain}
+              for s in range(seeds) for v, knobs in ABLATIONS.items()]
+    specs += [{**common, "variant": "default knobs", "seed": s, "target": None, "retrain": retrain}
+              for s in range(seeds)]  # strength 1, no MACs target: what the defaults find
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -249,33 +263,39 @@ def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_d
                 if s not in baselines_sent and len(ours) == len(targets):
                     baselines_sent.add(s)
                     job = {"kind": "baselines", "seed": s, "epochs": epochs, "dense_epochs": dense_epochs,
-                           "achieved": ours, "bench": bench}
+                           "achieved": ours, "bench": bench, "data": data}
                     pending[pool.submit(_job, job)] = job
     summary = summarize(records)
-    md = markdown(summary, b, seeds, targets, epochs, dense_epochs)
-    result = {"config": bench, "quick": quick, "seeds": seeds, "targets": targets, "epochs": epochs,
-              "dense_epochs": dense_epochs, "records": records, "summary": summary, "markdown": md,
-              "seconds": time.perf_counter() - start}
+    md = markdown(summary, b, seeds, targets, epochs, dense_epochs, retrain, data)
+    result = {"config": bench, "data": data, "quick": quick, "seeds": seeds, "targets": targets, "epochs": epochs,
+              "dense_epochs": dense_epochs, "retrain_epochs": retrain, "records": records, "summary": summary,
+              "markdown": md, "seconds": time.perf_counter() - start}
+    name = "complexity" + ("" if data == "mnist1d" else f"_{data}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "complexity.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "complexity.md").write_text(md + FIGURE)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / f"{name}.md").write_text(md + FIGURE.replace("complexity.png", f"{name}.png"))
     widths = b.complexity_kwargs.get("widths", [32, 64, 128])
     blocks = b.complexity_kwargs.get("blocks", [2, 2, 2])
-    plot(summary, [w * n for w, n in zip(widths, blocks, strict=True)], out_dir / "complexity.png")
+    plot(summary, [w * n for w, n in zip(widths, blocks, strict=True)], out_dir / f"{name}.png")
     if cfg.tracking.enabled:
         from pruning.tracking import log_report
 
-        log_report(cfg.tracking.experiment + "-bench", "bench-complexity" + ("-quick" if quick else ""),
-                   {"seeds": seeds, "epochs": epochs, "dense_epochs": dense_epochs, "targets": targets},
-                   {"summary": summary}, [out_dir / "complexity.md", out_dir / "complexity.png"])
+        log_report(cfg.tracking.experiment + "-bench", f"bench-{name}" + ("-quick" if quick else ""),
+                   {"seeds": seeds, "epochs": epochs, "dense_epochs": dense_epochs, "retrain_epochs": retrain,
+                    "targets": targets, "data": data},
+                   {"summary": summary}, [out_dir / f"{name}.md", out_dir / f"{name}.png"])
     return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m pruning bench complexity", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1000 samples, the 4x target, 4 epochs")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 1000 samples, the 4x target, 6 epochs")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument("--data", choices=sorted(DATASETS), default="mnist1d", help="the benchmark's data and ResNet")
+    parser.add_argument("--seeds", type=int, default=None, help="instead of bench.seeds")
+    parser.add_argument("--targets", default=None, help="instead of bench.targets: MACs reductions, comma-separated")
     args = parser.parse_args()
-    sys.exit(main(lambda cfg, b, out: print(run_complexity(cfg, b, args.quick, max(1, args.workers), out)["markdown"]),
-                  args.params))
+    targets = [float(t) for t in args.targets.split(",") if t] if args.targets else None
+    sys.exit(main(lambda cfg, b, out: print(run_complexity(cfg, b, args.quick, max(1, args.workers), out, args.data,
+                                                           args.seeds, targets)["markdown"]), args.params))

@@ -61,6 +61,7 @@ class BenchConfig(Section):
     complexity_kwargs: dict[str, Any] = Field(default_factory=lambda: {"widths": [16, 32, 64], "blocks": [3, 3, 3]})
     complexity_epochs: int = Field(30, ge=2)  # E: every method's total epochs
     complexity_dense_epochs: int = Field(18, ge=1)  # E1: the baselines' dense training (they fine-tune E - E1)
+    complexity_retrain_epochs: int = Field(18, ge=0)  # R: complexity-aware's retrain of its structure (search E - R)
 
 
 BENCH_PARAMS = Path("bench") / "params.yaml"  # relative to the repository root, where benchmarks run

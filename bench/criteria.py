@@ -48,9 +48,10 @@ REGIMES = ("recal", "ft", "gradual", "long")
 FIGURE = "\n![accuracy vs achieved MACs](criteria.png)\n"  # criteria.md's figure, beside it in out_dir
 
 
-def load_bench_data(b: BenchConfig) -> Data:
-    """mnist1d from its offline generator (data seed fixed: the seeds vary the models, not the data)."""
-    (x, y), (xt, yt) = load_split(DataConfig(source="mnist1d", mnist1d_samples=b.samples), seed=0)
+def load_bench_data(b: BenchConfig, source: str = "mnist1d") -> Data:
+    """mnist1d from its offline generator, or scikit-learn's digits (data seed fixed: the seeds vary the models, not
+    the data)."""
+    (x, y), (xt, yt) = load_split(DataConfig(source=source, mnist1d_samples=b.samples), seed=0)
     return Data(Split(torch.from_numpy(x), torch.from_numpy(y)), Split(torch.from_numpy(xt), torch.from_numpy(yt)),
                 tuple(x.shape[1:]), int(max(y.max(), yt.max())) + 1)
 
