@@ -1,15 +1,17 @@
-"""``python -m bench.transformers [--seeds N] [--quick]``: transformers pruned to 2x fewer MACs, six ways, on the two
+"""``python -m bench.transformers [--seeds N] [--quick]``: transformers pruned to 2x fewer MACs, ten ways, on the two
 examples.
 
 On ``examples/vit-digits`` (a ViT on the bundled digits) and ``examples/text-topics`` (a BERT on a generated text
 task), each with its own params.yaml (data, model, training, fine-tuning): per seed, the dense model is trained as
 the train stage trains it, then pruned from that same model (paired) to ``target`` x fewer MACs by
 
-- ``heads_mlp``: the channel method's default (whole heads and MLP channels, the hidden size kept);
-- ``heads_mlp_hidden``: the same with ``prune.hidden`` (the hidden size pruned too; a BERT's to kept heads x head
-  size, which its class derives the head size from);
-- ``heads_only`` / ``mlp_only``: the same with the MLP's / the attention's projections left alone (heads alone cannot
-  reach 2x: at most all heads but one go, the figure says what was reached);
+- ``heads_mlp``: the channel method's default (whole heads and MLP channels; ``prune.hidden: auto``: the hidden
+  size kept, except a BERT's, which follows its heads: its class derives the head size from it);
+- ``heads_mlp_hidden``: the same with ``prune.hidden: true`` (the hidden size pruned too; a BERT's as by default);
+- ``heads_mlp_keep_hidden``: the same with ``prune.hidden: false`` (a BERT's hidden size kept as well: ``save_pretrained``
+  cannot state it, the pipeline's model file and ONNX can);
+- ``heads_only`` / ``mlp_only``: as ``heads_mlp_keep_hidden`` with the MLP's / the attention's projections left alone
+  (heads alone cannot reach 2x: at most all heads but one go, the figure says what was reached);
 - ``layers``: the depth method, whole layers dropped (``1 - 1/target`` of them, ranked by loss change);
 - ``latency``: the channel method's latency allocation at the same MACs target (heads per layer and MLP width,
   priced by measured ONNX Runtime time and the calibration loss each cut adds, :mod:`pruning.allocation.transformer`);
@@ -66,8 +68,8 @@ from pruning.zoo import build_model
 log = logging.getLogger(__name__)
 
 EXAMPLES = ("vit-digits", "text-topics")
-VARIANTS = ("heads_mlp", "heads_mlp_hidden", "heads_only", "mlp_only", "layers", "latency", "latency_layers",
-            "latency_speedup", "plain_tp")
+VARIANTS = ("heads_mlp", "heads_mlp_hidden", "heads_mlp_keep_hidden", "heads_only", "mlp_only", "layers", "latency",
+            "latency_layers", "latency_speedup", "plain_tp")
 TARGET = 2.0
 PROTOCOL = Protocol(warmup=10, repeats=50, rounds=5)  # per round and model, at batch 1 (sub-millisecond runs)
 
@@ -153,10 +155,9 @@ def prune(variant: str, dense: nn.Module, cfg: Config, data: Data, seed: int, ta
         except PruningError as exc:  # out of reach: the fastest candidate measured, said so
             return channel.apply(copy.deepcopy(dense), config.model_copy(update={"target_speedup": None,
                                  "target_macs_reduction": target}), ctx).model, f"{exc}; {target:g}x MACs instead"
-    ignored = {"heads_mlp": [], "heads_mlp_hidden": [], "heads_only": _names(model, "mlp"),
-               "mlp_only": _names(model, "attention")}[variant]
-    base = channel.Config(ignored_layers=ignored, ratio=None, target_macs_reduction=target,
-                          hidden=variant == "heads_mlp_hidden")
+    ignored = {"heads_only": _names(model, "mlp"), "mlp_only": _names(model, "attention")}.get(variant, [])
+    hidden = {"heads_mlp": "auto", "heads_mlp_hidden": True}.get(variant, False)
+    base = channel.Config(ignored_layers=ignored, ratio=None, target_macs_reduction=target, hidden=hidden)
     try:
         return channel.apply(model, base, ctx).model, ""
     except Exception:  # noqa: BLE001 - the target is out of this variant's reach: as far as it goes

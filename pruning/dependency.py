@@ -122,7 +122,7 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
                  ratio: float, scope: str, iterative_steps: int, round_to: int | None, max_layer_ratio: float,
                  ignored: list[nn.Module], scheduler: Callable[[float, int], list[float]] | None = None,
                  ratio_dict: dict[nn.Module, float] | None = None,
-                 hidden: bool = False, head_ratio: float | None = None) -> tuple[tp.pruner.BasePruner, Plan | None]:
+                 hidden: bool | str = False, head_ratio: float | None = None) -> tuple[tp.pruner.BasePruner, Plan | None]:
     """One typed call for torch-pruning's BasePruner; tracing failures become GraphTraceError naming the layer.
 
     ``ratio_dict`` (group root -> ratio, from latency allocation) overrides ``ratio`` for those groups. With a uniform
@@ -131,22 +131,26 @@ def build_pruner(model: nn.Module, input_shape: Sequence[int], importance: tp.im
     narrow to round kept dense) and handed to torch-pruning as exact per-group ratios; the plan is returned with the
     pruner (None otherwise). A ratio that leaves a layer nothing is an error naming the layer. Attention heads go by
     ``head_ratio`` where given (a transformer's latency allocation prices heads and MLP channels apart), else by
-    ``ratio``.
+    ``ratio``. ``hidden``: prune a transformer's hidden size too (True), keep it (False), or "auto": keep it unless
+    the uniform plan removes heads of a model whose class derives its head size from it
+    (:func:`attention.hidden_for_heads`), where it follows the heads.
     """
     head_ratio = ratio if head_ratio is None else head_ratio
     if scope != "uniform" or ratio_dict or (ratio <= 0 and head_ratio <= 0):
         return _pruner(model, input_shape, importance, ratio, scope, iterative_steps, round_to, max_layer_ratio,
-                       ignored, scheduler, ratio_dict, hidden), None
-    probe = _pruner(model, input_shape, importance, 0.0, scope, 1, None, 1.0, ignored, None, None, hidden)
+                       ignored, scheduler, ratio_dict, hidden is True), None
     attentions = attention.find(model)
     # whole heads, as many per layer as attention.plan says at each step
     heads = attention.plan(attentions, head_ratio, (scheduler or linear_scheduler)(head_ratio, iterative_steps)) \
         if attentions else None
-    plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio,
-                        hidden_keep=attention.hidden_for_heads(model, heads) if hidden and heads else None)
+    keep = attention.hidden_for_heads(model, heads) if heads and hidden is not False else None
+    if hidden == "auto":
+        hidden = keep is not None and keep < model.config.hidden_size  # set where hidden_for_heads gives a size
+    probe = _pruner(model, input_shape, importance, 0.0, scope, 1, None, 1.0, ignored, None, None, bool(hidden))
+    plan = plan_uniform(model, probe, ratio, round_to or 1, max_layer_ratio, hidden_keep=keep if hidden else None)
     # every count is final: torch-pruning's own rounding (always down, and blind to channel groups) stays off
     pruner = _pruner(model, input_shape, importance, 0.0, scope, iterative_steps, None, 1.0, ignored, scheduler,
-                     plan.ratios, hidden)
+                     plan.ratios, bool(hidden))
     if heads:
         plan.heads = heads
         pruner.head_pruning_ratio_dict.update(attention.step_ratios(attentions, heads))

@@ -1,8 +1,8 @@
 """Transformers as users bring them — a BERT-like encoder, a ViT and a decoder with grouped-query attention, Hugging
 Face classes built from tiny configs with random weights (no download) — pruned by the default method config: whole
-heads and MLP channels go, the hidden size stays, the attributes and config that describe the shapes follow, and the
-model runs, rebuilds from its model file and from ``save_pretrained``, and exports to ONNX with dynamic batch and
-sequence axes and parity."""
+heads and MLP channels go, the hidden size stays (a BERT's follows its heads), the attributes and config that describe
+the shapes follow, and the model runs, rebuilds from its model file and from ``save_pretrained``, and exports to ONNX
+with dynamic batch and sequence axes and parity."""
 
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def pruned(tmp_path_factory):
 
 
 @pytest.mark.parametrize("builder", FAMILIES, ids=lambda b: b.__name__)
-def test_heads_and_mlp_channels_go_the_hidden_size_stays_and_the_model_file_rebuilds_it(builder, pruned, tmp_path):
+def test_heads_and_mlp_channels_go_the_hidden_size_stays_or_follows_the_heads_and_the_model_file_rebuilds_it(
+        builder, pruned, tmp_path):
     dense, out, data = pruned(builder)
     model = out.model.eval()
     before, after = attention.find(dense), attention.find(model)
@@ -116,8 +117,9 @@ def test_heads_and_mlp_channels_go_the_hidden_size_stays_and_the_model_file_rebu
         assert b.kv_heads == (a.kv_heads if a.kv_heads < a.heads else b.heads)
         # the module's own attributes follow the weights: its forward and its config writers read them
         assert getattr(b.module, "num_key_value_groups", b.heads // b.kv_heads) == b.heads // b.kv_heads
-    hidden = dense.config.hidden_size
-    assert all(a.projections[0].in_features == hidden for a in after)  # the residual stream is untouched
+    # the residual stream is untouched, except a BERT's: its class derives the head size from it (hidden: auto)
+    hidden = after[0].heads * after[0].head_dim if builder is bert else dense.config.hidden_size
+    assert all(a.projections[0].in_features == hidden == model.config.hidden_size for a in after)
     widths = {m.out_features for n, m in model.named_modules() if n.endswith(("intermediate.dense", "fc1", "up_proj"))}
     assert len(widths) == 1 and widths.pop() < dense.config.intermediate_size  # every MLP alike: a config states it
     assert count_macs(model, data.spec)[0] < 0.85 * count_macs(dense, data.spec)[0]
@@ -167,14 +169,35 @@ def test_a_head_pruned_vit_has_its_head_size_stated_and_reloads_with_save_pretra
         assert torch.allclose(forward(reloaded, x), forward(out.model.eval(), x), atol=1e-5)
 
 
+def test_a_head_pruned_bert_reloads_with_save_pretrained_by_default(pruned, tmp_path):
+    # BertConfig derives the head size from hidden_size / num_attention_heads and its class reads nothing else
+    # (transformers 5 dropped config.pruned_heads): by default (hidden: auto) its hidden size follows its heads
+    dense, out, data = pruned(bert)
+    model = out.model.eval()
+    assert (model.config.hidden_size, model.config.num_attention_heads) == (24, 3) and hf.rebuilds(model)
+    assert any("the hidden size follows the heads" in n for n in out.report["plan_notes"])
+    model.save_pretrained(tmp_path / "hf")
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    x = data.test.take(slice(0, 4)).x
+    with torch.no_grad():
+        assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
+
+
 @pytest.mark.parametrize("builder", [bert, llama_gqa], ids=lambda b: b.__name__)
-def test_a_config_that_cannot_state_the_pruned_heads_is_found_out(builder, pruned):
-    # BertConfig derives the head size from hidden_size / num_attention_heads (and its class reads nothing else);
+def test_a_config_that_cannot_state_the_pruned_heads_is_found_out(builder, pruned, tmp_path):
+    # a BERT whose hidden size is kept (hidden: false) cannot say it has fewer heads of the same size;
     # LlamaConfig refuses 6 heads for a hidden size of 64: the prune stage says save_pretrained would not reload
-    dense, out, _ = pruned(builder)
-    assert hf.rebuilds(dense) and hf.rebuilds(out.model) is False
-    if builder is bert:  # left as it was, not half-stated
+    if builder is bert:
+        torch.manual_seed(0)
+        dense = bert().eval()
+        ctx = Context(data=_data(bert), seed=0, device="cpu", build=bert, latency_table=tmp_path / "t.json", opset=17)
+        out = METHODS["channel"].apply(copy.deepcopy(dense), METHODS["channel"].Config(hidden=False), ctx)
+        # left as it was, not half-stated
         assert out.model.config.num_attention_heads == 4 and getattr(out.model.config, "head_dim", None) is None
+        assert out.model.config.hidden_size == dense.config.hidden_size
+    else:
+        dense, out, _ = pruned(builder)
+    assert hf.rebuilds(dense) and hf.rebuilds(out.model) is False
     assert hf.rebuilds(torch.nn.Linear(2, 2)) is None  # no Hugging Face model: nothing to say
 
 
@@ -288,9 +311,9 @@ def test_the_channel_method_drops_layers_first_then_prunes_heads(tmp_path):
 def test_feature_distillation_pulls_the_pruned_model_s_final_hidden_states_to_the_dense_model_s(pruned):
     from pruning.training import Distill, Optim, fit
 
-    dense, out, data = pruned(bert)
+    dense, out, data = pruned(vit)  # its hidden size is kept by default (a BERT's follows its heads)
     x = data.test.take(slice(0, 16)).x
-    last = {m: list(layers.find(m).values())[-1] for m in (out.model, dense)}  # BERT's final hidden states
+    last = {m: list(layers.find(m).values())[-1] for m in (out.model, dense)}  # the ViT's final hidden states
 
     def distance(model: torch.nn.Module) -> float:
         seen = []

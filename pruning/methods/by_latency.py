@@ -61,8 +61,8 @@ def cnn(model: nn.Module, cfg: Any, ctx: Context, dense_macs: int) -> Allocation
 def transformer(model: nn.Module, cfg: Any, ctx: Context, dense_macs: int) -> tuple[tf.Choice, dict[str, float]]:
     """Heads, MLP width and layers every layer keeps, by measured ORT latency at the latency batch and sequence
     length; (the choice, the layers' scores by ``depth_criterion``: which layers go)."""
-    if cfg.hidden:
-        raise PruningError("latency allocation keeps a transformer's hidden size: set hidden to false",
+    if cfg.hidden is True:  # "auto" keeps it here: hf.rebuilds then says whether save_pretrained reloads the model
+        raise PruningError("latency allocation keeps a transformer's hidden size: set hidden to auto or false",
                            field="hidden")
     batch, threads, spec = cfg.latency_batch_size, cfg.latency_threads, ctx.data.spec
     split = ctx.data.calibration_split

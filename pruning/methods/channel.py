@@ -82,8 +82,11 @@ class Config(Section):
     calibration_batches: int = Field(4, ge=1, le=100_000, description="batches of 64 for gradient criteria and BatchNorm "
                                      "recalibration")
     bn_recalibration: bool = Field(True, description="re-estimate BatchNorm statistics after each step")
-    hidden: bool = Field(False, description="transformers: prune the hidden size too (the residual stream: embeddings, "
-                         "every layer's input and output projections, norms), by the same ratio; kept by default")
+    hidden: bool | Literal["auto"] = Field("auto", description="transformers: true = prune the hidden size too (the "
+                                           "residual stream: embeddings, every layer's input and output projections, "
+                                           "norms), by the same ratio | false = keep it | auto = keep it, except where "
+                                           "the model's class derives its head size from it (BERT): it then follows "
+                                           "the heads, so that save_pretrained reloads the model")
     depth_blocks: int = Field(0, ge=0, le=100_000, description="remove this many residual blocks (each becomes its "
                               "shortcut) or transformer layers first; a MACs target stays relative to the dense model")
     depth_criterion: depth.BlockCriterion = Field("loss_change", description="how those blocks are ranked "
@@ -135,8 +138,9 @@ def _pruner(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float,
         # an allocation's counts are final (already multiples of round_to): rounding again could only move them
         round_to=None if ratio_dict else cfg.round_to, max_layer_ratio=1.0 if ratio_dict else cfg.max_layer_ratio,
         ignored=dependency.ignored_modules(model, cfg.ignored_layers),
-        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None, ratio_dict=ratio_dict, hidden=cfg.hidden,
-        head_ratio=head_ratio)
+        scheduler=cubic_scheduler if cfg.schedule == "cubic" else None, ratio_dict=ratio_dict,
+        # latency allocation priced its candidates with the hidden size kept: "auto" keeps it there too
+        hidden=cfg.hidden if cfg.allocation == "macs" else cfg.hidden is True, head_ratio=head_ratio)
     return pruner, imp, plan
 
 

@@ -71,5 +71,5 @@ def _check_features(model: nn.Module, teacher: nn.Module, weight: float, example
         shapes.append(tuple(seen.value.shape[1:]) if seen.value is not None else None)
     if None in shapes or shapes[0] != shapes[1]:
         raise ConfigError(f'Invalid "finetune.distill.features": {weight:g}, but the pruned and the dense model\'s '
-                          f"final features differ ({shapes[0]} vs {shapes[1]}): pruning cut their width (keep the "
-                          "hidden size, as the channel method does on transformers, or set it to 0)")
+                          f"final features differ ({shapes[0]} vs {shapes[1]}): pruning cut their width (on a "
+                          "transformer keep the hidden size, prune.hidden: false; or set it to 0)")

@@ -79,7 +79,9 @@ def test_a_saved_bert_and_tokenised_text_go_through_the_flow_and_dvc_with_the_de
     prune = json.loads((repo / "reports/prune.json").read_text())
     assert [(r["heads"], r["keep"]) for r in prune["head_plan"]] == [(4, 3), (4, 3)]  # 0.35 of 4: one head each
     assert _heads(repo) == [(3, 3), (3, 3)]
-    assert prune["save_pretrained_reloads"] is False  # BertConfig derives the head size: said, not silently wrong
+    # BertConfig derives the head size: the hidden size followed the heads (4 x 8 -> 3 x 8), so its config says it
+    assert prune["save_pretrained_reloads"] is True
+    assert {r["keep"] for r in prune["channel_plan"] if r["channels"] == 32} == {24}
     assert json.loads((repo / "reports/quantize.json").read_text())["mode"] == "dynamic"  # no convolutions
     graph = onnx.load(str(repo / "models" / "pruned.onnx")).graph
     assert {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input} == \
