@@ -183,6 +183,23 @@ def test_a_head_pruned_bert_reloads_with_save_pretrained_by_default(pruned, tmp_
         assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
 
 
+def test_a_macs_target_is_not_passed_far_by_a_whole_head_more_when_one_fewer_and_more_mlp_channels_reach_it(tmp_path):
+    # 4 heads of 16 whose hidden size follows them: the ratio search's first ratio past 2x (0.375) removes 2 heads
+    # per layer and half the hidden size (3.4x); one head and as many more MLP channels as it takes land at 2.06x
+    def wide_bert() -> torch.nn.Module:
+        return bert(hidden_size=64, intermediate_size=256)
+
+    torch.manual_seed(0)
+    data = _data(bert)
+    ctx = Context(data=data, seed=0, device="cpu", build=wide_bert, latency_table=tmp_path / "t.json", opset=17)
+    dense = wide_bert().eval()
+    config = METHODS["channel"].Config(ratio=None, target_macs_reduction=2.0)
+    out = METHODS["channel"].apply(copy.deepcopy(dense), config, ctx)
+    reached = count_macs(dense, data.spec)[0] / count_macs(out.model, data.spec)[0]
+    assert 2.0 <= reached < 2.2 and out.report["head_ratio"] == 0.25
+    assert [r["keep"] for r in out.report["head_plan"]] == [3, 3] and out.model.config.hidden_size == 48
+
+
 @pytest.mark.parametrize("builder", [bert, llama_gqa], ids=lambda b: b.__name__)
 def test_a_config_that_cannot_state_the_pruned_heads_is_found_out(builder, pruned, tmp_path):
     # a BERT whose hidden size is kept (hidden: false) cannot say it has fewer heads of the same size;

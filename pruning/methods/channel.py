@@ -31,7 +31,7 @@ from pruning.checkpoint import Edit, channels_edit, layers_edit
 from pruning.counting import count_macs, example_input
 from pruning.data import calibration_sample
 from pruning.distributed import fit
-from pruning.errors import PruningError
+from pruning.errors import GraphTraceError, PruningError
 from pruning.methods import by_latency, depth
 from pruning.methods.base import Context, Outcome, describe_step, step_record
 from pruning.schema import Section
@@ -144,20 +144,52 @@ def _pruner(model: nn.Module, shape: tuple[int, ...], cfg: Config, ratio: float,
     return pruner, imp, plan
 
 
-def macs_after(model: nn.Module, shape: Any, cfg: Config, ratio: float, train: Dataset, seed: int) -> int:
-    """MACs of a one-shot pruned copy of ``model`` at channel ratio ``ratio`` (the model is untouched).
+def macs_after(model: nn.Module, shape: Any, cfg: Config, ratio: float, train: Dataset, seed: int,
+               head_ratio: float | None = None) -> int:
+    """MACs of a one-shot pruned copy of ``model`` at channel ratio ``ratio`` (the model is untouched; attention heads
+    at ``head_ratio`` where given).
 
     With uniform scope every layer keeps the same count whatever the criterion, so the trial uses cheap l1 (the
     loss_change oracle would cost a full pass per trial); with global scope the criterion decides the allocation.
     """
     trial = copy.deepcopy(model)
     criterion = "l1" if cfg.scope == "uniform" else cfg.criterion
-    head_ratio = _remove_kv_groups(trial, cfg, ratio, shape)[2] if cfg.kv_groups else None
+    if cfg.kv_groups:
+        head_ratio = _remove_kv_groups(trial, cfg, ratio, shape)[2]
     pruner, imp, _ = _pruner(trial, shape, cfg, ratio, 1, criterion=criterion, head_ratio=head_ratio)
     torch.manual_seed(seed)
     criteria.prepare(criterion, imp, trial, train, cfg.calibration_batches, seed)
     dependency.prune_step(pruner, trial)
     return count_macs(trial, shape)[0]
+
+
+def _fewer_heads(model: nn.Module, cfg: Config, ratio: float, ctx: Context, dense_macs: int
+                 ) -> tuple[float | None, float | None]:
+    """The ratio search's first ratio past a MACs target can be one that removes another whole head per layer: a big
+    step on a model of few heads, bigger where a BERT's hidden size follows its heads (``hidden: auto``), so the target
+    is passed far (4 heads: ÷3.4 for 2x). Then: one head fewer removed per layer and as many more MLP channels as the
+    target needs, if that lands closer to it; (head ratio, channel ratio), or (None, None) to keep ``ratio``."""
+    attentions = attention.find(model)
+    units = {a.heads // (a.kv_heads if a.kv_heads < a.heads else 1) for a in attentions}  # as attention.plan counts
+    if len(units) != 1 or cfg.kv_groups or cfg.scope != "uniform":
+        return None, None
+    n = units.pop()
+    removed = min(n - 1, round(ratio * n))
+    if removed == 0:
+        return None, None
+    head_ratio, shape, split, seed = (removed - 1) / n, ctx.data.spec, ctx.data.calibration_split, ctx.seed
+    try:
+        closer = search_ratio(lambda r: macs_after(model, shape, cfg, r, split, seed, head_ratio), dense_macs,
+                              cfg.target_macs_reduction or 1.0)
+    except GraphTraceError:  # out of reach with that head more kept
+        return None, None
+    first = dense_macs / macs_after(model, shape, cfg, ratio, split, seed)
+    fewer = dense_macs / macs_after(model, shape, cfg, closer, split, seed, head_ratio)
+    if fewer >= first:
+        return None, None
+    log.info("MACs target: %d of %d heads removed per layer and channel ratio %.3f reach ÷%.2f (the ratio search's "
+             "%.3f: %d heads, ÷%.2f)", removed - 1, n, closer, fewer, ratio, removed, first)
+    return head_ratio, closer
 
 
 def _remove_kv_groups(model: nn.Module, cfg: Config, ratio: float, spec: Any
@@ -238,6 +270,8 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     else:
         ratio = search_ratio(lambda r: macs_after(model, shape, cfg, r, data.calibration_split, ctx.seed),
                              dense_macs, cfg.target_macs_reduction)
+        head_ratio, closer = _fewer_heads(model, cfg, ratio, ctx, dense_macs)
+        ratio = closer or ratio
     kv_removed, kv_notes = {}, []
     if cfg.kv_groups:
         kv_removed, kv_notes, head_ratio = _remove_kv_groups(model, cfg, ratio, shape)
@@ -255,7 +289,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
     if dense_step is not None:  # the schedule's step 0 is the depth-pruned model: put the dense one before it
         steps = [dense_step] + [{**s, "step": s["step"] + 1} for s in steps]
     edits = depth_edits + [channels_edit(history)]
-    report = {"ratio": ratio, "achieved_ratio": achieved, "channel_plan": plan.rows if plan else None,
+    report = {"ratio": ratio, "head_ratio": head_ratio, "achieved_ratio": achieved, "channel_plan": plan.rows if plan else None,
               "head_plan": plan.heads.rows if plan and plan.heads else None,
               "plan_notes": notes, "criterion": cfg.criterion, "scope": cfg.scope, "iterative_steps": cfg.iterative_steps,
               "removed_blocks": removed, "allocation": cfg.allocation,
