@@ -1,7 +1,9 @@
-"""``python -m bench.complexity_structure [--seeds N] [--targets 4,8]``: is complexity-aware training's accuracy gap a
-bad structure, or the training of it? (issue 28, first measurement)
+"""``python -m bench.complexity_structure``: complexity-aware training's accuracy gap, its structure or its training?
 
-On bench complexity's data and net (mnist1d, the 1D ResNet of ``bench.complexity_kwargs``), per seed and target:
+``[--seeds N] [--targets 4,8] [--split S] [--data digits]`` (issue 28).
+
+On bench complexity's data and net (mnist1d and the 1D ResNet of ``bench.complexity_kwargs``, or ``--data digits``
+and the 2D one), per seed and target:
 
 - ``complexity_aware``: trained from scratch for E = ``bench.complexity_epochs`` epochs to the MACs target, as bench
   complexity runs it; the structure it found;
@@ -14,7 +16,7 @@ On bench complexity's data and net (mnist1d, the 1D ResNet of ``bench.complexity
 
 If complexity-aware's structure trained from scratch does as well as l2's, the structure is not what loses the
 accuracy: its training is. Per-stage widths (channels kept in each stage) are reported beside. Writes
-reports/bench/complexity_structure.{json,md}.
+reports/bench/complexity_structure[_digits].{json,md}.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from bench.complexity import _stages
+from bench.complexity import DATASETS, _stages
 from bench.config import BenchConfig, main
 from bench.criteria import _ci95, _prune_config, load_bench_data
 from pruning.allocation.uniform import search_ratio
@@ -49,7 +51,7 @@ VARIANTS = ("complexity_aware", "complexity_aware_from_scratch", "l2_kd", "l2_kd
 
 def _structure(net: torch.nn.Module, kwargs: dict[str, Any]) -> list[int]:
     return _stages([{"layer": n, "found": m.out_channels} for n, m in net.named_modules()
-                    if isinstance(m, torch.nn.Conv1d)], kwargs)
+                    if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d)], kwargs)
 
 
 def _from_scratch(net: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -61,13 +63,13 @@ def _job(spec: dict[str, Any]) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     b = BenchConfig.model_validate(spec["bench"])
-    data = load_bench_data(b)
+    data = load_bench_data(b, spec["data"])
     seed, target, kwargs = spec["seed"], spec["target"], b.complexity_kwargs
     epochs, dense_epochs = b.complexity_epochs, b.complexity_dense_epochs
 
     def build() -> torch.nn.Module:
         torch.manual_seed(seed)
-        return build_model(b.arch, kwargs, data.input_shape, data.num_classes)
+        return build_model(DATASETS[spec["data"]], kwargs, data.input_shape, data.num_classes)
 
     ctx = Context(data=data, seed=seed, device="cpu", build=build, latency_table=Path("unused.json"), opset=17)
     dense_macs = count_macs(build(), data.input_shape)[0]
@@ -105,8 +107,8 @@ def _job(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(records: list[dict[str, Any]], seeds: int, b: BenchConfig) -> str:
-    lines = [f"Complexity-aware's structure against l2's, each also trained from scratch ({seeds} seed(s), "
+def markdown(records: list[dict[str, Any]], seeds: int, b: BenchConfig, data: str = "mnist1d") -> str:
+    lines = [f"{data}: complexity-aware's structure against l2's, each also trained from scratch ({seeds} seed(s), "
              f"{b.complexity_epochs} epochs for every model; accuracy mean ± 95 % CI; stages: channels kept per "
              "stage, seed 0).", "", "| target | variant | MACs ÷ | accuracy | stages |", "|---|---|---:|---:|---|"]
     for target in sorted({r["target"] for r in records}):
@@ -122,9 +124,10 @@ def markdown(records: list[dict[str, Any]], seeds: int, b: BenchConfig) -> str:
 
 
 def run(cfg: Config, b: BenchConfig, seeds: int, targets: list[float], workers: int, out_dir: Path,
-        split: int | None = None) -> dict[str, Any]:
+        split: int | None = None, data: str = "mnist1d") -> dict[str, Any]:
     bench = b.model_dump(mode="json")
-    specs = [{"seed": s, "target": t, "bench": bench, "split": split} for t in targets for s in range(seeds)]
+    specs = [{"seed": s, "target": t, "bench": bench, "split": split, "data": data} for t in targets
+             for s in range(seeds)]
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -132,12 +135,13 @@ def run(cfg: Config, b: BenchConfig, seeds: int, targets: list[float], workers: 
             records += fut.result()
             log.info("bench complexity_structure: %d records of %d runs (%.0f s)", len(records), len(specs),
                      time.perf_counter() - start)
-    md = markdown(records, seeds, b)
-    result = {"seeds": seeds, "targets": targets, "split": split, "records": records, "markdown": md,
+    md = markdown(records, seeds, b, data)
+    result = {"data": data, "seeds": seeds, "targets": targets, "split": split, "records": records, "markdown": md,
               "seconds": time.perf_counter() - start}
+    name = "complexity_structure" + ("" if data == "mnist1d" else f"_{data}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "complexity_structure.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "complexity_structure.md").write_text(md + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / f"{name}.md").write_text(md + "\n")
     return result
 
 
@@ -149,7 +153,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--split", type=int, default=None,
                         help="also: the search for this many epochs, the found structure retrained for the rest")
+    parser.add_argument("--data", choices=sorted(DATASETS), default="mnist1d", help="the benchmark's data and ResNet")
     args = parser.parse_args()
     sys.exit(main(lambda cfg, b, out: print(run(cfg, b, max(1, args.seeds),
                                                 [float(t) for t in args.targets.split(",") if t],
-                                                max(1, args.workers), out, args.split)["markdown"]), args.params))
+                                                max(1, args.workers), out, args.split, args.data)["markdown"]),
+                  args.params))
