@@ -86,6 +86,8 @@ def _job(spec: dict[str, Any]) -> list[dict[str, Any]]:
                                 target_macs_reduction=spec["target"], **spec.get("knobs", {}))
         start = time.perf_counter()
         net, _, report = complexity.train(build(), cfg, ctx)
+        if retrain:
+            complexity.retrain(net, cfg, ctx)  # as the method's apply does after its search
         seconds = time.perf_counter() - start
         accuracy, loss = evaluate(net, data.test)
         macs, params = count_macs(net, data.input_shape)

@@ -139,18 +139,25 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
         net, edits, report = _in_ranks(net, cfg, ctx)
     else:
         net, edits, report = train(net, cfg, ctx)
-    if cfg.retrain_epochs:  # the search found the structure; its own weights lose accuracy (bench complexity_structure)
-        reinitialise(net, ctx.seed)
-        report["retrain"] = fit(ctx.ranks, net, ctx.data.train, Optim(cfg.retrain_epochs, cfg.batch_size, cfg.lr,
-                                                                      cfg.momentum, cfg.weight_decay),
-                                ctx.seed, "complexity-aware retrain", device=ctx.device, task=ctx.task)
-        net.eval()
+    if cfg.retrain_epochs:
+        report["retrain"] = retrain(net, cfg, ctx)
     after = _widths(net)
     report["structure"] = [{"layer": n, "dense": w, "found": after.get(n, 0)} for n, w in widths.items()]
     kept = sum(r["found"] for r in report["structure"])
     ratio = 1 - kept / max(sum(widths.values()), 1)
     steps.append(step_record(1, ratio, net, ctx))
     return Outcome(net, edits, steps, report)
+
+
+def retrain(net: nn.Module, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
+    """The structure the search found, every weight initialised anew and trained ``cfg.retrain_epochs`` epochs (in
+    place; the epochs' records): the search's own weights are what lose accuracy (bench complexity_structure)."""
+    reinitialise(net, ctx.seed)
+    records = fit(ctx.ranks, net, ctx.data.train, Optim(cfg.retrain_epochs, cfg.batch_size, cfg.lr, cfg.momentum,
+                                                        cfg.weight_decay),
+                  ctx.seed, "complexity-aware retrain", device=ctx.device, task=ctx.task)
+    net.eval()
+    return records
 
 
 def _in_ranks(net: nn.Module, cfg: Config, ctx: Context) -> tuple[nn.Module, list[Edit], dict[str, Any]]:
