@@ -53,7 +53,7 @@ def test_two_gloo_ranks_fine_tune_like_one_process_and_only_the_stage_writes(gol
 
 def test_complexity_aware_training_runs_in_two_gloo_ranks_and_the_stage_replays_rank_0_s_edits(golden, tmp_path):
     over = {"prune": {"method": "complexity_aware", "epochs": 4, "warmup_epochs": 1, "strength": 20.0,
-                      "theta_lr": 0.3, "patience": 1}}
+                      "theta_lr": 0.3, "patience": 1, "retrain_epochs": 0}}  # the search in ranks (retrain: fit's)
     root = _workspace(golden, tmp_path / "ca", 2, over, READS[:-1])
     before = _files(root)
     cfg = load_config(root / "params.yaml")

@@ -72,7 +72,7 @@ def test_complexity_aware_training_removes_units_and_blocks_and_logs_its_epochs(
     """It trains with gates from scratch, removes units and blocks, and the result goes through fine-tune, export,
     quantize, evaluate and the gates like any pruned model; its prune run holds one point per epoch."""
     over = {"prune": {"method": "complexity_aware", "epochs": 6, "warmup_epochs": 1, "strength": 20.0,
-                      "theta_lr": 0.3, "patience": 1}}
+                      "theta_lr": 0.3, "patience": 1, "retrain_epochs": 2}}
     params = _params(over, {"macs": {"metric": "macs_reduction", "op": ">=", "threshold": 1.3}})
     cfg = _write(finished_copy, params)
     for stage in AFTER_TRAIN:
@@ -80,6 +80,7 @@ def test_complexity_aware_training_removes_units_and_blocks_and_logs_its_epochs(
     prune = json.loads(Path(cfg.paths.prune_report).read_text())
     assert prune["method"] == "complexity_aware" and prune["start"] == "scratch"
     assert len(prune["epochs"]) == 6 and prune["undecided_at_end"] <= 0.5
+    assert len(prune["retrain"]) == 2  # the found structure trained anew
     assert prune["edits"] and set(prune["edits"]) <= {"channels", "blocks"}
     assert any(r["found"] < r["dense"] for r in prune["structure"])  # units removed
     assert result.metrics.macs_reduction >= 1.3 and result.gates["passed"] is True

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from pruning.schema import Section
 
+RETRAIN_FROM_SCRATCH = 18  # with the 12-epoch search: the 30 epochs bench complexity gives every method
+
 
 class Config(Section):
     """Train with Bernoulli gates on units and residual blocks; structures whose gate dies are removed."""
@@ -23,7 +25,7 @@ class Config(Section):
                                    "parameters (size), between = a mix")
     target_macs_reduction: float | None = Field(None, gt=1, le=1_000, description="instead of a fixed strength: dense / "
                                                 "pruned MACs to land on (strength adapted by dual ascent)")
-    epochs: int = Field(30, ge=1, le=10_000, description="training epochs (warm-up included)")
+    epochs: int = Field(12, ge=1, le=10_000, description="the search's training epochs (warm-up and settle included)")
     batch_size: int = Field(64, ge=2, le=65_536, description="batch size")
     lr: float = Field(0.05, gt=0, le=10, description="weights: SGD (Nesterov) learning rate, cosine schedule")
     momentum: float = Field(0.9, ge=0, lt=1, description="weights: SGD momentum")
@@ -46,5 +48,15 @@ class Config(Section):
                            "training step, times log(E[MACs] · target / MACs₀)")
     ignored_layers: list[str] = Field(default_factory=list, description="module names whose units are never gated "
                                       "(the classifier's outputs never are)")
-    retrain_epochs: int = Field(0, ge=0, le=10_000, description="then: the found structure's weights initialised anew "
-                                "and trained this many epochs (SGD, lr, batch size as above; 0: the search's weights ship)")
+    retrain_epochs: int | None = Field(None, ge=0, le=10_000, description="then: the found structure's weights "
+                                       "initialised anew and trained this many epochs (SGD, lr, batch size as above; "
+                                       f"0: the search's weights ship; null: {RETRAIN_FROM_SCRATCH} from scratch, 0 "
+                                       "from a dense start)")
+
+    @property
+    def retrain(self) -> int:
+        """Epochs of retraining the found structure: ``retrain_epochs``, or by ``start`` (from scratch the search's
+        own weights lose accuracy, bench complexity; a dense start's weights are the user's)."""
+        if self.retrain_epochs is not None:
+            return self.retrain_epochs
+        return RETRAIN_FROM_SCRATCH if self.start == "scratch" else 0

@@ -139,7 +139,7 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
         net, edits, report = _in_ranks(net, cfg, ctx)
     else:
         net, edits, report = train(net, cfg, ctx)
-    if cfg.retrain_epochs:
+    if cfg.retrain:
         report["retrain"] = retrain(net, cfg, ctx)
     after = _widths(net)
     report["structure"] = [{"layer": n, "dense": w, "found": after.get(n, 0)} for n, w in widths.items()]
@@ -150,10 +150,10 @@ def apply(model: nn.Module, cfg: Config, ctx: Context) -> Outcome:
 
 
 def retrain(net: nn.Module, cfg: Config, ctx: Context) -> list[dict[str, Any]]:
-    """The structure the search found, every weight initialised anew and trained ``cfg.retrain_epochs`` epochs (in
-    place; the epochs' records): the search's own weights are what lose accuracy (bench complexity_structure)."""
+    """The structure the search found, every weight initialised anew and trained ``cfg.retrain`` epochs (in place;
+    the epochs' records): the search's own weights are what lose accuracy (bench complexity_structure)."""
     reinitialise(net, ctx.seed)
-    records = fit(ctx.ranks, net, ctx.data.train, Optim(cfg.retrain_epochs, cfg.batch_size, cfg.lr, cfg.momentum,
+    records = fit(ctx.ranks, net, ctx.data.train, Optim(cfg.retrain, cfg.batch_size, cfg.lr, cfg.momentum,
                                                         cfg.weight_decay),
                   ctx.seed, "complexity-aware retrain", device=ctx.device, task=ctx.task)
     net.eval()

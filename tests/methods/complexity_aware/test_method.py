@@ -11,12 +11,14 @@ from pruning.counting import count_macs
 from pruning.data import Data, Split
 from pruning.methods import METHODS
 from pruning.methods.complexity_aware import method as complexity
+from pruning.methods.complexity_aware.config import RETRAIN_FROM_SCRATCH
 from pruning.methods.complexity_aware.run import Run
 from tests.test_user_models import FAMILIES, SHAPE, Residual, _ctx
 
 # pressure high enough that a few steps of 2-batch epochs remove structures: what matters here is that removal works
 # on every family, not the trade-off (bench complexity measures that)
-EAGER = {"epochs": 4, "warmup_epochs": 0, "strength": 50.0, "theta_lr": 0.5, "patience": 1, "batch_size": 32}
+EAGER = {"epochs": 4, "warmup_epochs": 0, "strength": 50.0, "theta_lr": 0.5, "patience": 1, "batch_size": 32,
+         "retrain_epochs": 0}
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
@@ -80,7 +82,7 @@ def test_config_rejects_what_it_cannot_do():
 def test_a_macs_target_lands_within_ten_percent(data, tmp_path):
     """The dual ascent steers the strength; the settle phase's cut (θ's ranking, nearest the budget) lands on it."""
     cfg = complexity.Config(epochs=6, warmup_epochs=1, settle_epochs=2, target_macs_reduction=2.0, batch_size=32,
-                            theta_lr=0.2)
+                            theta_lr=0.2, retrain_epochs=0)
     out = complexity.apply(Residual().eval(), cfg, _ctx(Residual, data, tmp_path))
     achieved = count_macs(Residual(), SHAPE)[0] / count_macs(out.model, SHAPE)[0]
     assert 1.8 <= achieved <= 2.2, achieved
@@ -133,7 +135,8 @@ def test_retrain_epochs_train_the_found_structure_again_from_new_weights(data, t
     outs = []
     for retrain in (0, 1):
         torch.manual_seed(0)
-        outs.append(METHODS["complexity_aware"].apply(family().eval(), complexity.Config(**EAGER, retrain_epochs=retrain),
+        outs.append(METHODS["complexity_aware"].apply(family().eval(),
+                                                      complexity.Config(**{**EAGER, "retrain_epochs": retrain}),
                                                       _ctx(family, data, tmp_path)))
     searched, retrained = outs
     assert retrained.edits == searched.edits and searched.edits  # the same structure
@@ -142,3 +145,5 @@ def test_retrain_epochs_train_the_found_structure_again_from_new_weights(data, t
     assert len(retrained.report["retrain"]) == 1 and "retrain" not in searched.report
     weights = [k for k, v in searched.model.state_dict().items() if k.endswith("weight")]
     assert any(not torch.equal(retrained.model.state_dict()[k], searched.model.state_dict()[k]) for k in weights)
+    # by default from scratch (bench complexity: the search's own weights lose accuracy), not from a dense start
+    assert (complexity.Config().retrain, complexity.Config(start="dense").retrain) == (RETRAIN_FROM_SCRATCH, 0)
