@@ -104,6 +104,16 @@ def pruned(tmp_path_factory):
     return get
 
 
+def _reloaded(model: torch.nn.Module, data: Data, tmp_path, auto: Any = None) -> torch.nn.Module:
+    """``model`` written by ``save_pretrained`` and read back by ``from_pretrained``; its outputs checked."""
+    model.eval().save_pretrained(tmp_path / "hf")
+    reloaded = (auto or transformers.AutoModelForSequenceClassification).from_pretrained(tmp_path / "hf").eval()
+    x = data.test.take(slice(0, 4)).x
+    with torch.no_grad():
+        assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
+    return reloaded
+
+
 @pytest.mark.parametrize("builder", FAMILIES, ids=lambda b: b.__name__)
 def test_heads_and_mlp_channels_go_the_hidden_size_stays_or_follows_the_heads_and_the_model_file_rebuilds_it(
         builder, pruned, tmp_path):
@@ -148,11 +158,7 @@ def test_a_grouped_query_request_that_cannot_be_met_is_rounded_to_whole_groups_a
 @pytest.mark.parametrize("builder", [mistral_gqa, qwen3_gqa], ids=lambda b: b.__name__)
 def test_a_pruned_decoder_whose_config_states_its_head_size_reloads_with_save_pretrained(builder, pruned, tmp_path):
     _, out, data = pruned(builder)
-    out.model.save_pretrained(tmp_path / "hf")
-    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
-    x = data.test.take(slice(0, 4)).x
-    with torch.no_grad():
-        assert torch.allclose(forward(reloaded, x), forward(out.model.eval(), x), atol=1e-5)
+    reloaded = _reloaded(out.model, data, tmp_path)
     config = reloaded.config
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (6, 2, 8)
     assert config.intermediate_size == attention.find(reloaded)[0].module.config.intermediate_size < 96
@@ -161,12 +167,8 @@ def test_a_pruned_decoder_whose_config_states_its_head_size_reloads_with_save_pr
 def test_a_head_pruned_vit_has_its_head_size_stated_and_reloads_with_save_pretrained(pruned, tmp_path):
     _, out, data = pruned(vit)
     assert hf.rebuilds(out.model)  # ViT's config derives the head size unless it states one, which its class reads
-    out.model.save_pretrained(tmp_path / "hf")
-    reloaded = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    reloaded = _reloaded(out.model, data, tmp_path, transformers.AutoModelForImageClassification)
     assert (reloaded.config.num_attention_heads, reloaded.config.head_dim) == (3, 8)
-    x = data.test.take(slice(0, 4)).x
-    with torch.no_grad():
-        assert torch.allclose(forward(reloaded, x), forward(out.model.eval(), x), atol=1e-5)
 
 
 def test_a_head_pruned_bert_reloads_with_save_pretrained_by_default(pruned, tmp_path):
@@ -176,25 +178,25 @@ def test_a_head_pruned_bert_reloads_with_save_pretrained_by_default(pruned, tmp_
     model = out.model.eval()
     assert (model.config.hidden_size, model.config.num_attention_heads) == (24, 3) and hf.rebuilds(model)
     assert any("the hidden size follows the heads" in n for n in out.report["plan_notes"])
-    model.save_pretrained(tmp_path / "hf")
-    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
-    x = data.test.take(slice(0, 4)).x
-    with torch.no_grad():
-        assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
+    _reloaded(model, data, tmp_path)
+
+
+def _pruned_bert(tmp_path, config: dict[str, Any], **shape: Any) -> tuple[torch.nn.Module, Any, Data]:
+    """A BERT of ``shape`` (the dense model, the channel method's outcome with ``config``, the data)."""
+    def build() -> torch.nn.Module:
+        return bert(**shape)
+
+    torch.manual_seed(0)
+    data, dense = _data(bert), build().eval()
+    ctx = Context(data=data, seed=0, device="cpu", build=build, latency_table=tmp_path / "t.json", opset=17)
+    return dense, METHODS["channel"].apply(copy.deepcopy(dense), METHODS["channel"].Config(**config), ctx), data
 
 
 def test_a_macs_target_is_not_passed_far_by_a_whole_head_more_when_one_fewer_and_more_mlp_channels_reach_it(tmp_path):
     # 4 heads of 16 whose hidden size follows them: the ratio search's first ratio past 2x (0.375) removes 2 heads
     # per layer and half the hidden size (3.4x); one head and as many more MLP channels as it takes land at 2.06x
-    def wide_bert() -> torch.nn.Module:
-        return bert(hidden_size=64, intermediate_size=256)
-
-    torch.manual_seed(0)
-    data = _data(bert)
-    ctx = Context(data=data, seed=0, device="cpu", build=wide_bert, latency_table=tmp_path / "t.json", opset=17)
-    dense = wide_bert().eval()
-    config = METHODS["channel"].Config(ratio=None, target_macs_reduction=2.0)
-    out = METHODS["channel"].apply(copy.deepcopy(dense), config, ctx)
+    dense, out, data = _pruned_bert(tmp_path, {"ratio": None, "target_macs_reduction": 2.0}, hidden_size=64,
+                                    intermediate_size=256)
     reached = count_macs(dense, data.spec)[0] / count_macs(out.model, data.spec)[0]
     assert 2.0 <= reached < 2.2 and out.report["head_ratio"] == 0.25
     assert [r["keep"] for r in out.report["head_plan"]] == [3, 3] and out.model.config.hidden_size == 48
@@ -205,10 +207,7 @@ def test_a_config_that_cannot_state_the_pruned_heads_is_found_out(builder, prune
     # a BERT whose hidden size is kept (hidden: false) cannot say it has fewer heads of the same size;
     # LlamaConfig refuses 6 heads for a hidden size of 64: the prune stage says save_pretrained would not reload
     if builder is bert:
-        torch.manual_seed(0)
-        dense = bert().eval()
-        ctx = Context(data=_data(bert), seed=0, device="cpu", build=bert, latency_table=tmp_path / "t.json", opset=17)
-        out = METHODS["channel"].apply(copy.deepcopy(dense), METHODS["channel"].Config(hidden=False), ctx)
+        dense, out, _ = _pruned_bert(tmp_path, {"hidden": False})
         # left as it was, not half-stated
         assert out.model.config.num_attention_heads == 4 and getattr(out.model.config, "head_dim", None) is None
         assert out.model.config.hidden_size == dense.config.hidden_size
@@ -221,22 +220,12 @@ def test_a_config_that_cannot_state_the_pruned_heads_is_found_out(builder, prune
 def test_a_bert_whose_hidden_size_is_pruned_too_keeps_heads_times_head_size_and_reloads(tmp_path):
     # BertConfig derives the head size from hidden_size / num_attention_heads: with prune.hidden the hidden size
     # follows the heads, so that the pruned config still describes the model
-    def wide_bert() -> torch.nn.Module:
-        return bert(hidden_size=120, num_attention_heads=10)
-
-    torch.manual_seed(0)
-    data = _data(bert)
-    ctx = Context(data=data, seed=0, device="cpu", build=wide_bert, latency_table=tmp_path / "t.json", opset=17)
-    out = METHODS["channel"].apply(wide_bert().eval(), METHODS["channel"].Config(hidden=True), ctx)
+    _, out, data = _pruned_bert(tmp_path, {"hidden": True}, hidden_size=120, num_attention_heads=10)
     model = out.model.eval()
     # 0.35 of 10 heads of 12 features: 4 go; the hidden size 6 x 12 = 72, not the ratio's 80 on the grid of 8
     assert (model.config.hidden_size, model.config.num_attention_heads) == (72, 6) and hf.rebuilds(model)
     assert any("the hidden size follows the heads" in n for n in out.report["plan_notes"])
-    model.save_pretrained(tmp_path / "hf")
-    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
-    x = data.test.take(slice(0, 4)).x
-    with torch.no_grad():
-        assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
+    _reloaded(model, data, tmp_path)
 
 
 @pytest.mark.parametrize("builder", [bert, llama_gqa, mistral_gqa, qwen3_gqa], ids=lambda b: b.__name__)
@@ -388,10 +377,7 @@ def test_the_hidden_size_is_pruned_on_request_and_the_model_replays_exports_and_
         assert torch.equal(forward(replayed, x), forward(model, x))
     assert parity(model, tmp_path / "m.onnx", data.test.x, atol=1e-4, rtol=1e-3).score <= 1
     if builder is mistral_gqa:  # a config stating head_dim describes the narrower model
-        model.save_pretrained(tmp_path / "hf")
-        reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
-        with torch.no_grad():
-            assert torch.allclose(forward(reloaded, x), forward(model, x), atol=1e-5)
+        _reloaded(model, data, tmp_path)
 
 
 def test_iterative_steps_fine_tune_with_the_optimizer_asked(monkeypatch, tmp_path):
