@@ -168,7 +168,8 @@ def _fewer_heads(model: nn.Module, cfg: Config, ratio: float, ctx: Context, dens
     """The ratio search's first ratio past a MACs target can be one that removes another whole head per layer: a big
     step on a model of few heads, bigger where a BERT's hidden size follows its heads (``hidden: auto``), so the target
     is passed far (4 heads: ÷3.4 for 2x). Then: one head fewer removed per layer and as many more MLP channels as the
-    target needs, if that lands closer to it; (head ratio, channel ratio), or (None, None) to keep ``ratio``."""
+    target needs, if that passes it by less than half as much; (head ratio, channel ratio), or (None, None) to keep
+    ``ratio``."""
     attentions = attention.find(model)
     units = {a.heads // (a.kv_heads if a.kv_heads < a.heads else 1) for a in attentions}  # as attention.plan counts
     if len(units) != 1 or cfg.kv_groups or cfg.scope != "uniform":
@@ -180,12 +181,13 @@ def _fewer_heads(model: nn.Module, cfg: Config, ratio: float, ctx: Context, dens
     head_ratio, shape, split, seed = (removed - 1) / n, ctx.data.spec, ctx.data.calibration_split, ctx.seed
     try:
         closer = search_ratio(lambda r: macs_after(model, shape, cfg, r, split, seed, head_ratio), dense_macs,
-                              cfg.target_macs_reduction or 1.0)
+                              cfg.target_macs_reduction)
     except GraphTraceError:  # out of reach with that head more kept
         return None, None
     first = dense_macs / macs_after(model, shape, cfg, ratio, split, seed)
     fewer = dense_macs / macs_after(model, shape, cfg, closer, split, seed, head_ratio)
-    if fewer >= first:
+    target = cfg.target_macs_reduction or 1.0
+    if fewer - target >= (first - target) / 2:  # not markedly closer: the ratio search's structure stays
         return None, None
     log.info("MACs target: %d of %d heads removed per layer and channel ratio %.3f reach ÷%.2f (the ratio search's "
              "%.3f: %d heads, ÷%.2f)", removed - 1, n, closer, fewer, ratio, removed, first)
