@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import copy
-import json
 import logging
 import multiprocessing
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.config import BenchConfig, main
+from bench.config import BenchConfig, main, write_report
 from bench.criteria import _ci95, _prune_config, load_bench_data
 from pruning.allocation.uniform import search_ratio
 from pruning.config import Config
@@ -273,9 +272,7 @@ def run_complexity(cfg: Config, b: BenchConfig, quick: bool, workers: int, out_d
               "dense_epochs": dense_epochs, "retrain_epochs": retrain, "records": records, "summary": summary,
               "markdown": md, "seconds": time.perf_counter() - start}
     name = "complexity" + ("" if data == "mnist1d" else f"_{data}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / f"{name}.md").write_text(md + FIGURE.replace("complexity.png", f"{name}.png"))
+    write_report(out_dir, name, result, md + FIGURE.replace("complexity.png", f"{name}.png"))
     widths = b.complexity_kwargs.get("widths", [32, 64, 128])
     blocks = b.complexity_kwargs.get("blocks", [2, 2, 2])
     plot(summary, [w * n for w, n in zip(widths, blocks, strict=True)], out_dir / f"{name}.png")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import copy
-import json
 import logging
 import multiprocessing
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from bench.complexity import DATASETS, _stages
-from bench.config import BenchConfig, main
+from bench.config import BenchConfig, main, write_report
 from bench.criteria import _ci95, _prune_config, load_bench_data
 from pruning.allocation.uniform import search_ratio
 from pruning.config import Config
@@ -139,9 +138,7 @@ def run(cfg: Config, b: BenchConfig, seeds: int, targets: list[float], workers: 
     result = {"data": data, "seeds": seeds, "targets": targets, "split": split, "records": records, "markdown": md,
               "seconds": time.perf_counter() - start}
     name = "complexity_structure" + ("" if data == "mnist1d" else f"_{data}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / f"{name}.md").write_text(md + "\n")
+    write_report(out_dir, name, result, md)
     return result
 
 

@@ -4,6 +4,7 @@ benchmark still loads params.yaml for what it shares with the pipeline (paths.be
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -108,3 +109,10 @@ def main(fn: Callable[[Config, BenchConfig, Path], Any], params: str | Path = "p
 
 if __name__ == "__main__":  # pragma: no cover - a module, not a benchmark
     sys.exit("run python -m bench.<name>")
+
+
+def write_report(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """A benchmark's report: ``name``.json (every record and figure) and ``name``.md (what the docs include)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / f"{name}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")

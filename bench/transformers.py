@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.config import BenchConfig, main
+from bench.config import BenchConfig, main, write_report
 from bench.criteria import _ci95
 from pruning import attention, layers
 from pruning.config import Config, load_config
@@ -278,12 +278,9 @@ def run_bench(cfg: Config, seeds: int, examples: list[str], out_dir: Path, targe
                             f"÷{rec['macs_reduction']:.2f}, speedup ×{rec['speedup_b1']:.2f}")
                 rows = summarize(records)
                 md = markdown(rows, seeds, target)
-                out_dir.mkdir(parents=True, exist_ok=True)
                 result = {"seeds": seeds, "target": target, "examples": sorted({r["example"] for r in records}),
-                          "records": records,
-                          "summary": rows, "markdown": md, "seconds": time.time() - started}
-                (out_dir / "transformers.json").write_text(json.dumps(result, indent=1) + "\n")
-                (out_dir / "transformers.md").write_text(md + "\n")
+                          "records": records, "summary": rows, "markdown": md, "seconds": time.time() - started}
+                write_report(out_dir, "transformers", result, md)
     return result
 
 
